@@ -1,0 +1,195 @@
+//! `backward`: seed d(root) (1 for a scalar, or the given gradient), order the recorded nodes so each
+//! comes after everything that used it (iterative DFS; deep graphs cannot overflow the stack), then
+//! call each node's backward once, summing gradients that meet at a tensor. Leaves that require grad
+//! accumulate into `.grad` (+=, like torch). Unless `retain_graph`, each node frees what it saved, and a
+//! second backward through it is an error rather than a silent wrong answer.
+
+use std::collections::{HashMap, HashSet};
+
+use super::grad_mode::no_grad;
+use crate::error::{Error, Result, fmt_shape};
+use crate::ops::binary::add_inplace;
+use crate::parallel::check_interrupt;
+use crate::tensor::Tensor;
+
+const FREED: &str = "trying to backward through the graph a second time (its saved values were freed by the \
+first backward); pass retain_graph=True to the first backward, or recompute the forward";
+
+/// Tensors reachable from `root` through recorded nodes, each after all of its consumers.
+fn topo_order(root: &Tensor) -> Result<Vec<Tensor>> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // (tensor, children_pushed)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        match t.grad_fn() {
+            Some(f) => {
+                stack.push((t.clone(), true));
+                for inp in f.inputs() {
+                    if inp.requires_grad() && !seen.contains(&inp.id()) {
+                        stack.push((inp, false));
+                    }
+                }
+            }
+            None if t.is_freed() => return Err(Error::Grad(FREED.into())),
+            None => {} // a leaf
+        }
+    }
+    order.reverse();
+    Ok(order)
+}
+
+impl Tensor {
+    /// d(self)/d(leaves), accumulated into each leaf's `.grad`.
+    /// `grad` is d(loss)/d(self); it may be omitted only when `self` has one element.
+    pub fn backward(&self, grad: Option<&Tensor>, retain_graph: bool) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::Grad(
+                "backward: this tensor does not require grad and has no grad_fn (did you forget \
+                 requires_grad=True on an input, or compute it under no_grad?)"
+                    .into(),
+            ));
+        }
+        if self.is_freed() {
+            return Err(Error::Grad(FREED.into()));
+        }
+        let seed = match grad {
+            Some(g) => {
+                if g.shape() != self.shape() {
+                    return Err(Error::shape(
+                        "backward",
+                        format!("gradient shape {} does not match output shape {}", fmt_shape(g.shape()), fmt_shape(self.shape())),
+                    ));
+                }
+                g.deep_clone()
+            }
+            None if self.numel() == 1 => Tensor::full(self.shape(), 1.0)?,
+            None => {
+                return Err(Error::Grad(format!(
+                    "backward: grad can be implicitly created only for one-element outputs, but this tensor has \
+                     shape {}; reduce it first (e.g. .sum()) or pass a gradient of that shape",
+                    fmt_shape(self.shape())
+                )));
+            }
+        };
+        if self.grad_fn().is_none() {
+            self.accumulate_grad(&seed); // backward on a leaf: d(self)/d(self) = seed
+            return Ok(());
+        }
+        let _guard = no_grad();
+        let order = topo_order(self)?;
+        let mut grads: HashMap<u64, Tensor> = HashMap::new();
+        grads.insert(self.id(), seed);
+        for t in order {
+            check_interrupt()?;
+            let Some(g) = grads.remove(&t.id()) else { continue };
+            let Some(node) = t.grad_fn() else { continue };
+            let inputs = node.inputs();
+            let needs: Vec<bool> = inputs.iter().map(|i| i.requires_grad()).collect();
+            let dins = node.backward(&g, &needs)?;
+            drop(g);
+            if !retain_graph {
+                t.mark_freed();
+            }
+            for ((inp, din), need) in inputs.iter().zip(dins).zip(needs) {
+                let Some(din) = din else { continue };
+                if !need {
+                    continue;
+                }
+                if din.shape() != inp.shape() {
+                    return Err(Error::Grad(format!(
+                        "internal error in {}'s backward: gradient shape {} for an input of shape {}",
+                        node.name(),
+                        fmt_shape(din.shape()),
+                        fmt_shape(inp.shape())
+                    )));
+                }
+                if inp.grad_fn().is_some() {
+                    match grads.get(&inp.id()) {
+                        Some(acc) => add_inplace(acc, &din),
+                        None => {
+                            // the same tensor may be shared (e.g. a reshape view), so own the data
+                            let owned = if din.same_storage(&t) { din.deep_clone() } else { din };
+                            grads.insert(inp.id(), owned);
+                        }
+                    }
+                } else if inp.is_freed() {
+                    return Err(Error::Grad(FREED.into()));
+                } else {
+                    inp.accumulate_grad(&din);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::binary::{add, mul};
+    use crate::ops::reduce::sum_all;
+    use crate::tensor::Tensor;
+
+    fn leaf(v: &[f32]) -> Tensor {
+        Tensor::new(v.to_vec(), &[v.len()]).unwrap().requires_grad_(true)
+    }
+
+    #[test]
+    fn shared_subexpression_accumulates() {
+        // y = x*x + x  -> dy/dx = 2x + 1
+        let x = leaf(&[1.0, -2.0, 3.0]);
+        let y = sum_all(&add(&mul(&x, &x).unwrap(), &x).unwrap()).unwrap();
+        y.backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![3.0, -3.0, 7.0]);
+        // a second, separate graph accumulates into .grad (torch semantics)
+        sum_all(&x).unwrap().backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![4.0, -2.0, 8.0]);
+    }
+
+    #[test]
+    fn misuse_is_an_error() {
+        let x = leaf(&[1.0, 2.0]);
+        let y = mul(&x, &x).unwrap();
+        let e = y.backward(None, false).unwrap_err();
+        assert!(e.to_string().contains("one-element"), "{e}");
+        let s = sum_all(&y).unwrap();
+        s.backward(None, false).unwrap();
+        let e = s.backward(None, false).unwrap_err();
+        assert!(e.to_string().contains("second time"), "{e}");
+        // retain_graph keeps it usable
+        let s2 = sum_all(&mul(&x, &x).unwrap()).unwrap();
+        s2.backward(None, true).unwrap();
+        s2.backward(None, true).unwrap();
+        let nograd = Tensor::new(vec![1.0], &[1]).unwrap();
+        assert!(nograd.backward(None, false).is_err());
+    }
+
+    #[test]
+    fn deep_graph_does_not_overflow_the_stack() {
+        let x = leaf(&[1.0]);
+        let mut y = x.clone();
+        for _ in 0..100_000 {
+            y = add(&y, &x).unwrap();
+        }
+        sum_all(&y).unwrap().backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![100_001.0]);
+    }
+
+    #[test]
+    fn no_grad_records_nothing() {
+        let x = leaf(&[1.0]);
+        let y = {
+            let _g = crate::autograd::no_grad();
+            mul(&x, &x).unwrap()
+        };
+        assert!(!y.requires_grad());
+        assert!(mul(&x, &x).unwrap().requires_grad());
+    }
+}

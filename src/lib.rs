@@ -1,0 +1,26 @@
+//! nanofrontier: a tested, torch-free CPU engine for small transformers and their post-training
+//! objectives, built to make the guide *From Neural Nets to Frontier Models* runnable.
+//!
+//! Read it in flow order — each module uses only the ones above it:
+//!
+//! ```text
+//! error → tensor → autograd → parallel → ops → optim → bindings (Python) → python/nanofrontier → notebooks
+//! ```
+
+/// The one error type (op name + shapes), mapped to Python exceptions only in `bindings`.
+pub mod error;
+/// 1. The data: `Tensor` (Arc handle to f32 storage + shape + autograd slots), shapes, seeded RNG, printing.
+pub mod tensor;
+/// 2. The tape: `Backward` nodes, `backward()`, `no_grad`, and the finite-difference `gradcheck`.
+pub mod autograd;
+/// How work runs: the fork-safe thread pool and the Ctrl-C hook.
+pub mod parallel;
+/// 3. Ops: one file per family, forward + backward + tests side by side.
+pub mod ops;
+/// 4. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
+pub mod optim;
+/// 5. The Python module `nanofrontier._core` — the only code that knows Python exists.
+pub mod bindings;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,26 @@
+//! Every op, one family per file: the forward function, its `Backward` struct and its tests together.
+//! Each op's tests run a finite-difference gradcheck and compare the forward with an independent
+//! reference (an f64 formula, or for a fused op a composite of primitives).
+//!
+//! Primitives:
+//! - `binary`     add sub mul div pow (broadcasting; scalar forms)
+//! - `unary`      neg exp log sqrt tanh relu sigmoid
+//! - `reduce`     sum mean max over dims (keepdim), sum_all, mean_all
+//! - `view`       reshape permute transpose narrow cat stack
+//! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool
+//! - `index`      embedding gather (scatter-add backward), masked_fill, where
+//! - `dropout`    inverted dropout with a seeded mask
+//!
+//! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):
+//! - `activation` gelu (tanh form), silu
+//! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index)
+
+pub mod binary;
+pub mod unary;
+pub mod reduce;
+pub mod view;
+pub mod matmul;
+pub mod index;
+pub mod dropout;
+pub mod activation;
+pub mod softmax;
