@@ -1,1 +1,53 @@
-//! (being written)
+//! The Python module `nanofrontier._core`: the only code that imports pyo3 or numpy.
+//! - `errors`    core `Error` → Python exceptions (once), and `run` = release the GIL + map errors
+//! - `tensor`    the `Tensor` class: conversions, operators, methods
+//! - `functions` creation, randomness, threads, grad mode, multi-tensor ops
+//! - `optim`     SGD / AdamW / clip_grad_norm over lists of parameters
+
+pub mod errors;
+pub mod functions;
+pub mod optim;
+pub mod tensor;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    crate::parallel::set_interrupt_hook(errors::python_interrupted);
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<tensor::PyTensor>()?;
+    use functions as f;
+    for func in [
+        wrap_pyfunction!(f::zeros, m)?,
+        wrap_pyfunction!(f::ones, m)?,
+        wrap_pyfunction!(f::full, m)?,
+        wrap_pyfunction!(f::manual_seed, m)?,
+        wrap_pyfunction!(f::randn, m)?,
+        wrap_pyfunction!(f::rand, m)?,
+        wrap_pyfunction!(f::randint, m)?,
+        wrap_pyfunction!(f::multinomial, m)?,
+        wrap_pyfunction!(f::get_rng_state, m)?,
+        wrap_pyfunction!(f::set_rng_state, m)?,
+        wrap_pyfunction!(f::set_num_threads, m)?,
+        wrap_pyfunction!(f::get_num_threads, m)?,
+        wrap_pyfunction!(f::set_grad_enabled, m)?,
+        wrap_pyfunction!(f::is_grad_enabled, m)?,
+        wrap_pyfunction!(f::matmul_, m)?,
+        wrap_pyfunction!(f::cross_entropy, m)?,
+        wrap_pyfunction!(f::embedding, m)?,
+        wrap_pyfunction!(f::index_select, m)?,
+        wrap_pyfunction!(f::masked_fill, m)?,
+        wrap_pyfunction!(f::where_, m)?,
+        wrap_pyfunction!(f::cat, m)?,
+        wrap_pyfunction!(f::stack, m)?,
+        wrap_pyfunction!(f::expand, m)?,
+        wrap_pyfunction!(f::dropout_, m)?,
+        wrap_pyfunction!(f::gelu, m)?,
+        wrap_pyfunction!(f::silu, m)?,
+    ] {
+        m.add_function(func)?;
+    }
+    optim::register(m)?;
+    Ok(())
+}

@@ -226,6 +226,32 @@ impl Backward for PowBackward {
     }
 }
 
+// ---- comparisons (no gradient: the result is a 0/1 mask) ----
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+/// 1.0 where `a <cmp> b` holds, else 0.0 (broadcasting). Never recorded: comparisons have no gradient.
+pub fn compare(a: &Tensor, b: &Tensor, cmp: Cmp) -> Result<Tensor> {
+    let f = move |x: f32, y: f32| {
+        let r = match cmp {
+            Cmp::Eq => x == y,
+            Cmp::Ne => x != y,
+            Cmp::Lt => x < y,
+            Cmp::Le => x <= y,
+            Cmp::Gt => x > y,
+            Cmp::Ge => x >= y,
+        };
+        r as u8 as f32
+    };
+    zip_broadcast("compare", a, b, f)
+}
+
 // ---- scalar forms: the same ops with a 0-d constant ----
 pub fn add_scalar(a: &Tensor, s: f32) -> Result<Tensor> {
     add(a, &Tensor::scalar(s))
@@ -325,6 +351,15 @@ mod tests {
         // empty tensors broadcast to empty outputs
         let e = add(&Tensor::zeros(&[0, 3]).unwrap(), &Tensor::ones(&[3]).unwrap()).unwrap();
         assert_eq!(e.shape(), &[0, 3]);
+    }
+
+    #[test]
+    fn comparisons_make_masks_without_grad() {
+        let a = Tensor::new(vec![1.0, 2.0, f32::NAN], &[3]).unwrap().requires_grad_(true);
+        let m = compare(&a, &Tensor::scalar(2.0), Cmp::Ge).unwrap();
+        assert_eq!(m.to_vec(), vec![0.0, 1.0, 0.0]);
+        assert!(!m.requires_grad());
+        assert_eq!(compare(&a, &a, Cmp::Ne).unwrap().to_vec(), vec![0.0, 0.0, 1.0]); // nan != nan
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! Module-level functions of `nanofrontier._core`: tensor creation, randomness, threads, grad mode, and
+//! the ops that take more than one tensor or non-tensor arguments (cross_entropy, embedding, cat, ...).
+//! `nanofrontier/functional.py` and `__init__.py` re-export them with their Python-side docs.
+
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{IntoPyArray, PyArrayDyn};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::errors::run;
+use super::tensor::{PyTensor, to_indices, to_tensor};
+use crate::ops::{activation, dropout, index, matmul, softmax, view};
+use crate::tensor::{Tensor, random};
+
+fn shape_of(args: &Bound<'_, PyTuple>) -> PyResult<Vec<usize>> {
+    if args.len() == 1 {
+        if let Ok(v) = args.get_item(0)?.extract::<Vec<usize>>() {
+            return Ok(v);
+        }
+    }
+    args.extract::<Vec<usize>>()
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("shape must be non-negative ints, or one tuple/list of them"))
+}
+
+fn int_array<'py>(py: Python<'py>, v: Vec<i64>, shape: &[usize]) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+    let arr = ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(arr.into_pyarray(py))
+}
+
+fn tensors(py: Python<'_>, xs: &Bound<'_, PyAny>) -> PyResult<Vec<Tensor>> {
+    xs.try_iter()?.map(|x| to_tensor(py, &x?)).collect()
+}
+
+// ---- creation ----
+/// Tensor of zeros: `zeros(2, 3)` or `zeros((2, 3))`.
+#[pyfunction]
+#[pyo3(signature = (*shape, requires_grad = false))]
+pub fn zeros(shape: &Bound<'_, PyTuple>, requires_grad: bool) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(Tensor::zeros(&shape_of(shape)?)?.requires_grad_(requires_grad)))
+}
+/// Tensor of ones.
+#[pyfunction]
+#[pyo3(signature = (*shape, requires_grad = false))]
+pub fn ones(shape: &Bound<'_, PyTuple>, requires_grad: bool) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(Tensor::ones(&shape_of(shape)?)?.requires_grad_(requires_grad)))
+}
+/// Tensor filled with `value`.
+#[pyfunction]
+#[pyo3(signature = (shape, value, requires_grad = false))]
+pub fn full(shape: Vec<usize>, value: f32, requires_grad: bool) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(Tensor::full(&shape, value)?.requires_grad_(requires_grad)))
+}
+
+// ---- randomness (one global seeded generator: same numbers on every machine) ----
+/// Reseed the global generator.
+#[pyfunction]
+pub fn manual_seed(seed: u64) {
+    random::manual_seed(seed)
+}
+/// Normal(mean, std) samples: `randn(2, 3)`.
+#[pyfunction]
+#[pyo3(signature = (*shape, mean = 0.0, std = 1.0, requires_grad = false))]
+pub fn randn(py: Python<'_>, shape: &Bound<'_, PyTuple>, mean: f32, std: f32, requires_grad: bool) -> PyResult<PyTensor> {
+    let s = shape_of(shape)?;
+    Ok(PyTensor::wrap(run(py, || random::randn(&s, mean, std))?.requires_grad_(requires_grad)))
+}
+/// Uniform samples in [low, high): `rand(2, 3)`.
+#[pyfunction]
+#[pyo3(signature = (*shape, low = 0.0, high = 1.0, requires_grad = false))]
+pub fn rand(py: Python<'_>, shape: &Bound<'_, PyTuple>, low: f32, high: f32, requires_grad: bool) -> PyResult<PyTensor> {
+    let s = shape_of(shape)?;
+    Ok(PyTensor::wrap(run(py, || random::rand(&s, low, high))?.requires_grad_(requires_grad)))
+}
+/// Integers uniform in [low, high) as a numpy int64 array of `shape`.
+#[pyfunction]
+#[pyo3(signature = (low, high, shape))]
+pub fn randint<'py>(py: Python<'py>, low: i64, high: i64, shape: Vec<usize>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+    let n = crate::tensor::checked_numel("randint", &shape)?;
+    let v = run(py, || random::randint(low, high, n))?;
+    int_array(py, v, &shape)
+}
+/// Sample category indices from each row of `probs` (1-D or 2-D; rows need not sum to 1).
+/// Returns numpy int64 of shape (num_samples,) or (rows, num_samples).
+#[pyfunction]
+#[pyo3(signature = (probs, num_samples, replacement = false))]
+pub fn multinomial<'py>(py: Python<'py>, probs: &Bound<'py, PyAny>, num_samples: usize, replacement: bool) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+    let p = to_tensor(py, probs)?;
+    let v = run(py, || random::multinomial(&p, num_samples, replacement))?;
+    let shape = if p.ndim() == 2 { vec![p.shape()[0], num_samples] } else { vec![num_samples] };
+    int_array(py, v, &shape)
+}
+/// The global generator's state (for checkpoints): (s0, s1, s2, s3, spare_normal or None).
+#[pyfunction]
+pub fn get_rng_state() -> (u64, u64, u64, u64, Option<f64>) {
+    let (s, spare) = random::get_state().state();
+    (s[0], s[1], s[2], s[3], spare)
+}
+/// Restore a state from `get_rng_state()`.
+#[pyfunction]
+pub fn set_rng_state(state: (u64, u64, u64, u64, Option<f64>)) {
+    let (a, b, c, d, spare) = state;
+    random::set_state(random::Rng::from_state([a, b, c, d], spare))
+}
+
+// ---- threads and grad mode ----
+/// Use `n` threads for parallel ops (0 = NANOFRONTIER_NUM_THREADS or all cores).
+#[pyfunction]
+pub fn set_num_threads(n: usize) {
+    crate::parallel::set_num_threads(n)
+}
+/// Threads parallel ops use.
+#[pyfunction]
+pub fn get_num_threads() -> usize {
+    crate::parallel::num_threads()
+}
+/// Turn op recording on/off for this thread; returns the previous setting.
+#[pyfunction]
+pub fn set_grad_enabled(on: bool) -> bool {
+    crate::autograd::grad_mode::set_grad_enabled(on)
+}
+/// Whether ops are being recorded on this thread.
+#[pyfunction]
+pub fn is_grad_enabled() -> bool {
+    crate::autograd::is_grad_enabled()
+}
+
+// ---- ops with several tensors or index arguments ----
+/// numpy.matmul rules with autograd.
+#[pyfunction]
+#[pyo3(name = "matmul")]
+pub fn matmul_(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let (a, b) = (to_tensor(py, a)?, to_tensor(py, b)?);
+    Ok(PyTensor::wrap(run(py, || matmul::matmul(&a, &b))?))
+}
+/// Mean cross-entropy of `logits` (..., C) against integer `targets` (...), skipping `ignore_index`.
+#[pyfunction]
+#[pyo3(signature = (logits, targets, ignore_index = -100))]
+pub fn cross_entropy(py: Python<'_>, logits: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, ignore_index: Option<i64>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, logits)?;
+    let (t, _) = to_indices(py, targets)?;
+    Ok(PyTensor::wrap(run(py, || softmax::cross_entropy(&x, &t, ignore_index))?))
+}
+/// Rows of `weight` (V, C) picked by integer `ids`: output ids.shape + (C,).
+#[pyfunction]
+pub fn embedding(py: Python<'_>, weight: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let w = to_tensor(py, weight)?;
+    let (ids, shape) = to_indices(py, ids)?;
+    Ok(PyTensor::wrap(run(py, || index::embedding(&w, &ids, &shape))?))
+}
+/// Entries of `x` along `dim` at integer `indices`.
+#[pyfunction]
+pub fn index_select(py: Python<'_>, x: &Bound<'_, PyAny>, dim: isize, indices: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    let (idx, _) = to_indices(py, indices)?;
+    Ok(PyTensor::wrap(run(py, || index::index_select(&x, dim, &idx))?))
+}
+/// `value` where `mask` is nonzero/True, else `x` (mask broadcasts to x).
+#[pyfunction]
+pub fn masked_fill(py: Python<'_>, x: &Bound<'_, PyAny>, mask: &Bound<'_, PyAny>, value: f32) -> PyResult<PyTensor> {
+    let (x, m) = (to_tensor(py, x)?, to_tensor(py, mask)?);
+    Ok(PyTensor::wrap(run(py, || index::masked_fill(&x, &m, value))?))
+}
+/// `a` where `cond` is nonzero/True, else `b` (all three broadcast).
+#[pyfunction]
+#[pyo3(name = "where")]
+pub fn where_(py: Python<'_>, cond: &Bound<'_, PyAny>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let (c, a, b) = (to_tensor(py, cond)?, to_tensor(py, a)?, to_tensor(py, b)?);
+    Ok(PyTensor::wrap(run(py, || index::where_(&c, &a, &b))?))
+}
+/// Join tensors along an existing dim.
+#[pyfunction]
+#[pyo3(signature = (tensors, dim = 0))]
+pub fn cat(py: Python<'_>, tensors: &Bound<'_, PyAny>, dim: isize) -> PyResult<PyTensor> {
+    let xs = self::tensors(py, tensors)?;
+    Ok(PyTensor::wrap(run(py, || view::cat(&xs, dim))?))
+}
+/// Join equal-shaped tensors along a new dim.
+#[pyfunction]
+#[pyo3(signature = (tensors, dim = 0))]
+pub fn stack(py: Python<'_>, tensors: &Bound<'_, PyAny>, dim: isize) -> PyResult<PyTensor> {
+    let xs = self::tensors(py, tensors)?;
+    Ok(PyTensor::wrap(run(py, || view::stack(&xs, dim))?))
+}
+/// numpy broadcast_to, materialised; the gradient sums back.
+#[pyfunction]
+pub fn expand(py: Python<'_>, x: &Bound<'_, PyAny>, shape: Vec<usize>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || view::expand(&x, &shape))?))
+}
+/// Inverted dropout: zero each entry with probability p, scale the rest by 1/(1-p) (identity if not training).
+#[pyfunction]
+#[pyo3(signature = (x, p = 0.5, training = true))]
+#[pyo3(name = "dropout")]
+pub fn dropout_(py: Python<'_>, x: &Bound<'_, PyAny>, p: f32, training: bool) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || dropout::dropout(&x, p, training))?))
+}
+/// GELU, tanh approximation (GPT-2).
+#[pyfunction]
+pub fn gelu(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || activation::gelu(&x))?))
+}
+/// SiLU: x * sigmoid(x).
+#[pyfunction]
+pub fn silu(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || activation::silu(&x))?))
+}
