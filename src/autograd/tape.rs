@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::grad_mode::no_grad;
 use crate::error::{Error, Result, fmt_shape};
-use crate::ops::binary::add_inplace;
+use crate::ops::binary::{add, add_inplace};
 use crate::parallel::check_interrupt;
 use crate::tensor::Tensor;
 
@@ -113,7 +113,13 @@ impl Tensor {
                 }
                 if inp.grad_fn().is_some() {
                     match grads.get(&inp.id()) {
-                        Some(acc) => add_inplace(acc, &din),
+                        // in place only if nothing else sees acc: backwards may hand out aliases (add
+                        // passes dout through to both inputs, reshape returns a view of dout)
+                        Some(acc) if acc.is_exclusive() => add_inplace(acc, &din),
+                        Some(acc) => {
+                            let sum = add(acc, &din)?;
+                            grads.insert(inp.id(), sum);
+                        }
                         None => {
                             // the same tensor may be shared (e.g. a reshape view), so own the data
                             let owned = if din.same_storage(&t) { din.deep_clone() } else { din };

@@ -129,6 +129,10 @@ impl Tensor {
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
+    /// True if no other handle or view can see this tensor's data, so writing it in place is safe.
+    pub(crate) fn is_exclusive(&self) -> bool {
+        Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.0.storage) == 1
+    }
 
     // ---- data ----
     /// Read access to the contiguous data. Do not hold it across a call that writes the same tensor.
