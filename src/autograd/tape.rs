@@ -80,7 +80,7 @@ impl Tensor {
             }
         };
         if self.grad_fn().is_none() {
-            self.accumulate_grad(&seed); // backward on a leaf: d(self)/d(self) = seed
+            self.accumulate_grad(seed); // backward on a leaf: d(self)/d(self) = seed
             return Ok(());
         }
         let _guard = no_grad();
@@ -129,7 +129,7 @@ impl Tensor {
                 } else if inp.is_freed() {
                     return Err(Error::Grad(FREED.into()));
                 } else {
-                    inp.accumulate_grad(&din);
+                    inp.accumulate_grad(din);
                 }
             }
         }

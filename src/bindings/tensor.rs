@@ -101,7 +101,7 @@ fn shape_args(args: &Bound<'_, PyTuple>) -> PyResult<Vec<isize>> {
     args.extract::<Vec<isize>>().map_err(|_| PyTypeError::new_err("shape must be ints, or one tuple/list of ints"))
 }
 
-fn wrap(t: crate::error::Result<Tensor>) -> PyResult<PyTensor> {
+fn wrap(t: PyResult<Tensor>) -> PyResult<PyTensor> {
     Ok(PyTensor::wrap(t?))
 }
 
@@ -313,7 +313,6 @@ impl PyTensor {
         let o = operand(py, o)?;
         wrap(run(py, || binary::div(&o, &self.t)))
     }
-    #[pyo3(signature = (o, modulo = None))]
     fn __pow__(&self, py: Python<'_>, o: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
         if modulo.is_some_and(|m| !m.is_none()) {
             return Err(PyTypeError::new_err("pow() with a modulus is not supported for tensors"));
@@ -321,7 +320,6 @@ impl PyTensor {
         let o = operand(py, o)?;
         wrap(run(py, || binary::pow(&self.t, &o)))
     }
-    #[pyo3(signature = (o, modulo = None))]
     fn __rpow__(&self, py: Python<'_>, o: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
         if modulo.is_some_and(|m| !m.is_none()) {
             return Err(PyTypeError::new_err("pow() with a modulus is not supported for tensors"));

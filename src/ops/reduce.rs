@@ -14,28 +14,9 @@ use crate::parallel::{GRAIN, for_each_chunk, install};
 use crate::tensor::{Tensor, alloc_zeros, normalize_dim};
 
 // ---- sum_all ----
-/// Sum of every element, as a 0-d tensor.
+/// Sum of every element, as a 0-d tensor (the same as `sum(x, None, false)`).
 pub fn sum_all(x: &Tensor) -> Result<Tensor> {
-    let s: f64 = x.data().iter().map(|&v| v as f64).sum();
-    Ok(record(
-        Tensor::scalar(s as f32),
-        SumAllBackward { x: x.clone() },
-    ))
-}
-struct SumAllBackward {
-    x: Tensor,
-}
-impl Backward for SumAllBackward {
-    fn name(&self) -> &'static str {
-        "sum"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.x.clone()]
-    }
-    // out = Σ x  so  dx = dout everywhere
-    fn backward(&self, dout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(Tensor::full(self.x.shape(), dout.item()?)?)])
-    }
+    sum(x, None, false)
 }
 
 // ---- dims and layouts (shared with softmax) ----

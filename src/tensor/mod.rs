@@ -35,11 +35,22 @@ pub(crate) struct Inner {
 pub struct Tensor(pub(crate) Arc<Inner>);
 
 /// Allocate `n` zeros, turning an impossible size into `Error::Alloc` instead of an abort.
+/// Uses the allocator's zeroed path, so large buffers come pre-zeroed from the OS (no serial memset).
 pub fn alloc_zeros(op: &'static str, n: usize) -> Result<Vec<f32>> {
-    let mut v: Vec<f32> = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::Alloc { op, numel: n as u128 })?;
-    v.resize(n, 0.0);
-    Ok(v)
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let err = || Error::Alloc { op, numel: n as u128 };
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| err())?;
+    // SAFETY: layout has non-zero size; a null return is handled; the buffer was allocated by the global
+    // allocator with exactly this layout (capacity n of f32), and all-zero bits are valid f32 values.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut f32;
+        if ptr.is_null() {
+            return Err(err());
+        }
+        Ok(Vec::from_raw_parts(ptr, n, n))
+    }
 }
 
 /// An empty vector with room for `n` elements (same error rule as `alloc_zeros`).
@@ -202,10 +213,11 @@ impl Tensor {
         *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = g;
         Ok(())
     }
-    /// `self.grad += g` (allocating the grad on first use). Used by the tape for leaves.
-    pub(crate) fn accumulate_grad(&self, g: &Tensor) {
+    /// `self.grad += g` (taking `g` itself on first use when nothing else holds it). Used by the tape.
+    pub(crate) fn accumulate_grad(&self, g: Tensor) {
         let mut slot = self.0.grad.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
+            None if g.is_exclusive() && g.grad_fn().is_none() => *slot = Some(g),
             None => *slot = Some(g.deep_clone()),
             Some(old) => {
                 let mut d = old.data_mut();
