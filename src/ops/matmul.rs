@@ -1,1 +1,1001 @@
-//! (being written)
+//! `matmul` with numpy semantics: 1-D promotion, batch dims that broadcast, `(…, M, K) @ (…, K, N)`.
+//! All arithmetic is matrixmultiply's `sgemm` called on the contiguous buffers with row/column strides,
+//! so the backward's transposed products (dA = dC·Bᵀ, dB = Aᵀ·dC) read the same buffers with swapped
+//! strides instead of making transposed copies. Parallelism splits the OUTPUT into disjoint tiles of a
+//! size fixed by the shapes alone (never by the thread count), so results are bit-identical on 1 or N
+//! threads. Not here: integer/other dtypes, `out=` arguments, splitting the K (reduction) dim.
+//! References: numpy.matmul's broadcasting rules; llm.c `matmul_forward` / `matmul_backward`.
+
+use rayon::prelude::*;
+
+use crate::autograd::{Backward, record, will_record};
+use crate::error::{Error, Result, fmt_shape};
+use crate::parallel::{check_interrupt, install};
+use crate::tensor::shape::broadcast_strides;
+use crate::tensor::{Tensor, alloc_zeros, checked_numel, numel, strides};
+
+const OP: &str = "matmul";
+
+// ---- how the work is cut (work in flops = 2·rows·cols·k per product; nothing depends on the thread count) ----
+
+/// matrixmultiply packs B in blocks of this many columns (its f32 `NC`), so cutting the output's
+/// columns at multiples of it adds no packing work, while every cut of the rows re-packs B.
+const NC: usize = 1024;
+/// Products are cut into about this many tiles (when big enough): enough for 2+ threads to balance
+/// even with steal time on a VM, few enough that each tile stays tall (little re-packing).
+const TARGET_TILES: usize = 8;
+/// Tiles are at least this many rows / columns (when the matrix has them). Each row cut re-packs the
+/// tile's part of B: 64-row tiles cost ~10% on one core, 128-row tiles ~5%.
+const MIN_TILE_ROWS: usize = 128;
+const MIN_TILE_COLS: usize = 256;
+/// At most this much work per tile (~10 ms on one core), so a group holds several tiles to balance.
+const MAX_TILE_FLOPS: usize = 1 << 30;
+/// Tile edges are multiples of this (matrixmultiply's AVX-512 micro-kernel is 16×16).
+const ALIGN: usize = 16;
+/// Below this much total work everything runs on the calling thread (a rayon fork costs microseconds).
+const SERIAL_FLOPS: usize = 1 << 21;
+/// Tiles run in groups of about this much work (~45 ms on two cores); Ctrl-C is checked between groups.
+const GROUP_FLOPS: usize = 1 << 33;
+
+// ---- shapes ----
+
+/// One matmul's shapes after numpy's 1-D promotion: a (…a, M, K) @ b (…b, K, N) -> (…batch, M, N).
+struct Dims {
+    a_batch: Vec<usize>,
+    b_batch: Vec<usize>,
+    batch: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// The result's shape with the promoted dims removed again.
+    out_shape: Vec<usize>,
+}
+
+impl Dims {
+    fn new(a: &[usize], b: &[usize]) -> Result<Dims> {
+        let zero_dim = || {
+            Error::shape(
+                OP,
+                format!(
+                    "both arguments must have at least 1 dim, got {} @ {}",
+                    fmt_shape(a),
+                    fmt_shape(b)
+                ),
+            )
+        };
+        // 1-D a is a row (1, K); 1-D b is a column (K, 1)
+        let (a_batch, m, ka) = match a {
+            [] => return Err(zero_dim()),
+            [k] => (vec![], 1, *k),
+            [batch @ .., m, k] => (batch.to_vec(), *m, *k),
+        };
+        let (b_batch, kb, n) = match b {
+            [] => return Err(zero_dim()),
+            [k] => (vec![], *k, 1),
+            [batch @ .., k, n] => (batch.to_vec(), *k, *n),
+        };
+        if ka != kb {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "inner dimensions do not match: {} @ {}",
+                    fmt_shape(a),
+                    fmt_shape(b)
+                ),
+            ));
+        }
+        let batch = crate::tensor::broadcast_shapes(OP, &a_batch, &b_batch).map_err(|_| {
+            Error::shape(
+                OP,
+                format!(
+                    "cannot broadcast batch dims {} with {}: {} @ {}",
+                    fmt_shape(&a_batch),
+                    fmt_shape(&b_batch),
+                    fmt_shape(a),
+                    fmt_shape(b)
+                ),
+            )
+        })?;
+        let mut out_shape = batch.clone();
+        if a.len() > 1 {
+            out_shape.push(m);
+        }
+        if b.len() > 1 {
+            out_shape.push(n);
+        }
+        Ok(Dims {
+            a_batch,
+            b_batch,
+            batch,
+            m,
+            k: ka,
+            n,
+            out_shape,
+        })
+    }
+
+    /// For each output batch index (row-major over `batch`): which matrix of a and of b it reads.
+    fn batch_map(&self) -> Vec<(usize, usize)> {
+        let (sa, sb) = (
+            broadcast_strides(&self.a_batch, &self.batch),
+            broadcast_strides(&self.b_batch, &self.batch),
+        );
+        let so = strides(&self.batch);
+        (0..numel(&self.batch))
+            .map(|i| {
+                let (mut ia, mut ib, mut rem) = (0, 0, i);
+                for d in 0..so.len() {
+                    let q = rem / so[d];
+                    rem -= q * so[d];
+                    ia += q * sa[d];
+                    ib += q * sb[d];
+                }
+                (ia, ib)
+            })
+            .collect()
+    }
+
+    /// True when b is one matrix shared by all batches and a is not broadcast: then a's batch folds into
+    /// its rows, (…, M, K) @ (K, N) is one (…·M, K) @ (K, N) product (the Linear-layer case).
+    fn folds(&self) -> bool {
+        numel(&self.b_batch) == 1 && numel(&self.a_batch) == numel(&self.batch)
+    }
+}
+
+// ---- the engine: many strided sgemms into disjoint output tiles ----
+
+/// A strided matrix operand: a matrix starting at `data[off]` has element (r, c) at `off + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// `out[j] = Σ_{(ao, bo) in terms of j} A(ao) · B(bo)` for every output matrix j, where A(ao) is the
+/// (m, k) matrix of `a` starting at offset ao and B(bo) the (k, n) matrix of `b` at bo. `out` is
+/// contiguous (count, m, n). Terms of one output are summed in their listed order (sgemm's β = 1), so
+/// the gradient of a broadcast operand is summed without materialising the broadcast.
+struct Gemm<'a> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Strided<'a>,
+    b: Strided<'a>,
+    /// Terms of output j are `terms[starts[j]..starts[j + 1]]` (CSR layout).
+    terms: Vec<(usize, usize)>,
+    starts: Vec<usize>,
+}
+
+/// One block of output rows r0..r0+rows and columns c0..c0+cols of output matrix `mat`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tile {
+    mat: usize,
+    r0: usize,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+}
+
+/// The output pointer, shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks only write through it to disjoint tiles of a buffer that outlives them (see `Gemm::run`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// Tile edge lengths (rows, cols) for `count` products (m, k) @ (k, n). Small work: whole matrices.
+/// Else columns in blocks of ≤ NC and rows cut so that all products together make about TARGET_TILES
+/// tiles; short matrices (few rows, e.g. M = 1 decode) are cut along columns instead. Depends only
+/// on the shapes.
+fn tile_shape(count: usize, m: usize, k: usize, n: usize) -> (usize, usize) {
+    // a matrix-vector product (M = 1 or N = 1) runs at memory speed, ~4× slower per flop than sgemm
+    let per_matrix = 2 * m * k * n * if m == 1 || n == 1 { 4 } else { 1 };
+    if per_matrix.saturating_mul(count) <= 2 * SERIAL_FLOPS
+        || count >= 2 * TARGET_TILES && per_matrix <= MAX_TILE_FLOPS
+    {
+        return (m.max(1), n.max(1));
+    }
+    let mut cols = n.min(NC);
+    let col_blocks = n.div_ceil(cols);
+    // row cuts per matrix: enough for the tile target and the per-tile work cap
+    let want = TARGET_TILES
+        .div_ceil(count * col_blocks)
+        .max(per_matrix.div_ceil(MAX_TILE_FLOPS * col_blocks));
+    let rows = round_up(m.div_ceil(want), ALIGN)
+        .max(MIN_TILE_ROWS)
+        .min(m)
+        .max(1);
+    let tiles = count * m.div_ceil(rows) * col_blocks;
+    if tiles < TARGET_TILES {
+        let col_cuts = TARGET_TILES.div_ceil(count * m.div_ceil(rows));
+        cols = round_up(n.div_ceil(col_cuts), ALIGN)
+            .max(MIN_TILE_COLS)
+            .min(cols);
+    }
+    (rows, cols)
+}
+
+impl<'a> Gemm<'a> {
+    fn new(
+        (m, k, n): (usize, usize, usize),
+        a: Strided<'a>,
+        b: Strided<'a>,
+        terms: Vec<(usize, usize)>,
+        starts: Vec<usize>,
+    ) -> Gemm<'a> {
+        // Internal invariant (not user input): every term's last element lies inside its buffer, which
+        // is what makes the raw-pointer sgemm calls below sound.
+        if m > 0 && k > 0 && n > 0 {
+            let a_span = (m - 1) * a.rs + (k - 1) * a.cs;
+            let b_span = (k - 1) * b.rs + (n - 1) * b.cs;
+            for &(ao, bo) in &terms {
+                assert!(
+                    ao + a_span < a.data.len() && bo + b_span < b.data.len(),
+                    "matmul: operand out of bounds"
+                );
+            }
+        }
+        assert_eq!(*starts.last().unwrap_or(&0), terms.len());
+        Gemm {
+            m,
+            k,
+            n,
+            a,
+            b,
+            terms,
+            starts,
+        }
+    }
+
+    /// Every output matrix with one term each: out[j] = A(a_offs[j]) · B(b_offs[j]).
+    fn one_term_each(
+        dims: (usize, usize, usize),
+        a: Strided<'a>,
+        b: Strided<'a>,
+        terms: Vec<(usize, usize)>,
+    ) -> Gemm<'a> {
+        let starts = (0..=terms.len()).collect();
+        Gemm::new(dims, a, b, terms, starts)
+    }
+
+    fn count(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    fn tiles(&self) -> Vec<Tile> {
+        let (rows, cols) = tile_shape(self.count(), self.m, self.k, self.n);
+        let mut tiles = Vec::new();
+        if self.m == 0 || self.n == 0 || self.k == 0 {
+            return tiles; // the output stays zeros
+        }
+        for mat in 0..self.count() {
+            if self.starts[mat] == self.starts[mat + 1] {
+                continue; // a sum of nothing: zeros
+            }
+            for r0 in (0..self.m).step_by(rows) {
+                for c0 in (0..self.n).step_by(cols) {
+                    tiles.push(Tile {
+                        mat,
+                        r0,
+                        rows: rows.min(self.m - r0),
+                        c0,
+                        cols: cols.min(self.n - c0),
+                    });
+                }
+            }
+        }
+        tiles
+    }
+
+    fn tile_flops(&self, t: &Tile) -> usize {
+        2 * t.rows * t.cols * self.k * (self.starts[t.mat + 1] - self.starts[t.mat])
+    }
+
+    /// Compute one tile: its terms in order, the first overwriting (β = 0), the rest adding (β = 1).
+    ///
+    /// SAFETY: `out` points to a buffer of `count·m·n` floats, and no other task writes this tile.
+    unsafe fn run_tile(&self, t: &Tile, out: OutPtr) {
+        let (a, b) = (self.a, self.b);
+        for (q, &(ao, bo)) in self.terms[self.starts[t.mat]..self.starts[t.mat + 1]]
+            .iter()
+            .enumerate()
+        {
+            let (ao, bo) = (ao + t.r0 * a.rs, bo + t.c0 * b.cs);
+            // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
+            let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
+            // A single output row (M = 1, decode) or column (N = 1) is a matrix-vector product: sgemm
+            // would pack all of B and run its 16-row kernel on 15 rows of padding.
+            if t.rows == 1 && (b.cs == 1 || b.rs == 1 && a.cs == 1) {
+                // out[0, c] = Σ_k A[0, k] · B[k, c]
+                // SAFETY: output row of t.cols elements with stride 1, owned by this tile.
+                let y = unsafe { std::slice::from_raw_parts_mut(cp, t.cols) };
+                gemv(
+                    y,
+                    q == 0,
+                    (a.data, ao, a.cs),
+                    (b.data, bo, b.rs, b.cs),
+                    self.k,
+                );
+                continue;
+            }
+            if self.n == 1 && (a.rs == 1 || a.cs == 1 && b.rs == 1) {
+                // out[r, 0] = Σ_k B[k, 0] · A[r, k]: the same with the roles swapped
+                // SAFETY: with n = 1 the output column is contiguous: t.rows elements owned by this tile.
+                let y = unsafe { std::slice::from_raw_parts_mut(cp, t.rows) };
+                gemv(
+                    y,
+                    q == 0,
+                    (b.data, bo, b.rs),
+                    (a.data, ao, a.cs, a.rs),
+                    self.k,
+                );
+                continue;
+            }
+            // SAFETY: offsets are in bounds (checked in `Gemm::new`: r0 < m, c0 < n).
+            unsafe {
+                matrixmultiply::sgemm(
+                    t.rows,
+                    self.k,
+                    t.cols,
+                    1.0,
+                    a.data.as_ptr().add(ao),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr().add(bo),
+                    b.rs as isize,
+                    b.cs as isize,
+                    if q == 0 { 0.0 } else { 1.0 },
+                    cp,
+                    self.n as isize,
+                    1,
+                );
+            }
+        }
+    }
+
+    /// Fill `out` (zeros, length count·m·n). Tiles run in groups of about GROUP_FLOPS; between groups
+    /// the calling thread checks for Ctrl-C.
+    fn run(&self, out: &mut [f32]) -> Result<()> {
+        assert_eq!(out.len(), self.count() * self.m * self.n);
+        let tiles = self.tiles();
+        let ptr = OutPtr(out.as_mut_ptr());
+        let mut start = 0;
+        while start < tiles.len() {
+            let (mut end, mut work) = (start, 0usize);
+            while end < tiles.len()
+                && (end == start || work + self.tile_flops(&tiles[end]) <= GROUP_FLOPS)
+            {
+                work += self.tile_flops(&tiles[end]);
+                end += 1;
+            }
+            let group = &tiles[start..end];
+            if group.len() == 1 || work <= SERIAL_FLOPS {
+                for t in group {
+                    // SAFETY: tiles are disjoint and `out` lives through this call.
+                    unsafe { self.run_tile(t, ptr) };
+                }
+            } else {
+                // many tiny tiles (small batched matmuls) are handed out in runs of ~SERIAL_FLOPS
+                let per_tile = (work / group.len()).max(1);
+                let min_len = (SERIAL_FLOPS / per_tile).max(1);
+                install(|| {
+                    group.par_iter().with_min_len(min_len).for_each(|t| {
+                        // SAFETY: tiles are disjoint and `out` lives until `install` returns.
+                        unsafe { self.run_tile(t, ptr) }
+                    })
+                });
+            }
+            start = end;
+            if start < tiles.len() {
+                check_interrupt()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `y[j] (=|+=) Σ_k x[k] · w[k, j]` for j < y.len(), k < kk; x is `(data, offset, stride)`, w is
+/// `(data, offset, k-stride, j-stride)`. Overwrites y when `overwrite`, else adds to it. Callers
+/// guarantee w's j-stride is 1 (rows of w contiguous: axpy form) or its k-stride and x's stride are 1
+/// (columns contiguous: dot form). Sums run in a fixed order, independent of threads and of the CPU:
+/// the AVX2 build of the same code uses no FMA, so it rounds exactly like the baseline one.
+fn gemv(
+    y: &mut [f32],
+    overwrite: bool,
+    x: (&[f32], usize, usize),
+    w: (&[f32], usize, usize, usize),
+    kk: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        return unsafe { gemv_avx2(y, overwrite, x, w, kk) };
+    }
+    gemv_body(y, overwrite, x, w, kk)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gemv_avx2(
+    y: &mut [f32],
+    overwrite: bool,
+    x: (&[f32], usize, usize),
+    w: (&[f32], usize, usize, usize),
+    kk: usize,
+) {
+    gemv_body(y, overwrite, x, w, kk)
+}
+
+#[inline(always)]
+fn gemv_body(
+    y: &mut [f32],
+    overwrite: bool,
+    x: (&[f32], usize, usize),
+    w: (&[f32], usize, usize, usize),
+    kk: usize,
+) {
+    let (xd, xo, xs) = x;
+    let (wd, wo, wk, wj) = w;
+    let len = y.len();
+    if wj == 1 {
+        // y += x[k] · w[k, :], four rows per pass so y is loaded and stored once per four rows; each
+        // y[j] still adds its terms one at a time in k order
+        if overwrite {
+            y.fill(0.0);
+        }
+        let row = |k: usize| &wd[wo + k * wk..wo + k * wk + len];
+        let mut k = 0;
+        while k + 4 <= kk {
+            let (x0, x1, x2, x3) = (
+                xd[xo + k * xs],
+                xd[xo + (k + 1) * xs],
+                xd[xo + (k + 2) * xs],
+                xd[xo + (k + 3) * xs],
+            );
+            let (r0, r1, r2, r3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+            for j in 0..len {
+                let mut v = y[j];
+                v += x0 * r0[j];
+                v += x1 * r1[j];
+                v += x2 * r2[j];
+                v += x3 * r3[j];
+                y[j] = v;
+            }
+            k += 4;
+        }
+        while k < kk {
+            let xk = xd[xo + k * xs];
+            for (yj, &wv) in y.iter_mut().zip(row(k)) {
+                *yj += xk * wv;
+            }
+            k += 1;
+        }
+    } else {
+        // y[j] = dot(x, w[:, j]) with both contiguous
+        let xv = &xd[xo..xo + kk];
+        for (j, yj) in y.iter_mut().enumerate() {
+            let col = &wd[wo + j * wj..wo + j * wj + kk];
+            let d = dot(xv, col);
+            *yj = if overwrite { d } else { *yj + d };
+        }
+    }
+}
+
+/// Dot product in 16 independent f32 lanes (so it vectorizes), then the lanes summed in a fixed order.
+#[inline(always)]
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xa, ya) in xc.zip(yc) {
+        for l in 0..L {
+            acc[l] += xa[l] * ya[l];
+        }
+    }
+    for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
+        acc[l] += xv * yv;
+    }
+    // pairwise, fixed order
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+/// Row-major (rows, cols) matrices, or their transposes read in place through swapped strides.
+fn plain(data: &[f32], cols: usize) -> Strided<'_> {
+    Strided {
+        data,
+        rs: cols,
+        cs: 1,
+    }
+}
+fn transposed(data: &[f32], cols: usize) -> Strided<'_> {
+    Strided {
+        data,
+        rs: 1,
+        cs: cols,
+    }
+}
+
+// ---- matmul ----
+
+/// out = a @ b with numpy.matmul semantics. Shapes: a (…, M, K), b (…, K, N) -> (broadcast(…), M, N).
+/// A 1-D `a` is a row vector (its dim is removed from the result), a 1-D `b` a column vector; so
+/// (K,) @ (K,) is a 0-d dot product. Errors: 0-d arguments, inner dims that differ, batch dims that
+/// do not broadcast (all `Error::Shape`); an output too large to allocate (`Error::Alloc`).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = Dims::new(a.shape(), b.shape())?;
+    let (m, k, n) = (dims.m, dims.k, dims.n);
+    let count = checked_numel(OP, &dims.batch)?;
+    let total = checked_numel(OP, &[count, m, n])?;
+    let mut out = alloc_zeros(OP, total)?;
+    {
+        let (ad, bd) = (a.data(), b.data());
+        let gemm = if dims.folds() {
+            // (…, M, K) @ (K, N) as one (…·M, K) @ (K, N)
+            Gemm::one_term_each(
+                (count * m, k, n),
+                plain(&ad, k),
+                plain(&bd, n),
+                vec![(0, 0)],
+            )
+        } else {
+            let terms = dims
+                .batch_map()
+                .into_iter()
+                .map(|(ia, ib)| (ia * m * k, ib * k * n))
+                .collect();
+            Gemm::one_term_each((m, k, n), plain(&ad, k), plain(&bd, n), terms)
+        };
+        gemm.run(&mut out)?;
+    }
+    let out = Tensor::from_vec_unchecked(out, dims.out_shape.clone());
+    if !will_record(&[a, b]) {
+        return Ok(out);
+    }
+    Ok(record(
+        out,
+        MatmulBackward {
+            a: a.clone(),
+            b: b.clone(),
+        },
+    ))
+}
+
+struct MatmulBackward {
+    a: Tensor,
+    b: Tensor,
+}
+
+/// CSR grouping: for each of `count` targets, the positions i (ascending) with `target_of[i]` == it.
+fn group_by_target(
+    target_of: impl Iterator<Item = usize> + Clone,
+    count: usize,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut starts = vec![0usize; count + 1];
+    for t in target_of.clone() {
+        starts[t + 1] += 1;
+    }
+    for j in 0..count {
+        starts[j + 1] += starts[j];
+    }
+    let mut fill = starts.clone();
+    let mut order = vec![0usize; starts[count]];
+    for (i, t) in target_of.enumerate() {
+        order[fill[t]] = i;
+        fill[t] += 1;
+    }
+    (order, starts)
+}
+
+impl Backward for MatmulBackward {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+    // forward was: out[i] = A[ia(i)] @ B[ib(i)] for every batch index i, so
+    //   dA[j] = Σ_{i: ia(i) = j} dC[i] @ B[ib(i)]ᵀ     dB[j] = Σ_{i: ib(i) = j} A[ia(i)]ᵀ @ dC[i]
+    // (1-D inputs were promoted to (1, K) / (K, 1): same data, so their gradients are just reshaped.)
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let dims = Dims::new(self.a.shape(), self.b.shape())?;
+        let (m, k, n) = (dims.m, dims.k, dims.n);
+        let (ad, bd, dc) = (self.a.data(), self.b.data(), dout.data());
+        let count = numel(&dims.batch);
+        let map = if dims.folds() {
+            vec![]
+        } else {
+            dims.batch_map()
+        };
+        let dc_offs = |i: usize| i * m * n;
+
+        let da = if needs[0] {
+            let mut g = alloc_zeros(OP, self.a.numel())?;
+            let gemm = if dims.folds() {
+                // dA (…·M, K) = dC (…·M, N) @ Bᵀ (N, K)
+                Gemm::one_term_each(
+                    (count * m, n, k),
+                    plain(&dc, n),
+                    transposed(&bd, n),
+                    vec![(0, 0)],
+                )
+            } else {
+                let (order, starts) =
+                    group_by_target(map.iter().map(|&(ia, _)| ia), numel(&dims.a_batch));
+                let terms = order
+                    .iter()
+                    .map(|&i| (dc_offs(i), map[i].1 * k * n))
+                    .collect();
+                Gemm::new((m, n, k), plain(&dc, n), transposed(&bd, n), terms, starts)
+            };
+            gemm.run(&mut g)?;
+            Some(Tensor::from_vec_unchecked(g, self.a.shape().to_vec()))
+        } else {
+            None
+        };
+
+        let db = if needs[1] {
+            let mut g = alloc_zeros(OP, self.b.numel())?;
+            let gemm = if dims.folds() {
+                // dB (K, N) = Aᵀ (K, …·M) @ dC (…·M, N): the batch sum happens inside the product
+                Gemm::one_term_each(
+                    (k, count * m, n),
+                    transposed(&ad, k),
+                    plain(&dc, n),
+                    vec![(0, 0)],
+                )
+            } else {
+                let (order, starts) =
+                    group_by_target(map.iter().map(|&(_, ib)| ib), numel(&dims.b_batch));
+                let terms = order
+                    .iter()
+                    .map(|&i| (map[i].0 * m * k, dc_offs(i)))
+                    .collect();
+                Gemm::new((k, m, n), transposed(&ad, k), plain(&dc, n), terms, starts)
+            };
+            gemm.run(&mut g)?;
+            Some(Tensor::from_vec_unchecked(g, self.b.shape().to_vec()))
+        } else {
+            None
+        };
+        Ok(vec![da, db])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::assert_gradcheck;
+    use crate::parallel::set_num_threads;
+    use crate::tensor::random::{manual_seed, randn};
+
+    fn p(shape: &[usize]) -> Tensor {
+        randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
+    }
+
+    /// numpy.matmul in f64 with plain loops: promote 1-D, broadcast the batch by explicit strides,
+    /// triple loop, drop the promoted dims. Returns (shape, values).
+    fn reference(a: &Tensor, b: &Tensor) -> (Vec<usize>, Vec<f64>) {
+        let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
+        let a2 = if sa.len() == 1 {
+            vec![1, sa[0]]
+        } else {
+            sa.clone()
+        };
+        let b2 = if sb.len() == 1 {
+            vec![sb[0], 1]
+        } else {
+            sb.clone()
+        };
+        let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+        let (ba, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
+        let batch = crate::tensor::broadcast_shapes("ref", ba, bb).unwrap();
+        let (sta, stb) = (broadcast_strides(ba, &batch), broadcast_strides(bb, &batch));
+        let (ad, bd) = (a.to_vec(), b.to_vec());
+        let mut out = Vec::new();
+        for i in 0..numel(&batch) {
+            // multi-index of i over `batch`, then each operand's matrix number
+            let (mut ia, mut ib, mut rem) = (0, 0, i);
+            for d in (0..batch.len()).rev() {
+                let q = rem % batch[d];
+                rem /= batch[d];
+                ia += q * sta[d];
+                ib += q * stb[d];
+            }
+            for r in 0..m {
+                for c in 0..n {
+                    let mut s = 0f64;
+                    for kk in 0..k {
+                        s +=
+                            ad[ia * m * k + r * k + kk] as f64 * bd[ib * k * n + kk * n + c] as f64;
+                    }
+                    out.push(s);
+                }
+            }
+        }
+        let mut shape = batch.clone();
+        if sa.len() > 1 {
+            shape.push(m);
+        }
+        if sb.len() > 1 {
+            shape.push(n);
+        }
+        (shape, out)
+    }
+
+    /// Max |got − want| relative to the scale of the terms (k·max|a|·max|b| would be loose; use √k).
+    fn assert_close(what: &str, got: &[f32], want: &[f64], k: usize) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let tol = 1e-5 * (k.max(1) as f64).sqrt() * 4.0;
+        let (mut worst, mut at) = (0f64, 0);
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let d = (g as f64 - w).abs() / (1.0 + w.abs());
+            if d > worst {
+                (worst, at) = (d, i);
+            }
+        }
+        assert!(
+            worst <= tol,
+            "{what}: max rel diff {worst:.2e} > {tol:.2e} at element {at}: {} vs {}",
+            got[at],
+            want[at]
+        );
+    }
+
+    fn check_forward(sa: &[usize], sb: &[usize]) {
+        let (a, b) = (p(sa), p(sb));
+        let out = matmul(&a, &b).unwrap();
+        let (shape, want) = reference(&a, &b);
+        assert_eq!(out.shape(), &shape[..], "{sa:?} @ {sb:?}: shape");
+        let k = *sa.last().unwrap();
+        assert_close(&format!("{sa:?} @ {sb:?}"), &out.to_vec(), &want, k);
+    }
+
+    // (a shape, b shape): every promotion and broadcast path, small enough to gradcheck
+    const SMALL: [(&[usize], &[usize]); 12] = [
+        (&[3, 4], &[4, 5]),             // 2-D
+        (&[4], &[4, 5]),                // 1-D @ 2-D (gemv, axpy form)
+        (&[3, 4], &[4]),                // 2-D @ 1-D (gemv, dot form)
+        (&[4], &[4]),                   // 1-D @ 1-D -> 0-d
+        (&[2, 3, 4], &[2, 4, 5]),       // batched
+        (&[2, 1, 3, 4], &[3, 4, 5]),    // broadcast batch -> (2, 3, 3, 5)
+        (&[2, 3, 4], &[4, 5]),          // shared b: folds into one (6, 4) @ (4, 5)
+        (&[3, 4], &[2, 4, 5]),          // shared a: dA sums over the batch
+        (&[1, 3, 4], &[2, 4, 5]),       // size-1 batch dim broadcast
+        (&[4], &[2, 4, 5]),             // 1-D @ batched
+        (&[2, 3, 4], &[4]),             // batched @ 1-D
+        (&[2, 1, 1, 4], &[1, 3, 4, 2]), // broadcast on both sides, M = 1
+    ];
+
+    #[test]
+    fn forward_matches_f64_reference() {
+        manual_seed(0);
+        for (sa, sb) in SMALL {
+            check_forward(sa, sb);
+        }
+        // shapes big enough to be cut into tiles, ragged edges, and the matrix-vector paths
+        let (r, _) = tile_shape(1, 300, 200, 1100);
+        assert!(r < 300, "300×1100 output should be cut into row tiles");
+        check_forward(&[300, 200], &[200, 1100]);
+        check_forward(&[3, 129, 70], &[70, 1030]);
+        check_forward(&[4, 2, 33, 17], &[2, 17, 65]);
+        check_forward(&[1, 700], &[700, 3000]);
+        check_forward(&[3000, 700], &[700]);
+        check_forward(&[2000], &[2000]);
+    }
+
+    #[test]
+    fn gradcheck_every_case() {
+        manual_seed(1);
+        for (sa, sb) in SMALL {
+            assert_gradcheck(|xs| matmul(&xs[0], &xs[1]), &[p(sa), p(sb)]);
+        }
+        // only one side needing a gradient
+        let (a, b) = (p(&[2, 3, 4]), randn(&[4, 5], 0.0, 1.0).unwrap());
+        assert_gradcheck(|xs| matmul(&xs[0], &xs[1]), &[a, b]);
+        let (a, b) = (randn(&[3, 4], 0.0, 1.0).unwrap(), p(&[2, 4, 5]));
+        assert_gradcheck(|xs| matmul(&xs[0], &xs[1]), &[a, b]);
+    }
+
+    /// dA and dB on tiled shapes, against f64 sums: with L = Σ w·out,
+    /// dA[ia, r, k] = Σ_{i→ia} Σ_n w[i, r, n]·B[ib, k, n],  dB[ib, k, n] = Σ_{i→ib} Σ_r A[ia, r, k]·w[i, r, n].
+    #[test]
+    fn backward_matches_f64_reference_on_big_shapes() {
+        manual_seed(2);
+        let cases: [(&[usize], &[usize]); 5] = [
+            (&[4, 160, 96], &[96, 1100]),  // fold: dB is one (96, 640) @ (640, 1100)
+            (&[300, 200], &[2, 200, 170]), // shared a: dA sums two products per tile
+            (&[2, 1, 150, 64], &[3, 64, 300]),
+            (&[1, 900], &[900, 1500]), // M = 1
+            (&[1500, 900], &[900]),    // N = 1
+        ];
+        for (sa, sb) in cases {
+            let (a, b) = (p(sa), p(sb));
+            let out = matmul(&a, &b).unwrap();
+            let w = randn(out.shape(), 0.0, 1.0).unwrap();
+            out.backward(Some(&w), false).unwrap();
+            // reference over the promoted (batch, M, K) @ (batch, K, N) layout
+            let dims = Dims::new(sa, sb).unwrap();
+            let (m, k, n) = (dims.m, dims.k, dims.n);
+            let (ad, bd, wd) = (a.to_vec(), b.to_vec(), w.to_vec());
+            let mut da = vec![0f64; a.numel()];
+            let mut db = vec![0f64; b.numel()];
+            for (i, (ia, ib)) in dims.batch_map().into_iter().enumerate() {
+                for r in 0..m {
+                    for c in 0..n {
+                        let wv = wd[i * m * n + r * n + c] as f64;
+                        for kk in 0..k {
+                            da[ia * m * k + r * k + kk] += wv * bd[ib * k * n + kk * n + c] as f64;
+                            db[ib * k * n + kk * n + c] += ad[ia * m * k + r * k + kk] as f64 * wv;
+                        }
+                    }
+                }
+            }
+            let batch_sum = numel(&dims.batch) / numel(&dims.a_batch).max(1);
+            assert_close(
+                &format!("dA of {sa:?} @ {sb:?}"),
+                &a.grad().unwrap().to_vec(),
+                &da,
+                n * batch_sum,
+            );
+            let batch_sum = numel(&dims.batch) / numel(&dims.b_batch).max(1);
+            assert_close(
+                &format!("dB of {sa:?} @ {sb:?}"),
+                &b.grad().unwrap().to_vec(),
+                &db,
+                m * batch_sum,
+            );
+        }
+    }
+
+    #[test]
+    fn zero_size_dims() {
+        let z = |s: &[usize]| Tensor::zeros(s).unwrap().requires_grad_(true);
+        // M = 0 and N = 0: empty results
+        assert_eq!(matmul(&z(&[0, 3]), &p(&[3, 4])).unwrap().shape(), &[0, 4]);
+        assert_eq!(matmul(&p(&[2, 3]), &z(&[3, 0])).unwrap().shape(), &[2, 0]);
+        // K = 0: a sum of nothing is zero
+        let (a, b) = (z(&[2, 3, 0]), z(&[0, 4]));
+        let out = matmul(&a, &b).unwrap();
+        assert_eq!(out.shape(), &[2, 3, 4]);
+        assert!(out.to_vec().iter().all(|&v| v == 0.0));
+        let d = matmul(&z(&[0]), &z(&[0])).unwrap();
+        assert_eq!((d.shape(), d.item().unwrap()), (&[][..], 0.0));
+        // empty batch
+        assert_eq!(
+            matmul(&z(&[0, 2, 3]), &p(&[3, 4])).unwrap().shape(),
+            &[0, 2, 4]
+        );
+        // gradients flow with the right (empty or zero) shapes
+        let (a, b) = (z(&[2, 0]), p(&[0, 3]));
+        let out = matmul(&a, &b).unwrap();
+        out.backward(Some(&Tensor::ones(&[2, 3]).unwrap()), false)
+            .unwrap();
+        assert_eq!(a.grad().unwrap().shape(), &[2, 0]);
+        assert_eq!(b.grad().unwrap().shape(), &[0, 3]);
+        // a broadcast operand whose batch partner is empty gets a zero gradient
+        let (a, b) = (p(&[1, 2, 3]), p(&[0, 3, 4]));
+        let out = matmul(&a, &b).unwrap();
+        out.backward(Some(&Tensor::zeros(&[0, 2, 4]).unwrap()), false)
+            .unwrap();
+        assert_eq!(a.grad().unwrap().to_vec(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn shape_errors_are_readable() {
+        let err = |sa: &[usize], sb: &[usize]| {
+            matmul(&Tensor::zeros(sa).unwrap(), &Tensor::zeros(sb).unwrap()).unwrap_err()
+        };
+        let e = err(&[2, 3], &[4, 5]);
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(
+            e.to_string(),
+            "matmul: inner dimensions do not match: (2, 3) @ (4, 5)"
+        );
+        assert_eq!(
+            err(&[3], &[4]).to_string(),
+            "matmul: inner dimensions do not match: (3,) @ (4,)"
+        );
+        assert_eq!(
+            err(&[2, 3], &[2]).to_string(),
+            "matmul: inner dimensions do not match: (2, 3) @ (2,)"
+        );
+        let e = err(&[], &[3]);
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(
+            e.to_string(),
+            "matmul: both arguments must have at least 1 dim, got () @ (3,)"
+        );
+        assert!(
+            err(&[3], &[])
+                .to_string()
+                .starts_with("matmul: both arguments must have at least 1 dim")
+        );
+        let e = err(&[2, 3, 4], &[3, 4, 5]);
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(
+            e.to_string(),
+            "matmul: cannot broadcast batch dims (2,) with (3,): (2, 3, 4) @ (3, 4, 5)"
+        );
+    }
+
+    #[test]
+    fn huge_outputs_are_alloc_errors() {
+        // (2^20, 1) @ (1, 2^20) would need 4 TiB: an error, not an abort
+        let (a, b) = (
+            Tensor::zeros(&[1 << 20, 1]).unwrap(),
+            Tensor::zeros(&[1, 1 << 20]).unwrap(),
+        );
+        assert!(matches!(matmul(&a, &b), Err(Error::Alloc { .. })));
+        // element count overflow with empty inputs
+        let (a, b) = (
+            Tensor::zeros(&[1 << 40, 0]).unwrap(),
+            Tensor::zeros(&[0, 1 << 40]).unwrap(),
+        );
+        assert!(matches!(matmul(&a, &b), Err(Error::Alloc { .. })));
+    }
+
+    /// The only test that changes the thread count (it is global; tests run in parallel threads).
+    #[test]
+    fn one_and_two_threads_give_identical_bits() {
+        manual_seed(3);
+        let cases: [(&[usize], &[usize]); 5] = [
+            (&[300, 200], &[200, 1100]),
+            (&[4, 150, 96], &[96, 700]),
+            (&[2, 1, 150, 64], &[3, 64, 300]),
+            (&[1, 700], &[700, 3000]),
+            (&[3000, 700], &[700]),
+        ];
+        let run = |threads: usize| {
+            set_num_threads(threads);
+            let mut bits = Vec::new();
+            for (sa, sb) in cases {
+                manual_seed(4);
+                let (a, b) = (p(sa), p(sb));
+                let out = matmul(&a, &b).unwrap();
+                out.backward(Some(&Tensor::ones(out.shape()).unwrap()), false)
+                    .unwrap();
+                for t in [out, a.grad().unwrap(), b.grad().unwrap()] {
+                    bits.push(t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+                }
+            }
+            bits
+        };
+        let (one, two) = (run(1), run(2));
+        set_num_threads(0);
+        for (i, (x, y)) in one.iter().zip(&two).enumerate() {
+            let diff = x.iter().zip(y).position(|(p, q)| p != q);
+            assert!(
+                diff.is_none(),
+                "case {} tensor {} differs at element {diff:?}",
+                i / 3,
+                i % 3
+            );
+        }
+        // the cases really are cut into several tiles
+        for (m, k, n) in [
+            (300, 200, 1100),
+            (600, 96, 700),
+            (1, 700, 3000),
+            (3000, 700, 1),
+        ] {
+            let (r, c) = tile_shape(1, m, k, n);
+            assert!(
+                m.div_ceil(r) * n.div_ceil(c) > 1,
+                "({m}, {k}) @ ({k}, {n}) is one tile"
+            );
+        }
+    }
+}
