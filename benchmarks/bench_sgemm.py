@@ -12,7 +12,7 @@ runs enough calls to take at least --min-time seconds, after a warm-up).
 Threads: every library gets the same count (--threads, default 2). numpy's BLAS reads its thread count
 only when numpy is imported, so this script sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS
 before importing numpy. It also unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some machines set
-for old OpenBLAS builds and which slow a current one (see /work/.library/env/README.md); the header
+for old OpenBLAS builds and which slow a current one; the header
 shows which kernel OpenBLAS then uses (needs threadpoolctl). On a shared VM the second vCPU's speed
 swings from run to run, so compare medians from several runs.
 """

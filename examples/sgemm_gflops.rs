@@ -25,60 +25,15 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case {
-        name: "256²",
-        a: &[256, 256],
-        b: &[256, 256],
-        backward: false,
-    },
-    Case {
-        name: "512²",
-        a: &[512, 512],
-        b: &[512, 512],
-        backward: false,
-    },
-    Case {
-        name: "1024²",
-        a: &[1024, 1024],
-        b: &[1024, 1024],
-        backward: false,
-    },
-    Case {
-        name: "2048²",
-        a: &[2048, 2048],
-        b: &[2048, 2048],
-        backward: false,
-    },
-    Case {
-        name: "(4096×128)·(128×512)",
-        a: &[4096, 128],
-        b: &[128, 512],
-        backward: false,
-    },
-    Case {
-        name: "32 × (128×32)·(32×128)",
-        a: &[4, 8, 128, 32],
-        b: &[4, 8, 32, 128],
-        backward: false,
-    },
-    Case {
-        name: "decode (1×768)·(768×2304)",
-        a: &[1, 768],
-        b: &[768, 2304],
-        backward: false,
-    },
-    Case {
-        name: "backward (4096×128)·(128×512)",
-        a: &[4096, 128],
-        b: &[128, 512],
-        backward: true,
-    },
-    Case {
-        name: "backward (8,512,768)·(768,768)",
-        a: &[8, 512, 768],
-        b: &[768, 768],
-        backward: true,
-    },
+    Case { name: "256²", a: &[256, 256], b: &[256, 256], backward: false },
+    Case { name: "512²", a: &[512, 512], b: &[512, 512], backward: false },
+    Case { name: "1024²", a: &[1024, 1024], b: &[1024, 1024], backward: false },
+    Case { name: "2048²", a: &[2048, 2048], b: &[2048, 2048], backward: false },
+    Case { name: "(4096×128)·(128×512)", a: &[4096, 128], b: &[128, 512], backward: false },
+    Case { name: "32 × (128×32)·(32×128)", a: &[4, 8, 128, 32], b: &[4, 8, 32, 128], backward: false },
+    Case { name: "decode (1×768)·(768×2304)", a: &[1, 768], b: &[768, 2304], backward: false },
+    Case { name: "backward (4096×128)·(128×512)", a: &[4096, 128], b: &[128, 512], backward: true },
+    Case { name: "backward (8,512,768)·(768,768)", a: &[8, 512, 768], b: &[768, 768], backward: true },
 ];
 
 fn flops(c: &Case) -> f64 {
@@ -113,19 +68,11 @@ fn run_once(c: &Case, a: &Tensor, b: &Tensor) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
 }
 
 fn main() {
-    let repeats: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7)
-        .max(5);
+    let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(7).max(5);
     let threads: Vec<usize> = std::env::args()
         .nth(2)
         .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())

@@ -28,7 +28,8 @@ def to_f32_array(data):
             f"cannot make a float32 tensor from data of dtype {arr.dtype} "
             "(expected bool, integer or float values)"
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes ±inf, as documented
+        return np.asarray(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
 
 
 def to_index_array(data):
@@ -47,4 +48,4 @@ def to_index_array(data):
         raise TypeError(f"indices must be integers, got an array of dtype {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise TypeError("index values do not fit in int64")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.asarray(arr, dtype=np.int64, order="C")

@@ -48,6 +48,7 @@ where
             continue;
         }
         let analytic = x.grad().map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; x.numel()]);
+        #[allow(clippy::needless_range_loop)] // i indexes the input, its analytic grad and the report
         for i in 0..x.numel() {
             let orig = x.data()[i];
             let numeric = {
@@ -112,7 +113,7 @@ mod tests {
             Ok(record(out, Wrong(xs[0].clone())))
         };
         let x = Tensor::new(vec![0.5, -1.0], &[2]).unwrap().requires_grad_(true);
-        let e = gradcheck(f, &[x.clone()], GradcheckOptions::default()).unwrap_err();
+        let e = gradcheck(f, std::slice::from_ref(&x), GradcheckOptions::default()).unwrap_err();
         // analytic is 3w, numeric 2w: the report names the element and both values
         assert!(e.to_string().starts_with("gradcheck failed for input 0 element 0"), "{e}");
         // and passes a right one

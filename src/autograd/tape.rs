@@ -65,7 +65,11 @@ impl Tensor {
                 if g.shape() != self.shape() {
                     return Err(Error::shape(
                         "backward",
-                        format!("gradient shape {} does not match output shape {}", fmt_shape(g.shape()), fmt_shape(self.shape())),
+                        format!(
+                            "gradient shape {} does not match output shape {}",
+                            fmt_shape(g.shape()),
+                            fmt_shape(self.shape())
+                        ),
                     ));
                 }
                 g.deep_clone()

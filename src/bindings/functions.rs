@@ -19,8 +19,9 @@ fn shape_of(args: &Bound<'_, PyTuple>) -> PyResult<Vec<usize>> {
             return Ok(v);
         }
     }
-    args.extract::<Vec<usize>>()
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("shape must be non-negative ints, or one tuple/list of them"))
+    args.extract::<Vec<usize>>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err("shape must be non-negative ints, or one tuple/list of them")
+    })
 }
 
 fn int_array<'py>(py: Python<'py>, v: Vec<i64>, shape: &[usize]) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
@@ -61,14 +62,26 @@ pub fn manual_seed(seed: u64) {
 /// Normal(mean, std) samples: `randn(2, 3)`.
 #[pyfunction]
 #[pyo3(signature = (*shape, mean = 0.0, std = 1.0, requires_grad = false))]
-pub fn randn(py: Python<'_>, shape: &Bound<'_, PyTuple>, mean: f32, std: f32, requires_grad: bool) -> PyResult<PyTensor> {
+pub fn randn(
+    py: Python<'_>,
+    shape: &Bound<'_, PyTuple>,
+    mean: f32,
+    std: f32,
+    requires_grad: bool,
+) -> PyResult<PyTensor> {
     let s = shape_of(shape)?;
     Ok(PyTensor::wrap(run(py, || random::randn(&s, mean, std))?.requires_grad_(requires_grad)))
 }
 /// Uniform samples in [low, high): `rand(2, 3)`.
 #[pyfunction]
 #[pyo3(signature = (*shape, low = 0.0, high = 1.0, requires_grad = false))]
-pub fn rand(py: Python<'_>, shape: &Bound<'_, PyTuple>, low: f32, high: f32, requires_grad: bool) -> PyResult<PyTensor> {
+pub fn rand(
+    py: Python<'_>,
+    shape: &Bound<'_, PyTuple>,
+    low: f32,
+    high: f32,
+    requires_grad: bool,
+) -> PyResult<PyTensor> {
     let s = shape_of(shape)?;
     Ok(PyTensor::wrap(run(py, || random::rand(&s, low, high))?.requires_grad_(requires_grad)))
 }
@@ -84,7 +97,12 @@ pub fn randint<'py>(py: Python<'py>, low: i64, high: i64, shape: Vec<usize>) -> 
 /// Returns numpy int64 of shape (num_samples,) or (rows, num_samples).
 #[pyfunction]
 #[pyo3(signature = (probs, num_samples, replacement = false))]
-pub fn multinomial<'py>(py: Python<'py>, probs: &Bound<'py, PyAny>, num_samples: usize, replacement: bool) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+pub fn multinomial<'py>(
+    py: Python<'py>,
+    probs: &Bound<'py, PyAny>,
+    num_samples: usize,
+    replacement: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
     let p = to_tensor(py, probs)?;
     let v = run(py, || random::multinomial(&p, num_samples, replacement))?;
     let shape = if p.ndim() == 2 { vec![p.shape()[0], num_samples] } else { vec![num_samples] };
@@ -136,7 +154,12 @@ pub fn matmul_(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> Py
 /// Mean cross-entropy of `logits` (..., C) against integer `targets` (...), skipping `ignore_index`.
 #[pyfunction]
 #[pyo3(signature = (logits, targets, ignore_index = -100))]
-pub fn cross_entropy(py: Python<'_>, logits: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, ignore_index: Option<i64>) -> PyResult<PyTensor> {
+pub fn cross_entropy(
+    py: Python<'_>,
+    logits: &Bound<'_, PyAny>,
+    targets: &Bound<'_, PyAny>,
+    ignore_index: Option<i64>,
+) -> PyResult<PyTensor> {
     let x = to_tensor(py, logits)?;
     let (t, _) = to_indices(py, targets)?;
     Ok(PyTensor::wrap(run(py, || softmax::cross_entropy(&x, &t, ignore_index))?))
@@ -150,7 +173,12 @@ pub fn embedding(py: Python<'_>, weight: &Bound<'_, PyAny>, ids: &Bound<'_, PyAn
 }
 /// Entries of `x` along `dim` at integer `indices`.
 #[pyfunction]
-pub fn index_select(py: Python<'_>, x: &Bound<'_, PyAny>, dim: isize, indices: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+pub fn index_select(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    dim: isize,
+    indices: &Bound<'_, PyAny>,
+) -> PyResult<PyTensor> {
     let x = to_tensor(py, x)?;
     let (idx, _) = to_indices(py, indices)?;
     Ok(PyTensor::wrap(run(py, || index::index_select(&x, dim, &idx))?))
@@ -164,7 +192,12 @@ pub fn masked_fill(py: Python<'_>, x: &Bound<'_, PyAny>, mask: &Bound<'_, PyAny>
 /// `a` where `cond` is nonzero/True, else `b` (all three broadcast).
 #[pyfunction]
 #[pyo3(name = "where")]
-pub fn where_(py: Python<'_>, cond: &Bound<'_, PyAny>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+pub fn where_(
+    py: Python<'_>,
+    cond: &Bound<'_, PyAny>,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+) -> PyResult<PyTensor> {
     let (c, a, b) = (to_tensor(py, cond)?, to_tensor(py, a)?, to_tensor(py, b)?);
     Ok(PyTensor::wrap(run(py, || index::where_(&c, &a, &b))?))
 }

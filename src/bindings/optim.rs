@@ -13,9 +13,7 @@ use crate::tensor::Tensor;
 type Groups<'py> = Vec<(Vec<Bound<'py, PyTensor>>, f32, f32)>;
 
 fn groups(gs: Groups<'_>) -> Vec<ParamGroup> {
-    gs.into_iter()
-        .map(|(ps, lr, wd)| ParamGroup::new(ps.iter().map(|p| p.get().t.clone()).collect(), lr, wd))
-        .collect()
+    gs.into_iter().map(|(ps, lr, wd)| ParamGroup::new(ps.iter().map(|p| p.get().t.clone()).collect(), lr, wd)).collect()
 }
 
 /// AdamW state (moments and step counts per parameter). Use `nanofrontier.optim.AdamW`.

@@ -31,9 +31,10 @@ impl PyTensor {
 /// Copy a float32 numpy array (any strides) into a new tensor.
 pub fn tensor_from_array(arr: &PyReadonlyArrayDyn<'_, f32>) -> PyResult<Tensor> {
     let shape = arr.shape().to_vec();
+    // as_slice also accepts Fortran order (memory order != logical order), so check C order first
     let data: Vec<f32> = match arr.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => arr.as_array().iter().copied().collect(),
+        Ok(s) if arr.is_c_contiguous() => s.to_vec(),
+        _ => arr.as_array().iter().copied().collect(),
     };
     Ok(Tensor::new(data, &shape)?)
 }
@@ -85,7 +86,9 @@ fn dims_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<isize>>> {
         Some(o) if o.is_none() => Ok(None),
         Some(o) => match o.extract::<isize>() {
             Ok(d) => Ok(Some(vec![d])),
-            Err(_) => Ok(Some(o.extract::<Vec<isize>>().map_err(|_| PyTypeError::new_err("dim must be an int or a tuple of ints"))?)),
+            Err(_) => Ok(Some(
+                o.extract::<Vec<isize>>().map_err(|_| PyTypeError::new_err("dim must be an int or a tuple of ints"))?,
+            )),
         },
     }
 }
@@ -161,7 +164,12 @@ impl PyTensor {
         tensor_to_numpy(py, &self.t)
     }
     #[pyo3(signature = (dtype = None, copy = None))]
-    fn __array__<'py>(&self, py: Python<'py>, dtype: Option<&Bound<'py, PyAny>>, copy: Option<bool>) -> PyResult<Bound<'py, PyAny>> {
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if copy == Some(false) {
             return Err(PyValueError::new_err("a Tensor cannot be viewed by numpy without a copy"));
         }
@@ -482,7 +490,9 @@ impl PyTensor {
         let nd = self.t.ndim() as isize;
         let d = if dim < 0 { dim + nd + 1 } else { dim };
         if d < 0 || d > nd {
-            return Err(OutOfRangeError::new_err(format!("unsqueeze: dim {dim} is out of range for a tensor with {nd} dims")));
+            return Err(OutOfRangeError::new_err(format!(
+                "unsqueeze: dim {dim} is out of range for a tensor with {nd} dims"
+            )));
         }
         let mut s: Vec<isize> = self.t.shape().iter().map(|&x| x as isize).collect();
         s.insert(d as usize, 1);
@@ -520,19 +530,21 @@ impl PyTensor {
             Ok(t) => t.iter().collect(),
             Err(_) => vec![key.clone()],
         };
-        let consumes = |k: &Bound<'_, PyAny>| !(k.is_none() || k.is(&PyEllipsis::get(py)));
+        let consumes = |k: &Bound<'_, PyAny>| !(k.is_none() || k.is(PyEllipsis::get(py)));
         let n_real = items.iter().filter(|k| consumes(k)).count();
-        if items.iter().filter(|k| k.is(&PyEllipsis::get(py))).count() > 1 {
+        if items.iter().filter(|k| k.is(PyEllipsis::get(py))).count() > 1 {
             return Err(OutOfRangeError::new_err("an index can only have a single ellipsis ('...')"));
         }
         let nd = self.t.ndim();
         if n_real > nd {
-            return Err(OutOfRangeError::new_err(format!("too many indices for a tensor with {nd} dims: {n_real} were given")));
+            return Err(OutOfRangeError::new_err(format!(
+                "too many indices for a tensor with {nd} dims: {n_real} were given"
+            )));
         }
         let mut x = self.t.clone();
         let mut d: usize = 0;
         for k in &items {
-            if k.is(&PyEllipsis::get(py)) {
+            if k.is(PyEllipsis::get(py)) {
                 d += nd - n_real;
             } else if k.is_none() {
                 let mut s: Vec<isize> = x.shape().iter().map(|&v| v as isize).collect();

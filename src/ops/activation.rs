@@ -25,11 +25,7 @@ fn gelu_grad_f32(x: f32) -> f32 {
     let t = tanh_f32(GELU_K * (x + GELU_A * x2 * x));
     let sech2 = 1.0 - t * t;
     // once tanh saturates the second term is exactly 0; skipping it avoids 0·inf = nan for huge |x|
-    let second = if sech2 == 0.0 {
-        0.0
-    } else {
-        0.5 * x * sech2 * GELU_K * (1.0 + 3.0 * GELU_A * x2)
-    };
+    let second = if sech2 == 0.0 { 0.0 } else { 0.5 * x * sech2 * GELU_K * (1.0 + 3.0 * GELU_A * x2) };
     0.5 * (1.0 + t) + second
 }
 
@@ -51,11 +47,7 @@ impl Backward for GeluBackward {
     }
     // out = 0.5·x·(1 + tanh u), u = k(x + a x³)  so  dx = dout · (0.5(1 + t) + 0.5·x·(1 − t²)·k(1 + 3a x²))
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("gelu", dout, &self.x, |g, x| g * gelu_grad_f32(x))?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("gelu", dout, &self.x, |g, x| g * gelu_grad_f32(x))?) } else { None }])
     }
 }
 
@@ -88,11 +80,7 @@ impl Backward for SiluBackward {
             let s = sigmoid_f32(x);
             s * (1.0 + x * (1.0 - s))
         };
-        Ok(vec![if needs[0] {
-            Some(zip_map("silu", dout, &self.x, move |g, x| g * d(x))?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("silu", dout, &self.x, move |g, x| g * d(x))?) } else { None }])
     }
 }
 
@@ -119,13 +107,7 @@ mod tests {
             }
         }
         let i = worst.1;
-        assert!(
-            worst.0 <= tol,
-            "{what}: max abs diff {:.2e} at element {i}: got {} want {}",
-            worst.0,
-            got[i],
-            want[i]
-        );
+        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
     }
 
     type Op = fn(&Tensor) -> Result<Tensor>;
@@ -133,8 +115,7 @@ mod tests {
     type Row = (&'static str, Op, Op, fn(f64) -> f64);
     const OPS: [Row; 2] = [
         ("gelu", gelu, gelu_reference, |x| {
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
         }),
         ("silu", silu, silu_reference, |x| x / (1.0 + (-x).exp())),
     ];
@@ -148,29 +129,14 @@ mod tests {
                 let x = randn(shape, 0.0, 3.0).unwrap().requires_grad_(true);
                 let xr = x.detach().deep_clone().requires_grad_(true);
                 let (y, yr) = (fused(&x).unwrap(), reference(&xr).unwrap());
-                assert_close(
-                    &format!("{name} {shape:?} forward"),
-                    &y.data(),
-                    &yr.data(),
-                    1e-5,
-                );
+                assert_close(&format!("{name} {shape:?} forward"), &y.data(), &yr.data(), 1e-5);
                 let want: Vec<f32> = x.data().iter().map(|&v| f(v as f64) as f32).collect();
-                assert_close(
-                    &format!("{name} {shape:?} vs f64 formula"),
-                    &y.data(),
-                    &want,
-                    1e-5,
-                );
+                assert_close(&format!("{name} {shape:?} vs f64 formula"), &y.data(), &want, 1e-5);
                 let g = randn(shape, 0.0, 1.0).unwrap();
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
                 let (dx, dxr) = (x.grad().unwrap(), xr.grad().unwrap());
-                assert_close(
-                    &format!("{name} {shape:?} backward"),
-                    &dx.data(),
-                    &dxr.data(),
-                    1e-5,
-                );
+                assert_close(&format!("{name} {shape:?} backward"), &dx.data(), &dxr.data(), 1e-5);
             }
         }
     }
@@ -180,23 +146,17 @@ mod tests {
         manual_seed(41);
         for (name, fused, _, _) in OPS {
             let x = randn(&[2, 5], 0.0, 2.0).unwrap().requires_grad_(true);
-            if let Err(e) = crate::autograd::gradcheck(|xs| fused(&xs[0]), &[x], Default::default())
-            {
+            if let Err(e) = crate::autograd::gradcheck(|xs| fused(&xs[0]), &[x], Default::default()) {
                 panic!("{name}: {e}");
             }
         }
-        assert_gradcheck(
-            |xs| gelu(&silu(&xs[0])?),
-            &[randn(&[4], 0.0, 1.0).unwrap().requires_grad_(true)],
-        );
+        assert_gradcheck(|xs| gelu(&silu(&xs[0])?), &[randn(&[4], 0.0, 1.0).unwrap().requires_grad_(true)]);
     }
 
     #[test]
     fn saturation_and_hand_values() {
         // gelu(0) = 0, gelu'(0) = 0.5; silu(0) = 0, silu'(0) = 0.5; far tails: identity / zero
-        let x = Tensor::new(vec![0.0, 1e20, -1e20, 30.0, -30.0], &[5])
-            .unwrap()
-            .requires_grad_(true);
+        let x = Tensor::new(vec![0.0, 1e20, -1e20, 30.0, -30.0], &[5]).unwrap().requires_grad_(true);
         for op in [gelu as Op, silu] {
             x.zero_grad();
             let y = op(&x).unwrap();
@@ -206,10 +166,7 @@ mod tests {
             assert!(v[2].abs() < 1e-6 && v[4].abs() < 1e-6, "{v:?}");
             sum_all(&y).unwrap().backward(None, false).unwrap();
             let g = x.grad().unwrap().to_vec();
-            assert!(
-                (g[0] - 0.5).abs() < 1e-7 && g.iter().all(|v| v.is_finite()),
-                "{g:?}"
-            );
+            assert!((g[0] - 0.5).abs() < 1e-7 && g.iter().all(|v| v.is_finite()), "{g:?}");
             assert!((g[1] - 1.0).abs() < 1e-6 && g[2].abs() < 1e-6, "{g:?}");
         }
     }
@@ -222,9 +179,6 @@ mod tests {
         // a backward handed a gradient of the wrong shape says so
         let e = zip_map("gelu", &Tensor::zeros(&[2]).unwrap(), &x, |g, _| g).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
-        assert_eq!(
-            e.to_string(),
-            "gelu: expected two tensors of the same shape, got (2,) and (0, 4)"
-        );
+        assert_eq!(e.to_string(), "gelu: expected two tensors of the same shape, got (2,) and (0, 4)");
     }
 }

@@ -21,14 +21,21 @@ where
     let (na, nb) = (ad.len(), bd.len());
     if n == 0 {
     } else if na == n && nb == n {
-        for_each_chunk(&mut out, GRAIN, |s, c| c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[s + j], bd[s + j])));
+        for_each_chunk(&mut out, GRAIN, |s, c| {
+            c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[s + j], bd[s + j]))
+        });
     } else if na == n && is_suffix(b.shape(), &shape) {
         // b repeats along the leading dims (bias add, scalar)
-        for_each_chunk(&mut out, GRAIN, |s, c| c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[s + j], bd[(s + j) % nb])));
+        for_each_chunk(&mut out, GRAIN, |s, c| {
+            c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[s + j], bd[(s + j) % nb]))
+        });
     } else if nb == n && is_suffix(a.shape(), &shape) {
-        for_each_chunk(&mut out, GRAIN, |s, c| c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[(s + j) % na], bd[s + j])));
+        for_each_chunk(&mut out, GRAIN, |s, c| {
+            c.iter_mut().enumerate().for_each(|(j, o)| *o = f(ad[(s + j) % na], bd[s + j]))
+        });
     } else {
-        let (sa, sb, so) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape), strides(&shape));
+        let (sa, sb, so) =
+            (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape), strides(&shape));
         for_each_chunk(&mut out, GRAIN, |s, c| {
             for (j, o) in c.iter_mut().enumerate() {
                 let (mut ia, mut ib, mut rem) = (0, 0, s + j);
@@ -130,7 +137,11 @@ impl Backward for SubBackward {
     }
     // out = a − b  so  da = dout, db = −dout
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let db = if needs[1] { Some(unbroadcast(&zip_broadcast("sub", dout, &Tensor::scalar(-1.0), |g, m| g * m)?, self.b.shape())?) } else { None };
+        let db = if needs[1] {
+            Some(unbroadcast(&zip_broadcast("sub", dout, &Tensor::scalar(-1.0), |g, m| g * m)?, self.b.shape())?)
+        } else {
+            None
+        };
         Ok(vec![if needs[0] { Some(unbroadcast(dout, self.a.shape())?) } else { None }, db])
     }
 }
@@ -154,8 +165,16 @@ impl Backward for MulBackward {
     }
     // out = a * b  so  da = dout * b, db = dout * a
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let da = if needs[0] { Some(unbroadcast(&zip_broadcast("mul", dout, &self.b, |g, y| g * y)?, self.a.shape())?) } else { None };
-        let db = if needs[1] { Some(unbroadcast(&zip_broadcast("mul", dout, &self.a, |g, x| g * x)?, self.b.shape())?) } else { None };
+        let da = if needs[0] {
+            Some(unbroadcast(&zip_broadcast("mul", dout, &self.b, |g, y| g * y)?, self.a.shape())?)
+        } else {
+            None
+        };
+        let db = if needs[1] {
+            Some(unbroadcast(&zip_broadcast("mul", dout, &self.a, |g, x| g * x)?, self.b.shape())?)
+        } else {
+            None
+        };
         Ok(vec![da, db])
     }
 }
@@ -179,7 +198,11 @@ impl Backward for DivBackward {
     }
     // out = a / b  so  da = dout / b, db = −dout * a / b²
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let da = if needs[0] { Some(unbroadcast(&zip_broadcast("div", dout, &self.b, |g, y| g / y)?, self.a.shape())?) } else { None };
+        let da = if needs[0] {
+            Some(unbroadcast(&zip_broadcast("div", dout, &self.b, |g, y| g / y)?, self.a.shape())?)
+        } else {
+            None
+        };
         let db = if needs[1] {
             let ab = zip_broadcast("div", &self.a, &self.b, |x, y| -x / (y * y))?;
             Some(unbroadcast(&zip_broadcast("div", dout, &ab, |g, q| g * q)?, self.b.shape())?)
@@ -292,24 +315,29 @@ mod tests {
     /// numpy-style reference: index every element through explicit broadcast strides, in f64.
     fn reference(a: &Tensor, b: &Tensor, f: fn(f64, f64) -> f64) -> Vec<f32> {
         let shape = broadcast_shapes("ref", a.shape(), b.shape()).unwrap();
-        let (sa, sb, so) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape), strides(&shape));
+        let (sa, sb, so) =
+            (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape), strides(&shape));
         (0..numel(&shape))
             .map(|i| {
-                let (ia, ib): (usize, usize) = (0..shape.len()).map(|d| ((i / so[d]) % shape[d] * sa[d], (i / so[d]) % shape[d] * sb[d])).fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+                let (ia, ib): (usize, usize) = (0..shape.len())
+                    .map(|d| ((i / so[d]) % shape[d] * sa[d], (i / so[d]) % shape[d] * sb[d]))
+                    .fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
                 f(a.data()[ia] as f64, b.data()[ib] as f64) as f32
             })
             .collect()
     }
 
     type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
-    const OPS: [(&str, Op, fn(f64, f64) -> f64); 5] = [
+    type Ref = fn(f64, f64) -> f64;
+    const OPS: [(&str, Op, Ref); 5] = [
         ("add", add, |x, y| x + y),
         ("sub", sub, |x, y| x - y),
         ("mul", mul, |x, y| x * y),
         ("div", div, |x, y| x / y),
         ("pow", pow, f64::powf),
     ];
-    const SHAPES: [(&[usize], &[usize]); 5] = [(&[2, 3], &[2, 3]), (&[2, 3], &[3]), (&[4, 1], &[1, 5]), (&[2, 1, 3], &[4, 1]), (&[], &[3])];
+    const SHAPES: [(&[usize], &[usize]); 5] =
+        [(&[2, 3], &[2, 3]), (&[2, 3], &[3]), (&[4, 1], &[1, 5]), (&[2, 1, 3], &[4, 1]), (&[], &[3])];
 
     #[test]
     fn forward_matches_reference_and_gradcheck_passes() {

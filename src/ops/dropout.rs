@@ -48,10 +48,7 @@ fn apply_mask(op: &'static str, src: &Tensor, bits: &[u64], scale: f32) -> Resul
 
 fn check_p(p: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
-        return Err(Error::value(
-            "dropout",
-            format!("dropout probability has to be between 0 and 1, got {p}"),
-        ));
+        return Err(Error::value("dropout", format!("dropout probability has to be between 0 and 1, got {p}")));
     }
     Ok(())
 }
@@ -65,11 +62,7 @@ pub fn dropout(x: &Tensor, p: f32, training: bool) -> Result<Tensor> {
     if !training || p == 0.0 {
         return Ok(x.clone());
     }
-    let bits = if p == 1.0 {
-        vec![0; x.numel().div_ceil(64)]
-    } else {
-        with_global(|r| draw_mask(x.numel(), p, r))
-    };
+    let bits = if p == 1.0 { vec![0; x.numel().div_ceil(64)] } else { with_global(|r| draw_mask(x.numel(), p, r)) };
     finish(x, p, bits)
 }
 
@@ -79,29 +72,14 @@ pub fn dropout_with_rng(x: &Tensor, p: f32, training: bool, rng: &mut Rng) -> Re
     if !training || p == 0.0 {
         return Ok(x.clone());
     }
-    let bits = if p == 1.0 {
-        vec![0; x.numel().div_ceil(64)]
-    } else {
-        draw_mask(x.numel(), p, rng)
-    };
+    let bits = if p == 1.0 { vec![0; x.numel().div_ceil(64)] } else { draw_mask(x.numel(), p, rng) };
     finish(x, p, bits)
 }
 
 fn finish(x: &Tensor, p: f32, bits: Vec<u64>) -> Result<Tensor> {
-    let scale = if p < 1.0 {
-        (1.0 / (1.0 - p as f64)) as f32
-    } else {
-        0.0
-    };
+    let scale = if p < 1.0 { (1.0 / (1.0 - p as f64)) as f32 } else { 0.0 };
     let out = apply_mask("dropout", x, &bits, scale)?;
-    Ok(record(
-        out,
-        DropoutBackward {
-            x: x.clone(),
-            bits,
-            scale,
-        },
-    ))
+    Ok(record(out, DropoutBackward { x: x.clone(), bits, scale }))
 }
 
 struct DropoutBackward {
@@ -118,11 +96,7 @@ impl Backward for DropoutBackward {
     }
     // out = x · mask · scale  so  dx = dout · mask · scale
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(apply_mask("dropout", dout, &self.bits, self.scale)?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(apply_mask("dropout", dout, &self.bits, self.scale)?) } else { None }])
     }
 }
 
@@ -149,15 +123,9 @@ mod tests {
         // and the mask is the one a fresh Rng with that seed draws
         let mut r = Rng::new(7);
         let c = dropout_with_rng(&x, 0.5, true, &mut r).unwrap().to_vec();
-        let d = dropout_with_rng(&x, 0.5, true, &mut Rng::new(7))
-            .unwrap()
-            .to_vec();
+        let d = dropout_with_rng(&x, 0.5, true, &mut Rng::new(7)).unwrap().to_vec();
         assert_eq!(c, d);
-        assert_ne!(
-            c,
-            dropout_with_rng(&x, 0.5, true, &mut r).unwrap().to_vec(),
-            "the stream moves on"
-        );
+        assert_ne!(c, dropout_with_rng(&x, 0.5, true, &mut r).unwrap().to_vec(), "the stream moves on");
     }
 
     #[test]
@@ -165,21 +133,12 @@ mod tests {
         let n = 200_000;
         let x = Tensor::ones(&[n]).unwrap();
         for p in [0.1f32, 0.3, 0.9] {
-            let y = dropout_with_rng(&x, p, true, &mut Rng::new(3))
-                .unwrap()
-                .to_vec();
+            let y = dropout_with_rng(&x, p, true, &mut Rng::new(3)).unwrap().to_vec();
             let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
             // binomial std is at most sqrt(0.25 / n) ≈ 0.0011
-            assert!(
-                (kept - (1.0 - p as f64)).abs() < 0.006,
-                "p {p}: kept fraction {kept}"
-            );
+            assert!((kept - (1.0 - p as f64)).abs() < 0.006, "p {p}: kept fraction {kept}");
             let scale = 1.0 / (1.0 - p);
-            assert!(
-                y.iter()
-                    .all(|&v| v == 0.0 || (v - scale).abs() < 1e-6 * scale),
-                "p {p}: kept values are 1/(1-p)"
-            );
+            assert!(y.iter().all(|&v| v == 0.0 || (v - scale).abs() < 1e-6 * scale), "p {p}: kept values are 1/(1-p)");
         }
     }
 
@@ -195,12 +154,7 @@ mod tests {
         sum_all(&y).unwrap().backward(None, false).unwrap();
         assert!(x.grad().unwrap().to_vec().iter().all(|&v| v == 0.0));
         // empty tensors pass through
-        assert_eq!(
-            dropout(&Tensor::zeros(&[0, 3]).unwrap(), 0.5, true)
-                .unwrap()
-                .shape(),
-            &[0, 3]
-        );
+        assert_eq!(dropout(&Tensor::zeros(&[0, 3]).unwrap(), 0.5, true).unwrap().shape(), &[0, 3]);
     }
 
     #[test]
@@ -228,33 +182,19 @@ mod tests {
         let (g, yv, xv) = (x.grad().unwrap().to_vec(), y.to_vec(), x.to_vec());
         for i in 0..g.len() {
             let want = if yv[i] == 0.0 { 0.0 } else { 1.0 / 0.75 };
-            assert!(
-                (g[i] - want).abs() < 1e-6,
-                "element {i}: grad {} want {want} (x {}, y {})",
-                g[i],
-                xv[i],
-                yv[i]
-            );
+            assert!((g[i] - want).abs() < 1e-6, "element {i}: grad {} want {want} (x {}, y {})", g[i], xv[i], yv[i]);
         }
         // gradcheck: every evaluation reseeds, so all use the same mask. A fresh Rng per call is the
         // reseed, without racing other tests for the global generator.
         let x = randn(&[4, 5], 0.0, 1.0).unwrap().requires_grad_(true);
-        assert_gradcheck(
-            |xs| dropout_with_rng(&xs[0], 0.4, true, &mut Rng::new(99)),
-            std::slice::from_ref(&x),
-        );
+        assert_gradcheck(|xs| dropout_with_rng(&xs[0], 0.4, true, &mut Rng::new(99)), std::slice::from_ref(&x));
         // the same through the global generator, reseeded inside the closure (retried, as above, in case
         // another test draws between a reseed and its dropout)
         let f = |xs: &[Tensor]| {
             manual_seed(99);
             dropout(&xs[0], 0.4, true)
         };
-        let ok = (0..5).any(|_| {
-            crate::autograd::gradcheck(f, std::slice::from_ref(&x), Default::default()).is_ok()
-        });
-        assert!(
-            ok,
-            "gradcheck of dropout with a reseeded global generator failed 5 times"
-        );
+        let ok = (0..5).any(|_| crate::autograd::gradcheck(f, std::slice::from_ref(&x), Default::default()).is_ok());
+        assert!(ok, "gradcheck of dropout with a reseeded global generator failed 5 times");
     }
 }

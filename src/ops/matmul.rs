@@ -56,11 +56,7 @@ impl Dims {
         let zero_dim = || {
             Error::shape(
                 OP,
-                format!(
-                    "both arguments must have at least 1 dim, got {} @ {}",
-                    fmt_shape(a),
-                    fmt_shape(b)
-                ),
+                format!("both arguments must have at least 1 dim, got {} @ {}", fmt_shape(a), fmt_shape(b)),
             )
         };
         // 1-D a is a row (1, K); 1-D b is a column (K, 1)
@@ -77,11 +73,7 @@ impl Dims {
         if ka != kb {
             return Err(Error::shape(
                 OP,
-                format!(
-                    "inner dimensions do not match: {} @ {}",
-                    fmt_shape(a),
-                    fmt_shape(b)
-                ),
+                format!("inner dimensions do not match: {} @ {}", fmt_shape(a), fmt_shape(b)),
             ));
         }
         let batch = crate::tensor::broadcast_shapes(OP, &a_batch, &b_batch).map_err(|_| {
@@ -103,23 +95,12 @@ impl Dims {
         if b.len() > 1 {
             out_shape.push(n);
         }
-        Ok(Dims {
-            a_batch,
-            b_batch,
-            batch,
-            m,
-            k: ka,
-            n,
-            out_shape,
-        })
+        Ok(Dims { a_batch, b_batch, batch, m, k: ka, n, out_shape })
     }
 
     /// For each output batch index (row-major over `batch`): which matrix of a and of b it reads.
     fn batch_map(&self) -> Vec<(usize, usize)> {
-        let (sa, sb) = (
-            broadcast_strides(&self.a_batch, &self.batch),
-            broadcast_strides(&self.b_batch, &self.batch),
-        );
+        let (sa, sb) = (broadcast_strides(&self.a_batch, &self.batch), broadcast_strides(&self.b_batch, &self.batch));
         let so = strides(&self.batch);
         (0..numel(&self.batch))
             .map(|i| {
@@ -195,27 +176,19 @@ fn round_up(x: usize, to: usize) -> usize {
 fn tile_shape(count: usize, m: usize, k: usize, n: usize) -> (usize, usize) {
     // a matrix-vector product (M = 1 or N = 1) runs at memory speed, ~4× slower per flop than sgemm
     let per_matrix = 2 * m * k * n * if m == 1 || n == 1 { 4 } else { 1 };
-    if per_matrix.saturating_mul(count) <= 2 * SERIAL_FLOPS
-        || count >= 2 * TARGET_TILES && per_matrix <= MAX_TILE_FLOPS
+    if per_matrix.saturating_mul(count) <= 2 * SERIAL_FLOPS || count >= 2 * TARGET_TILES && per_matrix <= MAX_TILE_FLOPS
     {
         return (m.max(1), n.max(1));
     }
     let mut cols = n.min(NC);
     let col_blocks = n.div_ceil(cols);
     // row cuts per matrix: enough for the tile target and the per-tile work cap
-    let want = TARGET_TILES
-        .div_ceil(count * col_blocks)
-        .max(per_matrix.div_ceil(MAX_TILE_FLOPS * col_blocks));
-    let rows = round_up(m.div_ceil(want), ALIGN)
-        .max(MIN_TILE_ROWS)
-        .min(m)
-        .max(1);
+    let want = TARGET_TILES.div_ceil(count * col_blocks).max(per_matrix.div_ceil(MAX_TILE_FLOPS * col_blocks));
+    let rows = round_up(m.div_ceil(want), ALIGN).max(MIN_TILE_ROWS).min(m).max(1);
     let tiles = count * m.div_ceil(rows) * col_blocks;
     if tiles < TARGET_TILES {
         let col_cuts = TARGET_TILES.div_ceil(count * m.div_ceil(rows));
-        cols = round_up(n.div_ceil(col_cuts), ALIGN)
-            .max(MIN_TILE_COLS)
-            .min(cols);
+        cols = round_up(n.div_ceil(col_cuts), ALIGN).max(MIN_TILE_COLS).min(cols);
     }
     (rows, cols)
 }
@@ -234,22 +207,11 @@ impl<'a> Gemm<'a> {
             let a_span = (m - 1) * a.rs + (k - 1) * a.cs;
             let b_span = (k - 1) * b.rs + (n - 1) * b.cs;
             for &(ao, bo) in &terms {
-                assert!(
-                    ao + a_span < a.data.len() && bo + b_span < b.data.len(),
-                    "matmul: operand out of bounds"
-                );
+                assert!(ao + a_span < a.data.len() && bo + b_span < b.data.len(), "matmul: operand out of bounds");
             }
         }
         assert_eq!(*starts.last().unwrap_or(&0), terms.len());
-        Gemm {
-            m,
-            k,
-            n,
-            a,
-            b,
-            terms,
-            starts,
-        }
+        Gemm { m, k, n, a, b, terms, starts }
     }
 
     /// Every output matrix with one term each: out[j] = A(a_offs[j]) · B(b_offs[j]).
@@ -279,13 +241,7 @@ impl<'a> Gemm<'a> {
             }
             for r0 in (0..self.m).step_by(rows) {
                 for c0 in (0..self.n).step_by(cols) {
-                    tiles.push(Tile {
-                        mat,
-                        r0,
-                        rows: rows.min(self.m - r0),
-                        c0,
-                        cols: cols.min(self.n - c0),
-                    });
+                    tiles.push(Tile { mat, r0, rows: rows.min(self.m - r0), c0, cols: cols.min(self.n - c0) });
                 }
             }
         }
@@ -301,10 +257,7 @@ impl<'a> Gemm<'a> {
     /// SAFETY: `out` points to a buffer of `count·m·n` floats, and no other task writes this tile.
     unsafe fn run_tile(&self, t: &Tile, out: OutPtr) {
         let (a, b) = (self.a, self.b);
-        for (q, &(ao, bo)) in self.terms[self.starts[t.mat]..self.starts[t.mat + 1]]
-            .iter()
-            .enumerate()
-        {
+        for (q, &(ao, bo)) in self.terms[self.starts[t.mat]..self.starts[t.mat + 1]].iter().enumerate() {
             let (ao, bo) = (ao + t.r0 * a.rs, bo + t.c0 * b.cs);
             // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
             let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
@@ -314,26 +267,14 @@ impl<'a> Gemm<'a> {
                 // out[0, c] = Σ_k A[0, k] · B[k, c]
                 // SAFETY: output row of t.cols elements with stride 1, owned by this tile.
                 let y = unsafe { std::slice::from_raw_parts_mut(cp, t.cols) };
-                gemv(
-                    y,
-                    q == 0,
-                    (a.data, ao, a.cs),
-                    (b.data, bo, b.rs, b.cs),
-                    self.k,
-                );
+                gemv(y, q == 0, (a.data, ao, a.cs), (b.data, bo, b.rs, b.cs), self.k);
                 continue;
             }
             if self.n == 1 && (a.rs == 1 || a.cs == 1 && b.rs == 1) {
                 // out[r, 0] = Σ_k B[k, 0] · A[r, k]: the same with the roles swapped
                 // SAFETY: with n = 1 the output column is contiguous: t.rows elements owned by this tile.
                 let y = unsafe { std::slice::from_raw_parts_mut(cp, t.rows) };
-                gemv(
-                    y,
-                    q == 0,
-                    (b.data, bo, b.rs),
-                    (a.data, ao, a.cs, a.rs),
-                    self.k,
-                );
+                gemv(y, q == 0, (b.data, bo, b.rs), (a.data, ao, a.cs, a.rs), self.k);
                 continue;
             }
             // SAFETY: offsets are in bounds (checked in `Gemm::new`: r0 < m, c0 < n).
@@ -367,9 +308,7 @@ impl<'a> Gemm<'a> {
         let mut start = 0;
         while start < tiles.len() {
             let (mut end, mut work) = (start, 0usize);
-            while end < tiles.len()
-                && (end == start || work + self.tile_flops(&tiles[end]) <= GROUP_FLOPS)
-            {
+            while end < tiles.len() && (end == start || work + self.tile_flops(&tiles[end]) <= GROUP_FLOPS) {
                 work += self.tile_flops(&tiles[end]);
                 end += 1;
             }
@@ -404,13 +343,7 @@ impl<'a> Gemm<'a> {
 /// guarantee w's j-stride is 1 (rows of w contiguous: axpy form) or its k-stride and x's stride are 1
 /// (columns contiguous: dot form). Sums run in a fixed order, independent of threads and of the CPU:
 /// the AVX2 build of the same code uses no FMA, so it rounds exactly like the baseline one.
-fn gemv(
-    y: &mut [f32],
-    overwrite: bool,
-    x: (&[f32], usize, usize),
-    w: (&[f32], usize, usize, usize),
-    kk: usize,
-) {
+fn gemv(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2.
@@ -421,24 +354,12 @@ fn gemv(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn gemv_avx2(
-    y: &mut [f32],
-    overwrite: bool,
-    x: (&[f32], usize, usize),
-    w: (&[f32], usize, usize, usize),
-    kk: usize,
-) {
+fn gemv_avx2(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize) {
     gemv_body(y, overwrite, x, w, kk)
 }
 
 #[inline(always)]
-fn gemv_body(
-    y: &mut [f32],
-    overwrite: bool,
-    x: (&[f32], usize, usize),
-    w: (&[f32], usize, usize, usize),
-    kk: usize,
-) {
+fn gemv_body(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize) {
     let (xd, xo, xs) = x;
     let (wd, wo, wk, wj) = w;
     let len = y.len();
@@ -451,12 +372,8 @@ fn gemv_body(
         let row = |k: usize| &wd[wo + k * wk..wo + k * wk + len];
         let mut k = 0;
         while k + 4 <= kk {
-            let (x0, x1, x2, x3) = (
-                xd[xo + k * xs],
-                xd[xo + (k + 1) * xs],
-                xd[xo + (k + 2) * xs],
-                xd[xo + (k + 3) * xs],
-            );
+            let (x0, x1, x2, x3) =
+                (xd[xo + k * xs], xd[xo + (k + 1) * xs], xd[xo + (k + 2) * xs], xd[xo + (k + 3) * xs]);
             let (r0, r1, r2, r3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
             for j in 0..len {
                 let mut v = y[j];
@@ -514,18 +431,10 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
 
 /// Row-major (rows, cols) matrices, or their transposes read in place through swapped strides.
 fn plain(data: &[f32], cols: usize) -> Strided<'_> {
-    Strided {
-        data,
-        rs: cols,
-        cs: 1,
-    }
+    Strided { data, rs: cols, cs: 1 }
 }
 fn transposed(data: &[f32], cols: usize) -> Strided<'_> {
-    Strided {
-        data,
-        rs: 1,
-        cs: cols,
-    }
+    Strided { data, rs: 1, cs: cols }
 }
 
 // ---- matmul ----
@@ -544,18 +453,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (ad, bd) = (a.data(), b.data());
         let gemm = if dims.folds() {
             // (…, M, K) @ (K, N) as one (…·M, K) @ (K, N)
-            Gemm::one_term_each(
-                (count * m, k, n),
-                plain(&ad, k),
-                plain(&bd, n),
-                vec![(0, 0)],
-            )
+            Gemm::one_term_each((count * m, k, n), plain(&ad, k), plain(&bd, n), vec![(0, 0)])
         } else {
-            let terms = dims
-                .batch_map()
-                .into_iter()
-                .map(|(ia, ib)| (ia * m * k, ib * k * n))
-                .collect();
+            let terms = dims.batch_map().into_iter().map(|(ia, ib)| (ia * m * k, ib * k * n)).collect();
             Gemm::one_term_each((m, k, n), plain(&ad, k), plain(&bd, n), terms)
         };
         gemm.run(&mut out)?;
@@ -564,13 +464,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !will_record(&[a, b]) {
         return Ok(out);
     }
-    Ok(record(
-        out,
-        MatmulBackward {
-            a: a.clone(),
-            b: b.clone(),
-        },
-    ))
+    Ok(record(out, MatmulBackward { a: a.clone(), b: b.clone() }))
 }
 
 struct MatmulBackward {
@@ -579,10 +473,7 @@ struct MatmulBackward {
 }
 
 /// CSR grouping: for each of `count` targets, the positions i (ascending) with `target_of[i]` == it.
-fn group_by_target(
-    target_of: impl Iterator<Item = usize> + Clone,
-    count: usize,
-) -> (Vec<usize>, Vec<usize>) {
+fn group_by_target(target_of: impl Iterator<Item = usize> + Clone, count: usize) -> (Vec<usize>, Vec<usize>) {
     let mut starts = vec![0usize; count + 1];
     for t in target_of.clone() {
         starts[t + 1] += 1;
@@ -614,30 +505,17 @@ impl Backward for MatmulBackward {
         let (m, k, n) = (dims.m, dims.k, dims.n);
         let (ad, bd, dc) = (self.a.data(), self.b.data(), dout.data());
         let count = numel(&dims.batch);
-        let map = if dims.folds() {
-            vec![]
-        } else {
-            dims.batch_map()
-        };
+        let map = if dims.folds() { vec![] } else { dims.batch_map() };
         let dc_offs = |i: usize| i * m * n;
 
         let da = if needs[0] {
             let mut g = alloc_zeros(OP, self.a.numel())?;
             let gemm = if dims.folds() {
                 // dA (…·M, K) = dC (…·M, N) @ Bᵀ (N, K)
-                Gemm::one_term_each(
-                    (count * m, n, k),
-                    plain(&dc, n),
-                    transposed(&bd, n),
-                    vec![(0, 0)],
-                )
+                Gemm::one_term_each((count * m, n, k), plain(&dc, n), transposed(&bd, n), vec![(0, 0)])
             } else {
-                let (order, starts) =
-                    group_by_target(map.iter().map(|&(ia, _)| ia), numel(&dims.a_batch));
-                let terms = order
-                    .iter()
-                    .map(|&i| (dc_offs(i), map[i].1 * k * n))
-                    .collect();
+                let (order, starts) = group_by_target(map.iter().map(|&(ia, _)| ia), numel(&dims.a_batch));
+                let terms = order.iter().map(|&i| (dc_offs(i), map[i].1 * k * n)).collect();
                 Gemm::new((m, n, k), plain(&dc, n), transposed(&bd, n), terms, starts)
             };
             gemm.run(&mut g)?;
@@ -650,19 +528,10 @@ impl Backward for MatmulBackward {
             let mut g = alloc_zeros(OP, self.b.numel())?;
             let gemm = if dims.folds() {
                 // dB (K, N) = Aᵀ (K, …·M) @ dC (…·M, N): the batch sum happens inside the product
-                Gemm::one_term_each(
-                    (k, count * m, n),
-                    transposed(&ad, k),
-                    plain(&dc, n),
-                    vec![(0, 0)],
-                )
+                Gemm::one_term_each((k, count * m, n), transposed(&ad, k), plain(&dc, n), vec![(0, 0)])
             } else {
-                let (order, starts) =
-                    group_by_target(map.iter().map(|&(_, ib)| ib), numel(&dims.b_batch));
-                let terms = order
-                    .iter()
-                    .map(|&i| (map[i].0 * m * k, dc_offs(i)))
-                    .collect();
+                let (order, starts) = group_by_target(map.iter().map(|&(_, ib)| ib), numel(&dims.b_batch));
+                let terms = order.iter().map(|&i| (map[i].0 * m * k, dc_offs(i))).collect();
                 Gemm::new((k, m, n), transposed(&ad, k), plain(&dc, n), terms, starts)
             };
             gemm.run(&mut g)?;
@@ -689,16 +558,8 @@ mod tests {
     /// triple loop, drop the promoted dims. Returns (shape, values).
     fn reference(a: &Tensor, b: &Tensor) -> (Vec<usize>, Vec<f64>) {
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
-        let a2 = if sa.len() == 1 {
-            vec![1, sa[0]]
-        } else {
-            sa.clone()
-        };
-        let b2 = if sb.len() == 1 {
-            vec![sb[0], 1]
-        } else {
-            sb.clone()
-        };
+        let a2 = if sa.len() == 1 { vec![1, sa[0]] } else { sa.clone() };
+        let b2 = if sb.len() == 1 { vec![sb[0], 1] } else { sb.clone() };
         let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
         let (ba, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
         let batch = crate::tensor::broadcast_shapes("ref", ba, bb).unwrap();
@@ -718,8 +579,7 @@ mod tests {
                 for c in 0..n {
                     let mut s = 0f64;
                     for kk in 0..k {
-                        s +=
-                            ad[ia * m * k + r * k + kk] as f64 * bd[ib * k * n + kk * n + c] as f64;
+                        s += ad[ia * m * k + r * k + kk] as f64 * bd[ib * k * n + kk * n + c] as f64;
                     }
                     out.push(s);
                 }
@@ -844,19 +704,9 @@ mod tests {
                 }
             }
             let batch_sum = numel(&dims.batch) / numel(&dims.a_batch).max(1);
-            assert_close(
-                &format!("dA of {sa:?} @ {sb:?}"),
-                &a.grad().unwrap().to_vec(),
-                &da,
-                n * batch_sum,
-            );
+            assert_close(&format!("dA of {sa:?} @ {sb:?}"), &a.grad().unwrap().to_vec(), &da, n * batch_sum);
             let batch_sum = numel(&dims.batch) / numel(&dims.b_batch).max(1);
-            assert_close(
-                &format!("dB of {sa:?} @ {sb:?}"),
-                &b.grad().unwrap().to_vec(),
-                &db,
-                m * batch_sum,
-            );
+            assert_close(&format!("dB of {sa:?} @ {sb:?}"), &b.grad().unwrap().to_vec(), &db, m * batch_sum);
         }
     }
 
@@ -874,76 +724,45 @@ mod tests {
         let d = matmul(&z(&[0]), &z(&[0])).unwrap();
         assert_eq!((d.shape(), d.item().unwrap()), (&[][..], 0.0));
         // empty batch
-        assert_eq!(
-            matmul(&z(&[0, 2, 3]), &p(&[3, 4])).unwrap().shape(),
-            &[0, 2, 4]
-        );
+        assert_eq!(matmul(&z(&[0, 2, 3]), &p(&[3, 4])).unwrap().shape(), &[0, 2, 4]);
         // gradients flow with the right (empty or zero) shapes
         let (a, b) = (z(&[2, 0]), p(&[0, 3]));
         let out = matmul(&a, &b).unwrap();
-        out.backward(Some(&Tensor::ones(&[2, 3]).unwrap()), false)
-            .unwrap();
+        out.backward(Some(&Tensor::ones(&[2, 3]).unwrap()), false).unwrap();
         assert_eq!(a.grad().unwrap().shape(), &[2, 0]);
         assert_eq!(b.grad().unwrap().shape(), &[0, 3]);
         // a broadcast operand whose batch partner is empty gets a zero gradient
         let (a, b) = (p(&[1, 2, 3]), p(&[0, 3, 4]));
         let out = matmul(&a, &b).unwrap();
-        out.backward(Some(&Tensor::zeros(&[0, 2, 4]).unwrap()), false)
-            .unwrap();
+        out.backward(Some(&Tensor::zeros(&[0, 2, 4]).unwrap()), false).unwrap();
         assert_eq!(a.grad().unwrap().to_vec(), vec![0.0; 6]);
     }
 
     #[test]
     fn shape_errors_are_readable() {
-        let err = |sa: &[usize], sb: &[usize]| {
-            matmul(&Tensor::zeros(sa).unwrap(), &Tensor::zeros(sb).unwrap()).unwrap_err()
-        };
+        let err =
+            |sa: &[usize], sb: &[usize]| matmul(&Tensor::zeros(sa).unwrap(), &Tensor::zeros(sb).unwrap()).unwrap_err();
         let e = err(&[2, 3], &[4, 5]);
         assert!(matches!(e, Error::Shape { .. }));
-        assert_eq!(
-            e.to_string(),
-            "matmul: inner dimensions do not match: (2, 3) @ (4, 5)"
-        );
-        assert_eq!(
-            err(&[3], &[4]).to_string(),
-            "matmul: inner dimensions do not match: (3,) @ (4,)"
-        );
-        assert_eq!(
-            err(&[2, 3], &[2]).to_string(),
-            "matmul: inner dimensions do not match: (2, 3) @ (2,)"
-        );
+        assert_eq!(e.to_string(), "matmul: inner dimensions do not match: (2, 3) @ (4, 5)");
+        assert_eq!(err(&[3], &[4]).to_string(), "matmul: inner dimensions do not match: (3,) @ (4,)");
+        assert_eq!(err(&[2, 3], &[2]).to_string(), "matmul: inner dimensions do not match: (2, 3) @ (2,)");
         let e = err(&[], &[3]);
         assert!(matches!(e, Error::Shape { .. }));
-        assert_eq!(
-            e.to_string(),
-            "matmul: both arguments must have at least 1 dim, got () @ (3,)"
-        );
-        assert!(
-            err(&[3], &[])
-                .to_string()
-                .starts_with("matmul: both arguments must have at least 1 dim")
-        );
+        assert_eq!(e.to_string(), "matmul: both arguments must have at least 1 dim, got () @ (3,)");
+        assert!(err(&[3], &[]).to_string().starts_with("matmul: both arguments must have at least 1 dim"));
         let e = err(&[2, 3, 4], &[3, 4, 5]);
         assert!(matches!(e, Error::Shape { .. }));
-        assert_eq!(
-            e.to_string(),
-            "matmul: cannot broadcast batch dims (2,) with (3,): (2, 3, 4) @ (3, 4, 5)"
-        );
+        assert_eq!(e.to_string(), "matmul: cannot broadcast batch dims (2,) with (3,): (2, 3, 4) @ (3, 4, 5)");
     }
 
     #[test]
     fn huge_outputs_are_alloc_errors() {
         // (2^20, 1) @ (1, 2^20) would need 4 TiB: an error, not an abort
-        let (a, b) = (
-            Tensor::zeros(&[1 << 20, 1]).unwrap(),
-            Tensor::zeros(&[1, 1 << 20]).unwrap(),
-        );
+        let (a, b) = (Tensor::zeros(&[1 << 20, 1]).unwrap(), Tensor::zeros(&[1, 1 << 20]).unwrap());
         assert!(matches!(matmul(&a, &b), Err(Error::Alloc { .. })));
         // element count overflow with empty inputs
-        let (a, b) = (
-            Tensor::zeros(&[1 << 40, 0]).unwrap(),
-            Tensor::zeros(&[0, 1 << 40]).unwrap(),
-        );
+        let (a, b) = (Tensor::zeros(&[1 << 40, 0]).unwrap(), Tensor::zeros(&[0, 1 << 40]).unwrap());
         assert!(matches!(matmul(&a, &b), Err(Error::Alloc { .. })));
     }
 
@@ -962,11 +781,15 @@ mod tests {
             set_num_threads(threads);
             let mut bits = Vec::new();
             for (sa, sb) in cases {
-                manual_seed(4);
-                let (a, b) = (p(sa), p(sb));
+                // a local generator: other tests reseed the global one concurrently
+                let mut rng = crate::tensor::random::Rng::new(4);
+                let mut local = |s: &[usize]| {
+                    let v = (0..crate::tensor::numel(s)).map(|_| rng.normal() as f32).collect();
+                    Tensor::new(v, s).unwrap().requires_grad_(true)
+                };
+                let (a, b) = (local(sa), local(sb));
                 let out = matmul(&a, &b).unwrap();
-                out.backward(Some(&Tensor::ones(out.shape()).unwrap()), false)
-                    .unwrap();
+                out.backward(Some(&Tensor::ones(out.shape()).unwrap()), false).unwrap();
                 for t in [out, a.grad().unwrap(), b.grad().unwrap()] {
                     bits.push(t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
                 }
@@ -977,25 +800,12 @@ mod tests {
         set_num_threads(0);
         for (i, (x, y)) in one.iter().zip(&two).enumerate() {
             let diff = x.iter().zip(y).position(|(p, q)| p != q);
-            assert!(
-                diff.is_none(),
-                "case {} tensor {} differs at element {diff:?}",
-                i / 3,
-                i % 3
-            );
+            assert!(diff.is_none(), "case {} tensor {} differs at element {diff:?}", i / 3, i % 3);
         }
         // the cases really are cut into several tiles
-        for (m, k, n) in [
-            (300, 200, 1100),
-            (600, 96, 700),
-            (1, 700, 3000),
-            (3000, 700, 1),
-        ] {
+        for (m, k, n) in [(300, 200, 1100), (600, 96, 700), (1, 700, 3000), (3000, 700, 1)] {
             let (r, c) = tile_shape(1, m, k, n);
-            assert!(
-                m.div_ceil(r) * n.div_ceil(c) > 1,
-                "({m}, {k}) @ ({k}, {n}) is one tile"
-            );
+            assert!(m.div_ceil(r) * n.div_ceil(c) > 1, "({m}, {k}) @ ({k}, {n}) is one tile");
         }
     }
 }

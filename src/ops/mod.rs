@@ -3,12 +3,12 @@
 //! reference (an f64 formula, or for a fused op a composite of primitives).
 //!
 //! Primitives:
-//! - `binary`     add sub mul div pow (broadcasting; scalar forms)
-//! - `unary`      neg exp log sqrt tanh relu sigmoid
-//! - `reduce`     sum mean max over dims (keepdim), sum_all, mean_all
-//! - `view`       reshape permute transpose narrow cat stack
+//! - `binary`     add sub mul div pow (broadcasting; scalar forms), comparisons (no grad)
+//! - `unary`      neg exp log sqrt tanh relu sigmoid abs
+//! - `reduce`     sum mean max argmax over dims (keepdim), sum_all, mean_all
+//! - `view`       reshape (zero-copy) permute transpose narrow slice select cat stack expand
 //! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool
-//! - `index`      embedding gather (scatter-add backward), masked_fill, where
+//! - `index`      embedding gather and index_select (scatter-add backward), masked_fill, where
 //! - `dropout`    inverted dropout with a seeded mask
 //!
 //! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):

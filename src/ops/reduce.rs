@@ -27,10 +27,7 @@ pub(crate) fn check_dim(op: &'static str, dim: isize, ndim: usize) -> Result<usi
         return if dim == 0 || dim == -1 {
             Ok(0)
         } else {
-            Err(Error::index(
-                op,
-                format!("dim {dim} is out of range for a 0-d tensor (expected -1..=0)"),
-            ))
+            Err(Error::index(op, format!("dim {dim} is out of range for a 0-d tensor (expected -1..=0)")))
         };
     }
     normalize_dim(op, dim, ndim)
@@ -38,20 +35,12 @@ pub(crate) fn check_dim(op: &'static str, dim: isize, ndim: usize) -> Result<usi
 
 /// The tensor seen as (outer, size of `dim`, inner): element (o, k, i) sits at (o·d + k)·inner + i.
 /// A 0-d tensor is (1, 1, 1).
-pub(crate) fn split_at_dim(
-    op: &'static str,
-    shape: &[usize],
-    dim: isize,
-) -> Result<(usize, usize, usize)> {
+pub(crate) fn split_at_dim(op: &'static str, shape: &[usize], dim: isize) -> Result<(usize, usize, usize)> {
     let d = check_dim(op, dim, shape.len())?;
     if shape.is_empty() {
         return Ok((1, 1, 1));
     }
-    Ok((
-        shape[..d].iter().product(),
-        shape[d],
-        shape[d + 1..].iter().product(),
-    ))
+    Ok((shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product()))
 }
 
 /// Which dims `dims` reduces (None = all). Out-of-range dims are `Error::Index`, repeated ones `Error::Value`.
@@ -66,10 +55,7 @@ fn reduced_mask(op: &'static str, shape: &[usize], dims: Option<&[isize]>) -> Re
         if seen[k] {
             return Err(Error::value(
                 op,
-                format!(
-                    "dim {d} appears more than once in dims {dims:?} (tensor of shape {})",
-                    fmt_shape(shape)
-                ),
+                format!("dim {d} appears more than once in dims {dims:?} (tensor of shape {})", fmt_shape(shape)),
             ));
         }
         seen[k] = true;
@@ -116,11 +102,7 @@ fn one_block(b: &[(usize, bool)]) -> Option<(usize, usize, usize)> {
     let reduced: Vec<usize> = (0..b.len()).filter(|&k| b[k].1).collect();
     match reduced[..] {
         [] => Some((b.iter().map(|x| x.0).product(), 1, 1)),
-        [k] => Some((
-            b[..k].iter().map(|x| x.0).product(),
-            b[k].0,
-            b[k + 1..].iter().map(|x| x.0).product(),
-        )),
+        [k] => Some((b[..k].iter().map(|x| x.0).product(), b[k].0, b[k + 1..].iter().map(|x| x.0).product())),
         _ => None,
     }
 }
@@ -178,13 +160,7 @@ fn sum_f64_par(xs: &[f32]) -> f64 {
 }
 
 /// `acc[i] += Σ_r slab[r·inner + i]` for rows `rows` of a (r, inner) slab.
-fn add_rows(
-    slab: &[f32],
-    inner: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    acc: &mut [f64],
-) {
+fn add_rows(slab: &[f32], inner: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, acc: &mut [f64]) {
     for r in rows {
         let row = &slab[r * inner + cols.start..r * inner + cols.end];
         for (a, &v) in acc.iter_mut().zip(row) {
@@ -198,17 +174,13 @@ fn column_sums(slab: &[f32], r: usize, inner: usize, scale: f64, out: &mut [f32]
     if slab.len() <= 2 * GRAIN {
         let mut acc = vec![0f64; inner];
         add_rows(slab, inner, 0..r, 0..inner, &mut acc);
-        out.iter_mut()
-            .zip(&acc)
-            .for_each(|(o, &a)| *o = (a * scale) as f32);
+        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a * scale) as f32);
     } else if inner >= GRAIN {
         // wide rows: each task owns a band of columns and walks every row
         for_each_chunk(out, GRAIN, |s, c| {
             let mut acc = vec![0f64; c.len()];
             add_rows(slab, inner, 0..r, s..s + c.len(), &mut acc);
-            c.iter_mut()
-                .zip(&acc)
-                .for_each(|(o, &a)| *o = (a * scale) as f32);
+            c.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a * scale) as f32);
         });
     } else {
         // narrow rows (bias gradients): fixed row blocks summed in parallel, partials added in order.
@@ -219,13 +191,7 @@ fn column_sums(slab: &[f32], r: usize, inner: usize, scale: f64, out: &mut [f32]
                 .into_par_iter()
                 .map(|b| {
                     let mut acc = vec![0f64; inner];
-                    add_rows(
-                        slab,
-                        inner,
-                        b * rb..((b + 1) * rb).min(r),
-                        0..inner,
-                        &mut acc,
-                    );
+                    add_rows(slab, inner, b * rb..((b + 1) * rb).min(r), 0..inner, &mut acc);
                     acc
                 })
                 .collect()
@@ -234,9 +200,7 @@ fn column_sums(slab: &[f32], r: usize, inner: usize, scale: f64, out: &mut [f32]
         for p in &parts {
             acc.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
         }
-        out.iter_mut()
-            .zip(&acc)
-            .for_each(|(o, &a)| *o = (a * scale) as f32);
+        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a * scale) as f32);
     }
 }
 
@@ -270,16 +234,8 @@ fn sum_one_block(x: &[f32], (outer, r, inner): (usize, usize, usize), scale: f64
             for (k, oc) in c.chunks_mut(inner).enumerate() {
                 let o = s / inner + k;
                 acc.fill(0.0);
-                add_rows(
-                    &x[o * slab..(o + 1) * slab],
-                    inner,
-                    0..r,
-                    0..inner,
-                    &mut acc,
-                );
-                oc.iter_mut()
-                    .zip(&acc)
-                    .for_each(|(v, &a)| *v = (a * scale) as f32);
+                add_rows(&x[o * slab..(o + 1) * slab], inner, 0..r, 0..inner, &mut acc);
+                oc.iter_mut().zip(&acc).for_each(|(v, &a)| *v = (a * scale) as f32);
             }
         });
     }
@@ -296,28 +252,17 @@ fn sum_general(x: &[f32], b: &[(usize, bool)], scale: f64, out: &mut [f32]) {
             if last_reduced {
                 acc[off] += sum_f64(xs);
             } else {
-                acc[off..off + last]
-                    .iter_mut()
-                    .zip(xs)
-                    .for_each(|(a, &v)| *a += v as f64);
+                acc[off..off + last].iter_mut().zip(xs).for_each(|(a, &v)| *a += v as f64);
             }
         }
     }
-    out.iter_mut()
-        .zip(&acc)
-        .for_each(|(o, &a)| *o = (a * scale) as f32);
+    out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a * scale) as f32);
 }
 
 /// Scaled sum over the dims in `mask`; the output is in kept-dims order (same data with or without keepdim).
 fn reduce_sum(op: &'static str, x: &Tensor, mask: &[bool], scale: f64) -> Result<Vec<f32>> {
     let b = blocks(x.shape(), mask);
-    let n_out = x
-        .shape()
-        .iter()
-        .zip(mask)
-        .filter(|(_, r)| !**r)
-        .map(|(s, _)| s)
-        .product();
+    let n_out = x.shape().iter().zip(mask).filter(|(_, r)| !**r).map(|(s, _)| s).product();
     let mut out = alloc_zeros(op, n_out)?;
     if n_out == 0 {
         return Ok(out);
@@ -331,13 +276,7 @@ fn reduce_sum(op: &'static str, x: &Tensor, mask: &[bool], scale: f64) -> Result
 }
 
 /// Backward of a sum: every input element gets `scale ·` the gradient of the output it fed.
-fn expand(
-    op: &'static str,
-    g: &Tensor,
-    shape: &[usize],
-    mask: &[bool],
-    scale: f32,
-) -> Result<Tensor> {
+fn expand(op: &'static str, g: &Tensor, shape: &[usize], mask: &[bool], scale: f32) -> Result<Tensor> {
     let b = blocks(shape, mask);
     let st = out_strides(&b);
     let (last, last_reduced) = b[b.len() - 1];
@@ -356,9 +295,7 @@ fn expand(
             if last_reduced {
                 run.fill(gs[off] * scale);
             } else {
-                run.iter_mut()
-                    .zip(&gs[off + col..off + col + len])
-                    .for_each(|(o, &v)| *o = v * scale);
+                run.iter_mut().zip(&gs[off + col..off + col + len]).for_each(|(o, &v)| *o = v * scale);
             }
             pos += len;
         }
@@ -374,41 +311,19 @@ pub fn sum(x: &Tensor, dims: Option<&[isize]>, keepdim: bool) -> Result<Tensor> 
     let mask = reduced_mask("sum", x.shape(), dims)?;
     let out = reduce_sum("sum", x, &mask, 1.0)?;
     let out = Tensor::from_vec_unchecked(out, reduced_shape(x.shape(), &mask, keepdim));
-    Ok(record(
-        out,
-        SumBackward {
-            name: "sum",
-            x: x.clone(),
-            mask,
-            scale: 1.0,
-        },
-    ))
+    Ok(record(out, SumBackward { name: "sum", x: x.clone(), mask, scale: 1.0 }))
 }
 
 // ---- mean ----
 /// Mean over `dims` (same rules as `sum`). The mean of an empty reduction is nan, as in numpy.
 pub fn mean(x: &Tensor, dims: Option<&[isize]>, keepdim: bool) -> Result<Tensor> {
     let mask = reduced_mask("mean", x.shape(), dims)?;
-    let count: usize = x
-        .shape()
-        .iter()
-        .zip(&mask)
-        .filter(|(_, r)| **r)
-        .map(|(s, _)| s)
-        .product();
+    let count: usize = x.shape().iter().zip(&mask).filter(|(_, r)| **r).map(|(s, _)| s).product();
     // count 0: scale is inf and 0·inf = nan, the numpy answer
     let scale = 1.0 / count as f64;
     let out = reduce_sum("mean", x, &mask, scale)?;
     let out = Tensor::from_vec_unchecked(out, reduced_shape(x.shape(), &mask, keepdim));
-    Ok(record(
-        out,
-        SumBackward {
-            name: "mean",
-            x: x.clone(),
-            mask,
-            scale: scale as f32,
-        },
-    ))
+    Ok(record(out, SumBackward { name: "mean", x: x.clone(), mask, scale: scale as f32 }))
 }
 
 /// Mean of every element, as a 0-d tensor (nan for an empty tensor).
@@ -434,13 +349,7 @@ impl Backward for SumBackward {
         if !needs[0] {
             return Ok(vec![None]);
         }
-        Ok(vec![Some(expand(
-            self.name,
-            dout,
-            self.x.shape(),
-            &self.mask,
-            self.scale,
-        )?)])
+        Ok(vec![Some(expand(self.name, dout, self.x.shape(), &self.mask, self.scale)?)])
     }
 }
 
@@ -459,10 +368,7 @@ fn max_and_has_nan(xs: &[f32]) -> (f32, bool) {
             nan[k] |= c[k].is_nan();
         }
     }
-    let m = tail
-        .iter()
-        .chain(&acc)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let m = tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     (m, nan.iter().any(|&b| b) || tail.iter().any(|v| v.is_nan()))
 }
 
@@ -470,11 +376,7 @@ fn max_and_has_nan(xs: &[f32]) -> (f32, bool) {
 /// A vectorized max pass, then a scan that stops at the first hit.
 fn row_argmax(row: &[f32]) -> (f32, usize) {
     let (m, nan) = max_and_has_nan(row);
-    let at = if nan {
-        row.iter().position(|v| v.is_nan())
-    } else {
-        row.iter().position(|&v| v == m)
-    };
+    let at = if nan { row.iter().position(|v| v.is_nan()) } else { row.iter().position(|&v| v == m) };
     let at = at.unwrap_or(0);
     (row[at], at)
 }
@@ -547,14 +449,7 @@ fn max_impl(
 ) -> Result<((usize, usize, usize), Vec<usize>, Vec<f32>, Vec<usize>)> {
     let shape = x.shape();
     let (layout, out_shape) = match dim {
-        None => (
-            (1, x.numel(), 1),
-            if keepdim {
-                vec![1; shape.len()]
-            } else {
-                vec![]
-            },
-        ),
+        None => ((1, x.numel(), 1), if keepdim { vec![1; shape.len()] } else { vec![] }),
         Some(dim) => {
             let layout = split_at_dim(op, shape, dim)?;
             let mut s = shape.to_vec();
@@ -574,10 +469,7 @@ fn max_impl(
             None => "of an empty tensor".to_string(),
             Some(d) => format!("over dim {d}, which has size 0"),
         };
-        return Err(Error::value(
-            op,
-            format!("cannot take the max {what} (shape {})", fmt_shape(shape)),
-        ));
+        return Err(Error::value(op, format!("cannot take the max {what} (shape {})", fmt_shape(shape))));
     }
     let (vals, idx) = max_kernel(&x.data(), layout);
     Ok((layout, out_shape, vals, idx))
@@ -593,11 +485,7 @@ pub fn max(x: &Tensor, dim: Option<isize>, keepdim: bool) -> Result<Tensor> {
         return Ok(out);
     }
     // flat input position of each output's winner
-    let pos = idx
-        .iter()
-        .enumerate()
-        .map(|(p, &k)| (p / inner * d + k) * inner + p % inner)
-        .collect();
+    let pos = idx.iter().enumerate().map(|(p, &k)| (p / inner * d + k) * inner + p % inner).collect();
     Ok(record(out, MaxBackward { x: x.clone(), pos }))
 }
 struct MaxBackward {
@@ -620,10 +508,7 @@ impl Backward for MaxBackward {
         for (&p, &g) in self.pos.iter().zip(dout.data().iter()) {
             dx[p] = g;
         }
-        Ok(vec![Some(Tensor::from_vec_unchecked(
-            dx,
-            self.x.shape().to_vec(),
-        ))])
+        Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
     }
 }
 
@@ -676,10 +561,7 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
             let d = (g as f64 - w).abs();
-            assert!(
-                d <= 1e-5 * (1.0 + w.abs()),
-                "{what}: element {i}: got {g}, want {w} (diff {d:.2e})"
-            );
+            assert!(d <= 1e-5 * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w} (diff {d:.2e})");
         }
     }
 
@@ -704,22 +586,10 @@ mod tests {
             let mask = reduced_mask("t", shape, dims).unwrap();
             for keepdim in [false, true] {
                 let s = sum(&x, dims, keepdim).unwrap();
-                assert_eq!(
-                    s.shape(),
-                    reduced_shape(shape, &mask, keepdim),
-                    "sum {shape:?} {dims:?}"
-                );
-                assert_close(
-                    &format!("sum {shape:?} {dims:?}"),
-                    &s.data(),
-                    &reference_sum(&x, &mask, false),
-                );
+                assert_eq!(s.shape(), reduced_shape(shape, &mask, keepdim), "sum {shape:?} {dims:?}");
+                assert_close(&format!("sum {shape:?} {dims:?}"), &s.data(), &reference_sum(&x, &mask, false));
                 let m = mean(&x, dims, keepdim).unwrap();
-                assert_close(
-                    &format!("mean {shape:?} {dims:?}"),
-                    &m.data(),
-                    &reference_sum(&x, &mask, true),
-                );
+                assert_close(&format!("mean {shape:?} {dims:?}"), &m.data(), &reference_sum(&x, &mask, true));
                 assert_gradcheck(|xs| sum(&xs[0], dims, keepdim), std::slice::from_ref(&x));
                 assert_gradcheck(|xs| mean(&xs[0], dims, keepdim), std::slice::from_ref(&x));
             }
@@ -748,29 +618,13 @@ mod tests {
             let x = randn(shape, 0.0, 1.0).unwrap().requires_grad_(true);
             let mask = reduced_mask("t", shape, dims).unwrap();
             let m = mean(&x, dims, false).unwrap();
-            assert_close(
-                &format!("mean {shape:?} {dims:?}"),
-                &m.data(),
-                &reference_sum(&x, &mask, true),
-            );
+            assert_close(&format!("mean {shape:?} {dims:?}"), &m.data(), &reference_sum(&x, &mask, true));
             // backward of mean: every element gets dout / count
-            let count: usize = shape
-                .iter()
-                .zip(&mask)
-                .filter(|(_, r)| **r)
-                .map(|(s, _)| s)
-                .product();
+            let count: usize = shape.iter().zip(&mask).filter(|(_, r)| **r).map(|(s, _)| s).product();
             let dout = Tensor::full(m.shape(), 2.0).unwrap();
             m.backward(Some(&dout), false).unwrap();
             let want = 2.0 / count as f32;
-            assert!(
-                x.grad()
-                    .unwrap()
-                    .data()
-                    .iter()
-                    .all(|&g| (g - want).abs() < 1e-9),
-                "mean backward {shape:?}"
-            );
+            assert!(x.grad().unwrap().data().iter().all(|&g| (g - want).abs() < 1e-9), "mean backward {shape:?}");
         }
     }
 
@@ -778,21 +632,12 @@ mod tests {
     fn empty_reductions() {
         let x = Tensor::zeros(&[0, 3]).unwrap();
         assert_eq!(sum(&x, Some(&[0]), false).unwrap().to_vec(), vec![0.0; 3]);
-        assert!(
-            mean(&x, Some(&[0]), false)
-                .unwrap()
-                .to_vec()
-                .iter()
-                .all(|v| v.is_nan())
-        );
+        assert!(mean(&x, Some(&[0]), false).unwrap().to_vec().iter().all(|v| v.is_nan()));
         assert!(mean_all(&x).unwrap().item().unwrap().is_nan());
         assert_eq!(sum(&x, Some(&[1]), true).unwrap().shape(), &[0, 1]);
         let e = max(&x, Some(0), false).unwrap_err();
         assert!(matches!(e, Error::Value { .. }));
-        assert_eq!(
-            e.to_string(),
-            "max: cannot take the max over dim 0, which has size 0 (shape (0, 3))"
-        );
+        assert_eq!(e.to_string(), "max: cannot take the max over dim 0, which has size 0 (shape (0, 3))");
         assert!(matches!(max(&x, None, false), Err(Error::Value { .. })));
         // max over a non-empty dim of an empty tensor is just empty
         assert_eq!(max(&x, Some(1), false).unwrap().shape(), &[0]);
@@ -803,37 +648,17 @@ mod tests {
         let x = Tensor::zeros(&[2, 3]).unwrap();
         let e = sum(&x, Some(&[2]), false).unwrap_err();
         assert!(matches!(e, Error::Index { .. }));
-        assert_eq!(
-            e.to_string(),
-            "sum: dim 2 is out of range for a tensor with 2 dims (expected -2..=1)"
-        );
+        assert_eq!(e.to_string(), "sum: dim 2 is out of range for a tensor with 2 dims (expected -2..=1)");
         let e = mean(&x, Some(&[1, -1]), false).unwrap_err();
         assert!(matches!(e, Error::Value { .. }));
-        assert_eq!(
-            e.to_string(),
-            "mean: dim -1 appears more than once in dims [1, -1] (tensor of shape (2, 3))"
-        );
+        assert_eq!(e.to_string(), "mean: dim -1 appears more than once in dims [1, -1] (tensor of shape (2, 3))");
         assert!(matches!(max(&x, Some(-3), false), Err(Error::Index { .. })));
-        assert!(matches!(
-            argmax(&x, Some(5), false),
-            Err(Error::Index { .. })
-        ));
+        assert!(matches!(argmax(&x, Some(5), false), Err(Error::Index { .. })));
         let e = sum(&Tensor::scalar(1.0), Some(&[1]), false).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "sum: dim 1 is out of range for a 0-d tensor (expected -1..=0)"
-        );
+        assert_eq!(e.to_string(), "sum: dim 1 is out of range for a 0-d tensor (expected -1..=0)");
         // a 0-d tensor accepts dim 0 / -1, as in torch
-        assert_eq!(
-            sum(&Tensor::scalar(2.0), Some(&[-1]), true)
-                .unwrap()
-                .to_vec(),
-            vec![2.0]
-        );
-        assert_eq!(
-            max(&Tensor::scalar(2.0), Some(0), false).unwrap().shape(),
-            &[] as &[usize]
-        );
+        assert_eq!(sum(&Tensor::scalar(2.0), Some(&[-1]), true).unwrap().to_vec(), vec![2.0]);
+        assert_eq!(max(&Tensor::scalar(2.0), Some(0), false).unwrap().shape(), &[] as &[usize]);
     }
 
     /// Distinct values 0.1 apart in a random order, so finite differences never cross a tie.
@@ -850,11 +675,8 @@ mod tests {
     /// Reference max/argmax along one dim by explicit indexing.
     fn reference_max(x: &Tensor, dim: usize) -> (Vec<f32>, Vec<i64>) {
         let shape = x.shape();
-        let (o, d, i) = (
-            shape[..dim].iter().product::<usize>(),
-            shape[dim],
-            shape[dim + 1..].iter().product::<usize>(),
-        );
+        let (o, d, i) =
+            (shape[..dim].iter().product::<usize>(), shape[dim], shape[dim + 1..].iter().product::<usize>());
         let xd = x.data();
         let mut vals = vec![];
         let mut idx = vec![];
@@ -876,28 +698,19 @@ mod tests {
 
     #[test]
     fn max_and_argmax_match_reference_and_gradcheck() {
-        for (shape, seed) in [
-            (&[3, 4, 5][..], 1),
-            (&[7][..], 2),
-            (&[300, 70][..], 3),
-            (&[2, 9000, 3][..], 4),
-        ] {
+        for (shape, seed) in [(&[3, 4, 5][..], 1), (&[7][..], 2), (&[300, 70][..], 3), (&[2, 9000, 3][..], 4)] {
             let x = shuffled(shape, seed).requires_grad_(true);
             for dim in 0..shape.len() {
                 let (want_v, want_i) = reference_max(&x, dim);
                 for keepdim in [false, true] {
                     let m = max(&x, Some(dim as isize), keepdim).unwrap();
                     assert_eq!(m.to_vec(), want_v, "max {shape:?} dim {dim}");
-                    let (idx, s) =
-                        argmax(&x, Some(dim as isize - shape.len() as isize), keepdim).unwrap();
+                    let (idx, s) = argmax(&x, Some(dim as isize - shape.len() as isize), keepdim).unwrap();
                     assert_eq!(idx, want_i, "argmax {shape:?} dim {dim}");
                     assert_eq!(s, m.shape());
                 }
                 if x.numel() < 100 {
-                    assert_gradcheck(
-                        |xs| max(&xs[0], Some(dim as isize), false),
-                        std::slice::from_ref(&x),
-                    );
+                    assert_gradcheck(|xs| max(&xs[0], Some(dim as isize), false), std::slice::from_ref(&x));
                 }
             }
         }
@@ -910,22 +723,14 @@ mod tests {
 
     #[test]
     fn max_ties_go_to_the_first_and_nan_propagates() {
-        let x = Tensor::new(
-            vec![1.0, 3.0, 3.0, 0.0, f32::NAN, 5.0, f32::NAN, 2.0],
-            &[2, 4],
-        )
-        .unwrap()
-        .requires_grad_(true);
+        let x =
+            Tensor::new(vec![1.0, 3.0, 3.0, 0.0, f32::NAN, 5.0, f32::NAN, 2.0], &[2, 4]).unwrap().requires_grad_(true);
         let m = max(&x, Some(1), false).unwrap();
         assert_eq!(m.data()[0], 3.0);
         assert!(m.data()[1].is_nan());
         assert_eq!(argmax(&x, Some(1), false).unwrap().0, vec![1, 0]); // row 0: first of the tied 3s; row 1: the first nan
-        m.backward(Some(&Tensor::new(vec![1.0, 1.0], &[2]).unwrap()), false)
-            .unwrap();
-        assert_eq!(
-            x.grad().unwrap().to_vec(),
-            vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-        );
+        m.backward(Some(&Tensor::new(vec![1.0, 1.0], &[2]).unwrap()), false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         // along dim 0 (inner > 1 path) the same rules hold
         let (i, _) = argmax(&x, Some(0), false).unwrap();
         assert_eq!(i, vec![1, 1, 1, 1]); // columns 0 and 2: the nan wins
@@ -933,19 +738,9 @@ mod tests {
         let mut row = vec![0.0f32; 20];
         row[5] = 2.0;
         row[15] = 2.0;
-        assert_eq!(
-            argmax(&Tensor::new(row.clone(), &[20]).unwrap(), Some(0), false)
-                .unwrap()
-                .0,
-            vec![5]
-        );
+        assert_eq!(argmax(&Tensor::new(row.clone(), &[20]).unwrap(), Some(0), false).unwrap().0, vec![5]);
         row[12] = f32::NAN;
-        assert_eq!(
-            argmax(&Tensor::new(row, &[1, 20]).unwrap(), Some(-1), false)
-                .unwrap()
-                .0,
-            vec![12]
-        );
+        assert_eq!(argmax(&Tensor::new(row, &[1, 20]).unwrap(), Some(-1), false).unwrap().0, vec![12]);
         // no graph is kept under no_grad
         let _g = no_grad();
         assert!(!max(&x, None, false).unwrap().requires_grad());

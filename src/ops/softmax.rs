@@ -19,12 +19,8 @@ use crate::tensor::{Tensor, alloc_zeros};
 /// With inner == 1 the lanes are contiguous rows used in place; otherwise each lane is gathered into a
 /// scratch buffer and scattered back (tasks then own whole (d, inner) slabs, so a huge single slab runs
 /// on one thread). Lanes are independent, so the split never changes a bit of the result.
-pub(crate) fn for_each_lane<const N: usize, F>(
-    srcs: [&[f32]; N],
-    dst: &mut [f32],
-    layout: (usize, usize, usize),
-    f: F,
-) where
+pub(crate) fn for_each_lane<const N: usize, F>(srcs: [&[f32]; N], dst: &mut [f32], layout: (usize, usize, usize), f: F)
+where
     F: Fn([&[f32]; N], &mut [f32]) + Send + Sync,
 {
     let (_, d, inner) = layout;
@@ -42,11 +38,7 @@ pub(crate) fn for_each_lane<const N: usize, F>(
         if dst.len() <= GRAIN {
             run(0, dst);
         } else {
-            install(|| {
-                dst.par_chunks_mut(per_task * d)
-                    .enumerate()
-                    .for_each(|(c, ch)| run(c * per_task, ch))
-            });
+            install(|| dst.par_chunks_mut(per_task * d).enumerate().for_each(|(c, ch)| run(c * per_task, ch)));
         }
         return;
     }
@@ -73,11 +65,7 @@ pub(crate) fn for_each_lane<const N: usize, F>(
     if dst.len() <= GRAIN {
         run(0, dst);
     } else {
-        install(|| {
-            dst.par_chunks_mut(per_task * slab)
-                .enumerate()
-                .for_each(|(c, ch)| run(c * per_task, ch))
-        });
+        install(|| dst.par_chunks_mut(per_task * slab).enumerate().for_each(|(c, ch)| run(c * per_task, ch)));
     }
 }
 
@@ -93,9 +81,7 @@ fn lane_max(xs: &[f32]) -> f32 {
             acc[k] = acc[k].max(c[k]);
         }
     }
-    tail.iter()
-        .chain(&acc)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
 /// Σ exp(x − m) in f64, with eight accumulators in a fixed order (vectorizes, deterministic).
@@ -125,9 +111,7 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
         }
     }
     let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    ta.iter()
-        .zip(tb)
-        .fold(s, |s, (&x, &y)| s + x as f64 * y as f64)
+    ta.iter().zip(tb).fold(s, |s, (&x, &y)| s + x as f64 * y as f64)
 }
 
 /// m = max and ln Σ exp(x − m) of a lane (sum in f64). An all −inf lane gives nan, as in torch.
@@ -152,14 +136,7 @@ pub fn softmax(x: &Tensor, dim: isize) -> Result<Tensor> {
         ys.iter_mut().for_each(|y| *y *= inv);
     });
     let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
-    Ok(record(
-        out.clone(),
-        SoftmaxBackward {
-            x: x.clone(),
-            out: out.detach(),
-            layout,
-        },
-    ))
+    Ok(record(out.clone(), SoftmaxBackward { x: x.clone(), out: out.detach(), layout }))
 }
 struct SoftmaxBackward {
     x: Tensor,
@@ -179,21 +156,13 @@ impl Backward for SoftmaxBackward {
             return Ok(vec![None]);
         }
         let mut dx = alloc_zeros("softmax", self.x.numel())?;
-        for_each_lane(
-            [&dout.data()[..], &self.out.data()[..]],
-            &mut dx,
-            self.layout,
-            |[g, y], dx| {
-                let s = dot_f64(g, y) as f32;
-                for ((d, &g), &y) in dx.iter_mut().zip(g).zip(y) {
-                    *d = y * (g - s);
-                }
-            },
-        );
-        Ok(vec![Some(Tensor::from_vec_unchecked(
-            dx,
-            self.x.shape().to_vec(),
-        ))])
+        for_each_lane([&dout.data()[..], &self.out.data()[..]], &mut dx, self.layout, |[g, y], dx| {
+            let s = dot_f64(g, y) as f32;
+            for ((d, &g), &y) in dx.iter_mut().zip(g).zip(y) {
+                *d = y * (g - s);
+            }
+        });
+        Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
     }
 }
 
@@ -211,14 +180,7 @@ pub fn log_softmax(x: &Tensor, dim: isize) -> Result<Tensor> {
         }
     });
     let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
-    Ok(record(
-        out.clone(),
-        LogSoftmaxBackward {
-            x: x.clone(),
-            out: out.detach(),
-            layout,
-        },
-    ))
+    Ok(record(out.clone(), LogSoftmaxBackward { x: x.clone(), out: out.detach(), layout }))
 }
 struct LogSoftmaxBackward {
     x: Tensor,
@@ -238,21 +200,13 @@ impl Backward for LogSoftmaxBackward {
             return Ok(vec![None]);
         }
         let mut dx = alloc_zeros("log_softmax", self.x.numel())?;
-        for_each_lane(
-            [&dout.data()[..], &self.out.data()[..]],
-            &mut dx,
-            self.layout,
-            |[g, y], dx| {
-                let s = sum_f64(g) as f32;
-                for ((d, &g), &y) in dx.iter_mut().zip(g).zip(y) {
-                    *d = g - exp_f32(y) * s;
-                }
-            },
-        );
-        Ok(vec![Some(Tensor::from_vec_unchecked(
-            dx,
-            self.x.shape().to_vec(),
-        ))])
+        for_each_lane([&dout.data()[..], &self.out.data()[..]], &mut dx, self.layout, |[g, y], dx| {
+            let s = sum_f64(g) as f32;
+            for ((d, &g), &y) in dx.iter_mut().zip(g).zip(y) {
+                *d = g - exp_f32(y) * s;
+            }
+        });
+        Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
     }
 }
 
@@ -267,10 +221,7 @@ fn check_targets(
 ) -> Result<(usize, usize, usize)> {
     let shape = logits.shape();
     let Some((&c, lead)) = shape.split_last() else {
-        return Err(Error::shape(
-            op,
-            "logits must have shape (..., C) with at least 1 dim, got a 0-d tensor",
-        ));
+        return Err(Error::shape(op, "logits must have shape (..., C) with at least 1 dim, got a 0-d tensor"));
     };
     let rows: usize = lead.iter().product();
     if targets.len() != rows {
@@ -289,19 +240,12 @@ fn check_targets(
             continue;
         }
         if t < 0 || t as u64 >= c as u64 {
-            let expected = if c == 0 {
-                "logits have no classes".to_string()
-            } else {
-                format!("expected 0..={}", c - 1)
-            };
-            let ignore = ignore_index
-                .map(|i| format!(" or ignore_index {i}"))
-                .unwrap_or_default();
+            let expected =
+                if c == 0 { "logits have no classes".to_string() } else { format!("expected 0..={}", c - 1) };
+            let ignore = ignore_index.map(|i| format!(" or ignore_index {i}")).unwrap_or_default();
             return Err(Error::index(
                 op,
-                format!(
-                    "target {t} at row {r} is out of range for {c} classes ({expected}{ignore})"
-                ),
+                format!("target {t} at row {r} is out of range for {c} classes ({expected}{ignore})"),
             ));
         }
         n_valid += 1;
@@ -315,11 +259,7 @@ fn check_targets(
 /// tensor. A target outside [0, C) is `Error::Index`; a wrong number of targets is `Error::Shape`.
 /// Fused: the backward is (softmax − onehot) / n_valid on kept rows and 0 on ignored ones, recomputed
 /// from the saved row max and log-sum so no (rows, C) probability matrix is kept.
-pub fn cross_entropy(
-    logits: &Tensor,
-    targets: &[i64],
-    ignore_index: Option<i64>,
-) -> Result<Tensor> {
+pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
     let op = "cross_entropy";
     let (rows, c, n_valid) = check_targets(op, logits, targets, ignore_index)?;
     let xd = logits.data();
@@ -338,13 +278,7 @@ pub fn cross_entropy(
         (0..rows).map(row_stat).collect()
     } else {
         let per_task = (GRAIN / c.max(1)).max(1);
-        install(|| {
-            (0..rows)
-                .into_par_iter()
-                .with_min_len(per_task)
-                .map(row_stat)
-                .collect()
-        })
+        install(|| (0..rows).into_par_iter().with_min_len(per_task).map(row_stat).collect())
     };
     drop(xd);
     // summed in row order, so the result does not depend on the split
@@ -410,11 +344,7 @@ impl Backward for CrossEntropyBackward {
         if dx.len() <= GRAIN {
             run(0, &mut dx);
         } else {
-            install(|| {
-                dx.par_chunks_mut(per_task * c)
-                    .enumerate()
-                    .for_each(|(i, ch)| run(i * per_task, ch))
-            });
+            install(|| dx.par_chunks_mut(per_task * c).enumerate().for_each(|(i, ch)| run(i * per_task, ch)));
         }
         drop(xd);
         Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))])
@@ -438,11 +368,7 @@ pub fn log_softmax_reference(x: &Tensor, dim: isize) -> Result<Tensor> {
 
 /// cross_entropy from primitives: −Σ (log_softmax_reference(logits) · onehot) / n_valid, where the
 /// constant onehot tensor has a 1 at (row, target) for every row not ignored.
-pub fn cross_entropy_reference(
-    logits: &Tensor,
-    targets: &[i64],
-    ignore_index: Option<i64>,
-) -> Result<Tensor> {
+pub fn cross_entropy_reference(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
     let (_, c, n_valid) = check_targets("cross_entropy", logits, targets, ignore_index)?;
     let mut onehot = alloc_zeros("cross_entropy", logits.numel())?;
     for (r, &t) in targets.iter().enumerate() {
@@ -471,13 +397,7 @@ mod tests {
             }
         }
         let i = worst.1;
-        assert!(
-            worst.0 <= tol,
-            "{what}: max abs diff {:.2e} at element {i}: got {} want {}",
-            worst.0,
-            got[i],
-            want[i]
-        );
+        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
     }
 
     type Fwd = fn(&Tensor, isize) -> Result<Tensor>;
@@ -492,36 +412,18 @@ mod tests {
         let g = randn(shape, 0.0, 1.0).unwrap();
         y.backward(Some(&g), false).unwrap();
         yr.backward(Some(&g), false).unwrap();
-        assert_close(
-            &format!("{what} backward"),
-            &x.grad().unwrap().data(),
-            &xr.grad().unwrap().data(),
-            1e-5,
-        );
+        assert_close(&format!("{what} backward"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-5);
     }
 
     #[test]
     fn softmax_and_log_softmax_match_references() {
         manual_seed(30);
         // the big shapes take the parallel paths: contiguous rows, and gathered lanes (dim 1 of 3)
-        let cases: [(&[usize], isize); 7] = [
-            (&[4, 7], -1),
-            (&[4, 7], 0),
-            (&[2, 3, 5], 1),
-            (&[6], 0),
-            (&[300, 65], -1),
-            (&[3, 50, 200], 1),
-            (&[], 0),
-        ];
+        let cases: [(&[usize], isize); 7] =
+            [(&[4, 7], -1), (&[4, 7], 0), (&[2, 3, 5], 1), (&[6], 0), (&[300, 65], -1), (&[3, 50, 200], 1), (&[], 0)];
         for (shape, dim) in cases {
             compare_with_reference("softmax", softmax, softmax_reference, shape, dim);
-            compare_with_reference(
-                "log_softmax",
-                log_softmax,
-                log_softmax_reference,
-                shape,
-                dim,
-            );
+            compare_with_reference("log_softmax", log_softmax, log_softmax_reference, shape, dim);
         }
     }
 
@@ -529,26 +431,14 @@ mod tests {
     fn softmax_matches_f64_formula() {
         manual_seed(31);
         let x = randn(&[3, 5], 0.0, 4.0).unwrap();
-        let (p, lp) = (
-            softmax(&x, -1).unwrap().to_vec(),
-            log_softmax(&x, -1).unwrap().to_vec(),
-        );
+        let (p, lp) = (softmax(&x, -1).unwrap().to_vec(), log_softmax(&x, -1).unwrap().to_vec());
         for (r, row) in x.to_vec().chunks(5).enumerate() {
             let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
             for (j, &v) in row.iter().enumerate() {
                 let want = (v as f64).exp() / z;
                 let i = r * 5 + j;
-                assert!(
-                    (p[i] as f64 - want).abs() < 1e-6,
-                    "softmax element {i}: {} vs {want}",
-                    p[i]
-                );
-                assert!(
-                    (lp[i] as f64 - want.ln()).abs() < 1e-5,
-                    "log_softmax element {i}: {} vs {}",
-                    lp[i],
-                    want.ln()
-                );
+                assert!((p[i] as f64 - want).abs() < 1e-6, "softmax element {i}: {} vs {want}", p[i]);
+                assert!((lp[i] as f64 - want.ln()).abs() < 1e-5, "log_softmax element {i}: {} vs {}", lp[i], want.ln());
             }
         }
     }
@@ -563,44 +453,25 @@ mod tests {
         }
         let x = randn(&[2, 3, 4], 0.0, 1.0).unwrap().requires_grad_(true);
         let t = [0, 3, -100, 2, 1, 3];
-        assert_gradcheck(
-            |xs| cross_entropy(&xs[0], &t, Some(-100)),
-            std::slice::from_ref(&x),
-        );
+        assert_gradcheck(|xs| cross_entropy(&xs[0], &t, Some(-100)), std::slice::from_ref(&x));
     }
 
     #[test]
     fn stable_for_large_values_and_nan_for_all_minus_inf() {
         let x = Tensor::new(
-            vec![
-                1000.0,
-                1001.0,
-                -1000.0,
-                f32::NEG_INFINITY,
-                f32::NEG_INFINITY,
-                f32::NEG_INFINITY,
-            ],
+            vec![1000.0, 1001.0, -1000.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY],
             &[2, 3],
         )
         .unwrap();
         let p = softmax(&x, -1).unwrap().to_vec();
-        assert!(
-            (p[0] - 0.268_941_43).abs() < 1e-6 && (p[1] - 0.731_058_6).abs() < 1e-6 && p[2] == 0.0,
-            "{p:?}"
-        );
+        assert!((p[0] - 0.268_941_43).abs() < 1e-6 && (p[1] - 0.731_058_6).abs() < 1e-6 && p[2] == 0.0, "{p:?}");
         assert!(p[3..].iter().all(|v| v.is_nan()), "{p:?}");
         let lp = log_softmax(&x, -1).unwrap().to_vec();
-        assert!(
-            (lp[1] + 0.313_261_7).abs() < 1e-5 && lp[3..].iter().all(|v| v.is_nan()),
-            "{lp:?}"
-        );
+        assert!((lp[1] + 0.313_261_7).abs() < 1e-5 && lp[3..].iter().all(|v| v.is_nan()), "{lp:?}");
         // a -inf entry in a normal row is fine: probability 0, log-probability -inf
         let y = Tensor::new(vec![0.0, f32::NEG_INFINITY], &[2]).unwrap();
         assert_eq!(softmax(&y, 0).unwrap().to_vec(), vec![1.0, 0.0]);
-        assert_eq!(
-            log_softmax(&y, 0).unwrap().to_vec(),
-            vec![0.0, f32::NEG_INFINITY]
-        );
+        assert_eq!(log_softmax(&y, 0).unwrap().to_vec(), vec![0.0, f32::NEG_INFINITY]);
         // nan poisons its lane only
         let z = Tensor::new(vec![f32::NAN, 1.0, 2.0, 3.0], &[2, 2]).unwrap();
         let p = softmax(&z, -1).unwrap().to_vec();
@@ -613,8 +484,7 @@ mod tests {
             let x = Tensor::zeros(shape).unwrap().requires_grad_(true);
             let y = softmax(&x, -1).unwrap();
             assert_eq!(y.shape(), shape);
-            y.backward(Some(&Tensor::zeros(shape).unwrap()), false)
-                .unwrap();
+            y.backward(Some(&Tensor::zeros(shape).unwrap()), false).unwrap();
             assert_eq!(log_softmax(&x, 0).unwrap().shape(), shape);
         }
         // no rows: mean over nothing is nan
@@ -644,52 +514,31 @@ mod tests {
             let t = targets_with_ignored(rows, c);
             let x = randn(shape, 0.0, 2.0).unwrap().requires_grad_(true);
             let xr = x.detach().deep_clone().requires_grad_(true);
-            let (l, lr) = (
-                cross_entropy(&x, &t, Some(-100)).unwrap(),
-                cross_entropy_reference(&xr, &t, Some(-100)).unwrap(),
-            );
+            let (l, lr) =
+                (cross_entropy(&x, &t, Some(-100)).unwrap(), cross_entropy_reference(&xr, &t, Some(-100)).unwrap());
             assert_eq!(l.shape(), &[] as &[usize]);
-            assert_close(
-                &format!("cross_entropy {shape:?} forward"),
-                &l.data(),
-                &lr.data(),
-                1e-5,
-            );
+            assert_close(&format!("cross_entropy {shape:?} forward"), &l.data(), &lr.data(), 1e-5);
             // dout = 2 checks the upstream scale is applied
             let two = Tensor::scalar(2.0);
             l.backward(Some(&two), false).unwrap();
             lr.backward(Some(&two), false).unwrap();
             let (g, gr) = (x.grad().unwrap(), xr.grad().unwrap());
-            assert_close(
-                &format!("cross_entropy {shape:?} backward"),
-                &g.data(),
-                &gr.data(),
-                1e-6,
-            );
+            assert_close(&format!("cross_entropy {shape:?} backward"), &g.data(), &gr.data(), 1e-6);
             // ignored rows get exactly zero gradient
             if rows > 1 {
-                assert!(
-                    g.data()[c..2 * c].iter().all(|&v| v == 0.0),
-                    "row 1 is ignored"
-                );
+                assert!(g.data()[c..2 * c].iter().all(|&v| v == 0.0), "row 1 is ignored");
             }
         }
         // without ignore_index -100 is just out of range
         let x = randn(&[2, 3], 0.0, 1.0).unwrap();
-        assert!(matches!(
-            cross_entropy(&x, &[0, -100], None),
-            Err(Error::Index { .. })
-        ));
+        assert!(matches!(cross_entropy(&x, &[0, -100], None), Err(Error::Index { .. })));
     }
 
     #[test]
     fn cross_entropy_special_values() {
         // uniform logits: loss = ln C
         let x = Tensor::zeros(&[4, 65]).unwrap();
-        let l = cross_entropy(&x, &[0, 1, 2, 64], None)
-            .unwrap()
-            .item()
-            .unwrap();
+        let l = cross_entropy(&x, &[0, 1, 2, 64], None).unwrap().item().unwrap();
         assert!((l - 65f32.ln()).abs() < 1e-6, "{l}");
         // every row ignored: nan loss (as in torch), zero gradient
         let x = rand(&[3, 4], -1.0, 1.0).unwrap().requires_grad_(true);
@@ -707,10 +556,7 @@ mod tests {
         let x = Tensor::zeros(&[2, 3]).unwrap();
         let e = softmax(&x, 2).unwrap_err();
         assert!(matches!(e, Error::Index { .. }));
-        assert_eq!(
-            e.to_string(),
-            "softmax: dim 2 is out of range for a tensor with 2 dims (expected -2..=1)"
-        );
+        assert_eq!(e.to_string(), "softmax: dim 2 is out of range for a tensor with 2 dims (expected -2..=1)");
         assert!(matches!(log_softmax(&x, -3), Err(Error::Index { .. })));
         let e = cross_entropy(&x, &[0, 3], Some(-100)).unwrap_err();
         assert!(matches!(e, Error::Index { .. }));
@@ -719,23 +565,14 @@ mod tests {
             "cross_entropy: target 3 at row 1 is out of range for 3 classes (expected 0..=2 or ignore_index -100)"
         );
         let e = cross_entropy(&x, &[0, -1], None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "cross_entropy: target -1 at row 1 is out of range for 3 classes (expected 0..=2)"
-        );
+        assert_eq!(e.to_string(), "cross_entropy: target -1 at row 1 is out of range for 3 classes (expected 0..=2)");
         let e = cross_entropy(&Tensor::zeros(&[2, 4, 3]).unwrap(), &[0, 1, 2], None).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(
             e.to_string(),
             "cross_entropy: expected 8 targets (one per row of logits with shape (2, 4, 3)), got 3"
         );
-        assert!(matches!(
-            cross_entropy(&Tensor::scalar(1.0), &[], None),
-            Err(Error::Shape { .. })
-        ));
-        assert!(matches!(
-            cross_entropy_reference(&x, &[0, 5], None),
-            Err(Error::Index { .. })
-        ));
+        assert!(matches!(cross_entropy(&Tensor::scalar(1.0), &[], None), Err(Error::Shape { .. })));
+        assert!(matches!(cross_entropy_reference(&x, &[0, 5], None), Err(Error::Index { .. })));
     }
 }

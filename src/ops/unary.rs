@@ -79,8 +79,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let nf = t - MAGIC;
     let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    let q = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
+    let q = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 0.5;
     let er = q * r * r + r + 1.0;
@@ -99,8 +98,7 @@ pub fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let big = (1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0)).copysign(x);
     let z = x * x;
-    let p = (((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-        - 3.333_328e-1;
+    let p = (((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328e-1;
     let small = x + x * z * p;
     // both sides are computed and one selected: no branch, so the loop still vectorizes
     if a < 0.625 { small } else { big }
@@ -130,11 +128,7 @@ impl Backward for NegBackward {
     }
     // out = −x  so  dx = −dout
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(map("neg", dout, |g| -g)?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(map("neg", dout, |g| -g)?) } else { None }])
     }
 }
 
@@ -142,13 +136,7 @@ impl Backward for NegBackward {
 /// out = eˣ (overflows to inf above x ≈ 88.7, as f32 does).
 pub fn exp(x: &Tensor) -> Result<Tensor> {
     let out = map("exp", x, exp_f32)?;
-    Ok(record(
-        out.clone(),
-        ExpBackward {
-            x: x.clone(),
-            out: out.detach(),
-        },
-    ))
+    Ok(record(out.clone(), ExpBackward { x: x.clone(), out: out.detach() }))
 }
 struct ExpBackward {
     x: Tensor,
@@ -163,11 +151,7 @@ impl Backward for ExpBackward {
     }
     // out = eˣ  so  dx = dout * out
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("exp", dout, &self.out, |g, y| g * y)?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("exp", dout, &self.out, |g, y| g * y)?) } else { None }])
     }
 }
 
@@ -189,11 +173,7 @@ impl Backward for LogBackward {
     }
     // out = ln x  so  dx = dout / x
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("log", dout, &self.x, |g, x| g / x)?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("log", dout, &self.x, |g, x| g / x)?) } else { None }])
     }
 }
 
@@ -201,13 +181,7 @@ impl Backward for LogBackward {
 /// out = √x. IEEE: √ of a negative number = nan; the gradient at 0 is inf.
 pub fn sqrt(x: &Tensor) -> Result<Tensor> {
     let out = map("sqrt", x, f32::sqrt)?;
-    Ok(record(
-        out.clone(),
-        SqrtBackward {
-            x: x.clone(),
-            out: out.detach(),
-        },
-    ))
+    Ok(record(out.clone(), SqrtBackward { x: x.clone(), out: out.detach() }))
 }
 struct SqrtBackward {
     x: Tensor,
@@ -222,11 +196,7 @@ impl Backward for SqrtBackward {
     }
     // out = √x  so  dx = dout / (2·out)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("sqrt", dout, &self.out, |g, y| g / (2.0 * y))?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("sqrt", dout, &self.out, |g, y| g / (2.0 * y))?) } else { None }])
     }
 }
 
@@ -234,13 +204,7 @@ impl Backward for SqrtBackward {
 /// out = tanh x.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
     let out = map("tanh", x, tanh_f32)?;
-    Ok(record(
-        out.clone(),
-        TanhBackward {
-            x: x.clone(),
-            out: out.detach(),
-        },
-    ))
+    Ok(record(out.clone(), TanhBackward { x: x.clone(), out: out.detach() }))
 }
 struct TanhBackward {
     x: Tensor,
@@ -255,11 +219,7 @@ impl Backward for TanhBackward {
     }
     // out = tanh x  so  dx = dout · (1 − out²)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("tanh", dout, &self.out, |g, y| g * (1.0 - y * y))?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("tanh", dout, &self.out, |g, y| g * (1.0 - y * y))?) } else { None }])
     }
 }
 
@@ -284,9 +244,7 @@ impl Backward for ReluBackward {
     // out = max(x, 0)  so  dx = dout where x > 0, else 0 (including at x == 0)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![if needs[0] {
-            Some(zip_map("relu", dout, &self.x, |g, x| {
-                if x > 0.0 { g } else { 0.0 }
-            })?)
+            Some(zip_map("relu", dout, &self.x, |g, x| if x > 0.0 { g } else { 0.0 })?)
         } else {
             None
         }])
@@ -297,13 +255,7 @@ impl Backward for ReluBackward {
 /// out = 1 / (1 + e⁻ˣ), computed without overflow for large |x|.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     let out = map("sigmoid", x, sigmoid_f32)?;
-    Ok(record(
-        out.clone(),
-        SigmoidBackward {
-            x: x.clone(),
-            out: out.detach(),
-        },
-    ))
+    Ok(record(out.clone(), SigmoidBackward { x: x.clone(), out: out.detach() }))
 }
 struct SigmoidBackward {
     x: Tensor,
@@ -318,13 +270,7 @@ impl Backward for SigmoidBackward {
     }
     // out = σ(x)  so  dx = dout · out · (1 − out)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(zip_map("sigmoid", dout, &self.out, |g, y| {
-                g * y * (1.0 - y)
-            })?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("sigmoid", dout, &self.out, |g, y| g * y * (1.0 - y))?) } else { None }])
     }
 }
 
@@ -356,11 +302,7 @@ impl Backward for AbsBackward {
                 0.0
             }
         };
-        Ok(vec![if needs[0] {
-            Some(zip_map("abs", dout, &self.x, move |g, x| g * sign(x))?)
-        } else {
-            None
-        }])
+        Ok(vec![if needs[0] { Some(zip_map("abs", dout, &self.x, move |g, x| g * sign(x))?) } else { None }])
     }
 }
 
@@ -392,11 +334,7 @@ mod tests {
     }
 
     fn input(positive: bool, shape: &[usize]) -> Tensor {
-        if positive {
-            rand(shape, 0.2, 3.0).unwrap()
-        } else {
-            away_from_zero(shape)
-        }
+        if positive { rand(shape, 0.2, 3.0).unwrap() } else { away_from_zero(shape) }
     }
 
     fn assert_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
@@ -409,13 +347,7 @@ mod tests {
             }
         }
         let i = worst.1;
-        assert!(
-            worst.0 <= tol,
-            "{name}: max rel diff {:.2e} at element {i}: got {} want {}",
-            worst.0,
-            got[i],
-            want[i]
-        );
+        assert!(worst.0 <= tol, "{name}: max rel diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
     }
 
     #[test]
@@ -443,28 +375,17 @@ mod tests {
             }
         }
         // a chain: d/dx Σ tanh(exp(x)) goes through both saved outputs
-        assert_gradcheck(
-            |xs| tanh(&exp(&xs[0])?),
-            &[away_from_zero(&[5]).requires_grad_(true)],
-        );
+        assert_gradcheck(|xs| tanh(&exp(&xs[0])?), &[away_from_zero(&[5]).requires_grad_(true)]);
     }
 
     #[test]
     fn backward_uses_the_derivative_formula() {
         // hand cases: d sigmoid(0) = 1/4; d tanh(0) = 1; d sqrt(4) = 1/4; d log(2) = 1/2; d exp(0) = 1
-        let cases: [(Op, f32, f32); 5] = [
-            (sigmoid, 0.0, 0.25),
-            (tanh, 0.0, 1.0),
-            (sqrt, 4.0, 0.25),
-            (log, 2.0, 0.5),
-            (exp, 0.0, 1.0),
-        ];
+        let cases: [(Op, f32, f32); 5] =
+            [(sigmoid, 0.0, 0.25), (tanh, 0.0, 1.0), (sqrt, 4.0, 0.25), (log, 2.0, 0.5), (exp, 0.0, 1.0)];
         for (op, x0, want) in cases {
             let x = Tensor::new(vec![x0], &[1]).unwrap().requires_grad_(true);
-            sum_all(&op(&x).unwrap())
-                .unwrap()
-                .backward(None, false)
-                .unwrap();
+            sum_all(&op(&x).unwrap()).unwrap().backward(None, false).unwrap();
             let g = x.grad().unwrap().to_vec()[0];
             assert!((g - want).abs() < 1e-6, "at {x0}: grad {g}, want {want}");
         }
@@ -474,13 +395,8 @@ mod tests {
     fn kinks_have_zero_gradient() {
         // relu'(0) = 0 and abs'(0) = 0, as in torch
         for op in [relu as Op, abs] {
-            let x = Tensor::new(vec![0.0, -0.0, 2.0, -2.0], &[4])
-                .unwrap()
-                .requires_grad_(true);
-            sum_all(&op(&x).unwrap())
-                .unwrap()
-                .backward(None, false)
-                .unwrap();
+            let x = Tensor::new(vec![0.0, -0.0, 2.0, -2.0], &[4]).unwrap().requires_grad_(true);
+            sum_all(&op(&x).unwrap()).unwrap().backward(None, false).unwrap();
             let g = x.grad().unwrap().to_vec();
             assert_eq!(&g[..2], &[0.0, 0.0]);
         }
@@ -511,19 +427,15 @@ mod tests {
         for (name, op, _, _) in OPS {
             let y = op(&x).unwrap();
             assert_eq!(y.shape(), &[0, 3], "{name}");
-            y.backward(Some(&Tensor::zeros(&[0, 3]).unwrap()), false)
-                .unwrap();
+            y.backward(Some(&Tensor::zeros(&[0, 3]).unwrap()), false).unwrap();
         }
     }
 
     /// Distance in units of the last place of the f32 nearest to `want`.
     fn ulps(got: f32, want: f64) -> f64 {
         let w = want as f32;
-        let ulp = if w == 0.0 {
-            f32::from_bits(1) as f64
-        } else {
-            (f32::from_bits(w.abs().to_bits() + 1) - w.abs()) as f64
-        };
+        let ulp =
+            if w == 0.0 { f32::from_bits(1) as f64 } else { (f32::from_bits(w.abs().to_bits() + 1) - w.abs()) as f64 };
         (got as f64 - want).abs() / ulp
     }
 
@@ -544,49 +456,23 @@ mod tests {
                 worst_tanh = (t, xt);
             }
         }
-        assert!(
-            worst_exp.0 <= 1.5,
-            "exp_f32: {:.2} ulp at x = {}",
-            worst_exp.0,
-            worst_exp.1
-        );
-        assert!(
-            worst_tanh.0 <= 2.0,
-            "tanh_f32: {:.2} ulp at x = {}",
-            worst_tanh.0,
-            worst_tanh.1
-        );
+        assert!(worst_exp.0 <= 1.5, "exp_f32: {:.2} ulp at x = {}", worst_exp.0, worst_exp.1);
+        assert!(worst_tanh.0 <= 2.0, "tanh_f32: {:.2} ulp at x = {}", worst_tanh.0, worst_tanh.1);
         // special values
         assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_f32(88.8), f32::INFINITY);
         assert_eq!(exp_f32(0.0), 1.0);
-        assert!(
-            exp_f32(f32::NAN).is_nan()
-                && tanh_f32(f32::NAN).is_nan()
-                && sigmoid_f32(f32::NAN).is_nan()
-        );
-        assert_eq!(
-            (tanh_f32(f32::INFINITY), tanh_f32(f32::NEG_INFINITY)),
-            (1.0, -1.0)
-        );
-        assert_eq!(
-            (sigmoid_f32(f32::INFINITY), sigmoid_f32(f32::NEG_INFINITY)),
-            (1.0, 0.0)
-        );
+        assert!(exp_f32(f32::NAN).is_nan() && tanh_f32(f32::NAN).is_nan() && sigmoid_f32(f32::NAN).is_nan());
+        assert_eq!((tanh_f32(f32::INFINITY), tanh_f32(f32::NEG_INFINITY)), (1.0, -1.0));
+        assert_eq!((sigmoid_f32(f32::INFINITY), sigmoid_f32(f32::NEG_INFINITY)), (1.0, 0.0));
     }
 
     #[test]
     fn zip_map_shape_error_reads_well() {
-        let (a, b) = (
-            Tensor::zeros(&[2, 3]).unwrap(),
-            Tensor::zeros(&[3]).unwrap(),
-        );
+        let (a, b) = (Tensor::zeros(&[2, 3]).unwrap(), Tensor::zeros(&[3]).unwrap());
         let e = zip_map("tanh", &a, &b, |x, _| x).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
-        assert_eq!(
-            e.to_string(),
-            "tanh: expected two tensors of the same shape, got (2, 3) and (3,)"
-        );
+        assert_eq!(e.to_string(), "tanh: expected two tensors of the same shape, got (2, 3) and (3,)");
     }
 }

@@ -73,12 +73,7 @@ fn update(piece: Piece<'_>) {
 impl AdamW {
     /// torch's defaults are `AdamW::new(0.9, 0.999, 1e-8)`. Errors: a beta outside [0, 1) or eps < 0 (Value).
     pub fn new(beta1: f32, beta2: f32, eps: f32) -> Result<AdamW> {
-        let opt = AdamW {
-            beta1,
-            beta2,
-            eps,
-            state: HashMap::new(),
-        };
+        let opt = AdamW { beta1, beta2, eps, state: HashMap::new() };
         opt.check()?;
         Ok(opt)
     }
@@ -86,17 +81,11 @@ impl AdamW {
     fn check(&self) -> Result<()> {
         for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(Error::value(
-                    OP,
-                    format!("invalid {name} {b} (must be in [0, 1))"),
-                ));
+                return Err(Error::value(OP, format!("invalid {name} {b} (must be in [0, 1))")));
             }
         }
         if self.eps.is_nan() || self.eps < 0.0 {
-            return Err(Error::value(
-                OP,
-                format!("invalid eps {} (must be >= 0)", self.eps),
-            ));
+            return Err(Error::value(OP, format!("invalid eps {} (must be >= 0)", self.eps)));
         }
         Ok(())
     }
@@ -124,29 +113,17 @@ impl AdamW {
                     ));
                 }
                 Some(_) => {}
-                None => fresh.push((
-                    s.param.id(),
-                    AdamState {
-                        m: alloc_zeros(OP, n)?,
-                        v: alloc_zeros(OP, n)?,
-                        step: 0,
-                    },
-                )),
+                None => {
+                    fresh.push((s.param.id(), AdamState { m: alloc_zeros(OP, n)?, v: alloc_zeros(OP, n)?, step: 0 }))
+                }
             }
         }
         self.state.extend(fresh);
 
         // Borrow each slot's state mutably (disjoint entries of the map), lined up with `slots`.
-        let index: HashMap<u64, usize> = slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.param.id(), i))
-            .collect();
-        let mut states: Vec<(usize, &mut AdamState)> = self
-            .state
-            .iter_mut()
-            .filter_map(|(id, st)| index.get(id).map(|&i| (i, st)))
-            .collect();
+        let index: HashMap<u64, usize> = slots.iter().enumerate().map(|(i, s)| (s.param.id(), i)).collect();
+        let mut states: Vec<(usize, &mut AdamState)> =
+            self.state.iter_mut().filter_map(|(id, st)| index.get(id).map(|&i| (i, st))).collect();
         states.sort_unstable_by_key(|(i, _)| *i);
         debug_assert_eq!(states.len(), slots.len());
 
@@ -154,8 +131,7 @@ impl AdamW {
         let grads: Vec<_> = slots.iter().map(|s| s.grad.data()).collect();
         let mut pieces = Vec::new();
         let mut total = 0;
-        for ((slot, (_, st)), (p, g)) in slots.iter().zip(states).zip(params.iter_mut().zip(&grads))
-        {
+        for ((slot, (_, st)), (p, g)) in slots.iter().zip(states).zip(params.iter_mut().zip(&grads)) {
             st.step += 1;
             let t = st.step as f64;
             let bias1 = 1.0 - (self.beta1 as f64).powf(t);
@@ -171,11 +147,8 @@ impl AdamW {
                 eps: self.eps,
             };
             total += p.len();
-            let chunks = p
-                .chunks_mut(CHUNK)
-                .zip(g.chunks(CHUNK))
-                .zip(st.m.chunks_mut(CHUNK))
-                .zip(st.v.chunks_mut(CHUNK));
+            let chunks =
+                p.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(st.m.chunks_mut(CHUNK)).zip(st.v.chunks_mut(CHUNK));
             pieces.extend(chunks.map(|(((p, g), m), v)| Piece { p, g, m, v, k }));
         }
         run_chunks(pieces, total, update);
@@ -193,11 +166,7 @@ impl AdamW {
         if st.m.len() != st.v.len() {
             return Err(Error::shape(
                 OP,
-                format!(
-                    "state moments differ in length: m has {}, v has {}",
-                    st.m.len(),
-                    st.v.len()
-                ),
+                format!("state moments differ in length: m has {}, v has {}", st.m.len(), st.v.len()),
             ));
         }
         self.state.insert(id, st);
@@ -227,8 +196,7 @@ mod tests {
         randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
     }
     fn set_grad(p: &Tensor, g: Vec<f32>) {
-        p.set_grad(Some(Tensor::new(g, p.shape()).unwrap()))
-            .unwrap();
+        p.set_grad(Some(Tensor::new(g, p.shape()).unwrap())).unwrap();
     }
     fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
@@ -239,12 +207,7 @@ mod tests {
                 (worst, at) = (d, i);
             }
         }
-        assert!(
-            worst <= tol,
-            "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}",
-            got[at],
-            want[at]
-        );
+        assert!(worst <= tol, "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}", got[at], want[at]);
     }
 
     /// Independent f64 AdamW written straight from the paper/torch docs formula.
@@ -256,12 +219,7 @@ mod tests {
     }
     impl RefAdam {
         fn new(p: &[f32]) -> RefAdam {
-            RefAdam {
-                p: p.iter().map(|&x| x as f64).collect(),
-                m: vec![0.0; p.len()],
-                v: vec![0.0; p.len()],
-                t: 0,
-            }
+            RefAdam { p: p.iter().map(|&x| x as f64).collect(), m: vec![0.0; p.len()], v: vec![0.0; p.len()], t: 0 }
         }
         fn step(&mut self, g: &[f32], lr: f64, wd: f64, (b1, b2, eps): (f64, f64, f64)) {
             self.t += 1;
@@ -286,33 +244,17 @@ mod tests {
         //   p = 0.999 − 0.1 · 0.5 / (0.5 + 1e-8)        = 0.899 (+2e-9)
         // Without bias correction the move would be 0.1·0.05/(0.0158+1e-8) ≈ 0.316: step 1 shows it is on.
         // g = −2 on a second element with wd 0.01: p = 2·0.999 − 0.1·(−1) = 2.098 (sign-like first step).
-        let p = Tensor::new(vec![1.0, 2.0], &[2])
-            .unwrap()
-            .requires_grad_(true);
+        let p = Tensor::new(vec![1.0, 2.0], &[2]).unwrap().requires_grad_(true);
         set_grad(&p, vec![0.5, -2.0]);
         let mut opt = AdamW::new(0.9, 0.999, 1e-8).unwrap();
-        opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.01)])
-            .unwrap();
+        opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.01)]).unwrap();
         let got = p.to_vec();
-        assert!(
-            (got[0] - 0.899).abs() < 1e-6,
-            "p[0] = {} (want 0.899)",
-            got[0]
-        );
-        assert!(
-            (got[1] - 2.098).abs() < 1e-6,
-            "p[1] = {} (want 2.098)",
-            got[1]
-        );
+        assert!((got[0] - 0.899).abs() < 1e-6, "p[0] = {} (want 0.899)", got[0]);
+        assert!((got[1] - 2.098).abs() < 1e-6, "p[1] = {} (want 2.098)", got[1]);
         let st = opt.state_for(p.id()).unwrap();
         assert_eq!(st.step, 1);
         // (0.999 as f32 is 0.99900001, so v is 0.00025 · (1 − 1.3e-5))
-        assert!(
-            (st.m[0] - 0.05).abs() < 1e-7 && (st.v[0] - 0.00025).abs() < 1e-8,
-            "m {} v {}",
-            st.m[0],
-            st.v[0]
-        );
+        assert!((st.m[0] - 0.05).abs() < 1e-7 && (st.v[0] - 0.00025).abs() < 1e-8, "m {} v {}", st.m[0], st.v[0]);
     }
 
     #[test]
@@ -329,10 +271,7 @@ mod tests {
             ParamGroup::new(vec![b1.clone(), late.clone()], 1e-2, 0.0),
         ];
         let frozen0 = frozen.to_vec();
-        let mut refs: Vec<RefAdam> = [&w1, &w2, &b1, &late]
-            .iter()
-            .map(|t| RefAdam::new(&t.to_vec()))
-            .collect();
+        let mut refs: Vec<RefAdam> = [&w1, &w2, &b1, &late].iter().map(|t| RefAdam::new(&t.to_vec())).collect();
         let hyper = [(3e-2f32, 0.1f32), (3e-2, 0.1), (1e-2, 0.0), (1e-2, 0.0)];
         let mut opt = AdamW::new(betas.0, betas.1, betas.2).unwrap();
         for step in 1..=6 {
@@ -346,22 +285,11 @@ mod tests {
             }
             opt.step(&groups).unwrap();
             for (i, t) in [&w1, &w2, &b1, &late].iter().enumerate() {
-                assert_close(
-                    &t.to_vec(),
-                    &refs[i].p,
-                    2e-6,
-                    &format!("step {step} tensor {i}"),
-                );
+                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("step {step} tensor {i}"));
             }
             assert_eq!(frozen.to_vec(), frozen0, "a parameter without grad moved");
-            assert!(
-                opt.state_for(frozen.id()).is_none(),
-                "state created for a parameter without grad"
-            );
-            assert_eq!(
-                opt.state_for(late.id()).map(|s| s.step),
-                if step < 3 { None } else { Some(step - 2) }
-            );
+            assert!(opt.state_for(frozen.id()).is_none(), "state created for a parameter without grad");
+            assert_eq!(opt.state_for(late.id()).map(|s| s.step), if step < 3 { None } else { Some(step - 2) });
             // the step can keep the grads from before: zero them as a training loop would
             for t in [&w1, &w2, &b1, &late] {
                 t.zero_grad();
@@ -369,12 +297,7 @@ mod tests {
         }
         assert_eq!(opt.state_for(w1.id()).unwrap().step, 6);
         let m_ref: Vec<f64> = refs[0].m.clone();
-        assert_close(
-            &opt.state_for(w1.id()).unwrap().m,
-            &m_ref,
-            1e-6,
-            "first moment",
-        );
+        assert_close(&opt.state_for(w1.id()).unwrap().m, &m_ref, 1e-6, "first moment");
     }
 
     #[test]
@@ -386,89 +309,52 @@ mod tests {
         let mut b = AdamW::new(0.9, 0.999, 1e-8).unwrap();
         let g1 = randn(&[10], 0.0, 1.0).unwrap().to_vec();
         set_grad(&p, g1.clone());
-        a.step(&[ParamGroup::new(vec![p.clone()], 1e-3, 0.0)])
-            .unwrap();
+        a.step(&[ParamGroup::new(vec![p.clone()], 1e-3, 0.0)]).unwrap();
         // copy p's state to q (as a checkpoint load would), then both take the same second step
         set_grad(&q, g1);
-        b.step(&[ParamGroup::new(vec![q.clone()], 1e-3, 0.0)])
-            .unwrap();
+        b.step(&[ParamGroup::new(vec![q.clone()], 1e-3, 0.0)]).unwrap();
         b.clear();
         assert!(b.state_for(q.id()).is_none());
-        b.set_state(q.id(), a.state_for(p.id()).unwrap().clone())
-            .unwrap();
+        b.set_state(q.id(), a.state_for(p.id()).unwrap().clone()).unwrap();
         assert_eq!(b.state_ids(), vec![q.id()]);
         let g2 = randn(&[10], 0.0, 1.0).unwrap().to_vec();
         set_grad(&p, g2.clone());
         set_grad(&q, g2);
-        a.step(&[ParamGroup::new(vec![p.clone()], 1e-3, 0.0)])
-            .unwrap();
-        b.step(&[ParamGroup::new(vec![q.clone()], 1e-3, 0.0)])
-            .unwrap();
+        a.step(&[ParamGroup::new(vec![p.clone()], 1e-3, 0.0)]).unwrap();
+        b.step(&[ParamGroup::new(vec![q.clone()], 1e-3, 0.0)]).unwrap();
         assert_eq!(p.to_vec(), q.to_vec());
         assert_eq!(a.state_for(p.id()), b.state_for(q.id()));
     }
 
     #[test]
     fn errors_are_values_or_shapes_and_leave_everything_untouched() {
-        for (b1, b2, eps) in [
-            (1.0, 0.999, 1e-8),
-            (-0.1, 0.9, 1e-8),
-            (0.9, f32::NAN, 1e-8),
-            (0.9, 0.99, -1.0),
-        ] {
+        for (b1, b2, eps) in [(1.0, 0.999, 1e-8), (-0.1, 0.9, 1e-8), (0.9, f32::NAN, 1e-8), (0.9, 0.99, -1.0)] {
             let e = AdamW::new(b1, b2, eps).unwrap_err();
             assert!(matches!(e, Error::Value { op: "adamw", .. }), "{e}");
         }
-        assert_eq!(
-            AdamW::new(1.0, 0.9, 0.0).unwrap_err().to_string(),
-            "adamw: invalid beta1 1 (must be in [0, 1))"
-        );
+        assert_eq!(AdamW::new(1.0, 0.9, 0.0).unwrap_err().to_string(), "adamw: invalid beta1 1 (must be in [0, 1))");
 
-        let p = Tensor::new(vec![1.0, 2.0], &[2])
-            .unwrap()
-            .requires_grad_(true);
+        let p = Tensor::new(vec![1.0, 2.0], &[2]).unwrap().requires_grad_(true);
         let q = Tensor::new(vec![3.0], &[1]).unwrap().requires_grad_(true);
         set_grad(&p, vec![1.0, 1.0]);
         set_grad(&q, vec![1.0]);
         let mut opt = AdamW::new(0.9, 0.999, 1e-8).unwrap();
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone()], -1.0, 0.0)])
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "adamw: invalid learning rate -1 in group 0 (must be >= 0)"
-        );
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone()], 0.1, f32::NAN)])
-            .unwrap_err();
+        let e = opt.step(&[ParamGroup::new(vec![p.clone()], -1.0, 0.0)]).unwrap_err();
+        assert_eq!(e.to_string(), "adamw: invalid learning rate -1 in group 0 (must be >= 0)");
+        let e = opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, f32::NAN)]).unwrap_err();
         assert!(matches!(e, Error::Value { .. }), "{e}");
         // duplicate, across groups: q would be updated once before the error if we did not check first
         let e = opt
-            .step(&[
-                ParamGroup::new(vec![q.clone(), p.clone()], 0.1, 0.0),
-                ParamGroup::new(vec![p.clone()], 0.1, 0.0),
-            ])
+            .step(&[ParamGroup::new(vec![q.clone(), p.clone()], 0.1, 0.0), ParamGroup::new(vec![p.clone()], 0.1, 0.0)])
             .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "adamw: parameter 0 of group 1 appears more than once in the parameter groups"
-        );
+        assert_eq!(e.to_string(), "adamw: parameter 0 of group 1 appears more than once in the parameter groups");
         // a view of a parameter listed as another parameter (would deadlock on the lock)
-        let e = opt.step(&[ParamGroup::new(
-            vec![p.clone(), p.detach().requires_grad_(true)],
-            0.1,
-            0.0,
-        )]);
-        assert!(
-            e.is_ok(),
-            "the detached view has no grad, so it is not updated"
-        );
+        let e = opt.step(&[ParamGroup::new(vec![p.clone(), p.detach().requires_grad_(true)], 0.1, 0.0)]);
+        assert!(e.is_ok(), "the detached view has no grad, so it is not updated");
         let v = p.detach().requires_grad_(true);
         set_grad(&v, vec![1.0, 1.0]);
         let before = p.to_vec();
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone(), v], 0.1, 0.0)])
-            .unwrap_err();
+        let e = opt.step(&[ParamGroup::new(vec![p.clone(), v], 0.1, 0.0)]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "adamw: parameter 0 of group 0 and parameter 1 of group 0 share storage (one is a view or detached copy of the other)"
@@ -476,40 +362,14 @@ mod tests {
         // a gradient that is the parameter's own storage
         let r = Tensor::new(vec![1.0], &[1]).unwrap().requires_grad_(true);
         r.set_grad(Some(r.detach())).unwrap();
-        assert!(matches!(
-            opt.step(&[ParamGroup::new(vec![r], 0.1, 0.0)]),
-            Err(Error::Value { .. })
-        ));
+        assert!(matches!(opt.step(&[ParamGroup::new(vec![r], 0.1, 0.0)]), Err(Error::Value { .. })));
         assert_eq!(p.to_vec(), before, "a failed step wrote to a parameter");
-        assert_eq!(
-            opt.state_for(p.id()).unwrap().step,
-            1,
-            "a failed step moved the step count"
-        );
+        assert_eq!(opt.state_for(p.id()).unwrap().step, 1, "a failed step moved the step count");
         // state of the wrong size (from a bad checkpoint)
-        opt.set_state(
-            q.id(),
-            AdamState {
-                m: vec![0.0; 3],
-                v: vec![0.0; 3],
-                step: 4,
-            },
-        )
-        .unwrap();
-        let e = opt
-            .step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0)])
-            .unwrap_err();
+        opt.set_state(q.id(), AdamState { m: vec![0.0; 3], v: vec![0.0; 3], step: 4 }).unwrap();
+        let e = opt.step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0)]).unwrap_err();
         assert!(matches!(e, Error::Shape { op: "adamw", .. }), "{e}");
-        let e = opt
-            .set_state(
-                q.id(),
-                AdamState {
-                    m: vec![0.0; 1],
-                    v: vec![],
-                    step: 1,
-                },
-            )
-            .unwrap_err();
+        let e = opt.set_state(q.id(), AdamState { m: vec![0.0; 1], v: vec![], step: 1 }).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
     }
 
@@ -520,8 +380,7 @@ mod tests {
         let p = Tensor::new(vec![1.0], &[1]).unwrap().requires_grad_(true);
         set_grad(&p, vec![1.0]);
         let mut opt = AdamW::new(0.0, 0.0, 0.0).unwrap();
-        opt.step(&[ParamGroup::new(vec![e.clone(), p.clone()], 0.0, 0.5)])
-            .unwrap();
+        opt.step(&[ParamGroup::new(vec![e.clone(), p.clone()], 0.0, 0.5)]).unwrap();
         assert_eq!(p.to_vec(), vec![1.0], "lr 0 must not move anything");
         assert_eq!(opt.state_for(e.id()).unwrap().step, 1);
         opt.step(&[]).unwrap();

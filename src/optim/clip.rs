@@ -44,19 +44,13 @@ fn sum_squares(x: &[f32]) -> f64 {
 /// gradients sharing storage.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> Result<f32> {
     if max_norm.is_nan() || max_norm < 0.0 {
-        return Err(Error::value(
-            OP,
-            format!("invalid max_norm {max_norm} (must be >= 0)"),
-        ));
+        return Err(Error::value(OP, format!("invalid max_norm {max_norm} (must be >= 0)")));
     }
     let mut seen = HashSet::new();
     let mut grads = Vec::new();
     for (i, p) in params.iter().enumerate() {
         if !seen.insert(p.id()) {
-            return Err(Error::value(
-                OP,
-                format!("parameter {i} appears more than once"),
-            ));
+            return Err(Error::value(OP, format!("parameter {i} appears more than once")));
         }
         if let Some(g) = p.grad() {
             grads.push((i, g));
@@ -64,10 +58,7 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f32) -> Result<f32> {
     }
     for (k, (i, a)) in grads.iter().enumerate() {
         if let Some((j, _)) = grads[k + 1..].iter().find(|(_, b)| a.same_storage(b)) {
-            return Err(Error::value(
-                OP,
-                format!("the gradients of parameters {i} and {j} share storage"),
-            ));
+            return Err(Error::value(OP, format!("the gradients of parameters {i} and {j} share storage")));
         }
     }
 
@@ -105,23 +96,14 @@ mod tests {
         p.grad().unwrap().to_vec()
     }
     fn ref_norm(ps: &[&Tensor]) -> f64 {
-        ps.iter()
-            .filter_map(|p| p.grad())
-            .flat_map(|g| g.to_vec())
-            .map(|x| (x as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
+        ps.iter().filter_map(|p| p.grad()).flat_map(|g| g.to_vec()).map(|x| (x as f64).powi(2)).sum::<f64>().sqrt()
     }
 
     #[test]
     fn norm_matches_reference_and_clips_only_above_max_norm() {
         manual_seed(5);
         // one tensor above CHUNK, so the norm is split into pieces
-        let (a, b, c) = (
-            with_grad(&[3, 7], 1.0),
-            with_grad(&[CHUNK + 37], 0.1),
-            with_grad(&[5], 2.0),
-        );
+        let (a, b, c) = (with_grad(&[3, 7], 1.0), with_grad(&[CHUNK + 37], 0.1), with_grad(&[5], 2.0));
         let none = Tensor::zeros(&[4]).unwrap().requires_grad_(true);
         let all = [a.clone(), none.clone(), b.clone(), c.clone()];
         let want = ref_norm(&[&a, &b, &c]);
@@ -129,15 +111,9 @@ mod tests {
 
         // above the norm: nothing changes, the norm is still returned
         let n = clip_grad_norm(&all, (want * 2.0) as f32).unwrap();
-        assert!(
-            (n as f64 - want).abs() <= 1e-6 * want,
-            "norm {n} vs reference {want}"
-        );
+        assert!((n as f64 - want).abs() <= 1e-6 * want, "norm {n} vs reference {want}");
         let after: Vec<Vec<f32>> = [&a, &b, &c].iter().map(|p| grad_vec(p)).collect();
-        assert_eq!(
-            before, after,
-            "grads scaled although the norm was below max_norm"
-        );
+        assert_eq!(before, after, "grads scaled although the norm was below max_norm");
         assert!(none.grad().is_none());
 
         // below: every grad scaled by max_norm / (norm + 1e-6); the new norm is max_norm
@@ -155,48 +131,29 @@ mod tests {
             }
         }
         let new_norm = ref_norm(&[&a, &b, &c]);
-        assert!(
-            (new_norm - max_norm as f64).abs() <= 1e-5 * max_norm as f64,
-            "clipped norm {new_norm} vs {max_norm}"
-        );
+        assert!((new_norm - max_norm as f64).abs() <= 1e-5 * max_norm as f64, "clipped norm {new_norm} vs {max_norm}");
     }
 
     #[test]
     fn hand_checked_and_edge_cases() {
         // grads (3, 4) → norm 5; max_norm 1 → coef 1/(5 + 1e-6) → (0.6, 0.8) (to 1e-7)
         let p = Tensor::zeros(&[2]).unwrap().requires_grad_(true);
-        p.set_grad(Some(Tensor::new(vec![3.0, 4.0], &[2]).unwrap()))
-            .unwrap();
+        p.set_grad(Some(Tensor::new(vec![3.0, 4.0], &[2]).unwrap())).unwrap();
         assert_eq!(clip_grad_norm(std::slice::from_ref(&p), 1.0).unwrap(), 5.0);
         let g = grad_vec(&p);
-        assert!(
-            (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
-            "{g:?}"
-        );
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
         // no grads at all → 0; max_norm 0 zeroes the grads
-        assert_eq!(
-            clip_grad_norm(&[Tensor::zeros(&[3]).unwrap()], 1.0).unwrap(),
-            0.0
-        );
+        assert_eq!(clip_grad_norm(&[Tensor::zeros(&[3]).unwrap()], 1.0).unwrap(), 0.0);
         assert_eq!(clip_grad_norm(&[], 1.0).unwrap(), 0.0);
         clip_grad_norm(std::slice::from_ref(&p), 0.0).unwrap();
         assert_eq!(grad_vec(&p), vec![0.0, 0.0]);
         // non-finite: returned as is; nan makes all grads nan, inf zeroes the finite ones (torch does the same)
         let q = Tensor::zeros(&[2]).unwrap().requires_grad_(true);
-        q.set_grad(Some(Tensor::new(vec![f32::NAN, 1.0], &[2]).unwrap()))
-            .unwrap();
-        assert!(
-            clip_grad_norm(std::slice::from_ref(&q), 1.0)
-                .unwrap()
-                .is_nan()
-        );
+        q.set_grad(Some(Tensor::new(vec![f32::NAN, 1.0], &[2]).unwrap())).unwrap();
+        assert!(clip_grad_norm(std::slice::from_ref(&q), 1.0).unwrap().is_nan());
         assert!(grad_vec(&q).iter().all(|x| x.is_nan()));
-        q.set_grad(Some(Tensor::new(vec![f32::INFINITY, 1.0], &[2]).unwrap()))
-            .unwrap();
-        assert_eq!(
-            clip_grad_norm(std::slice::from_ref(&q), 1.0).unwrap(),
-            f32::INFINITY
-        );
+        q.set_grad(Some(Tensor::new(vec![f32::INFINITY, 1.0], &[2]).unwrap())).unwrap();
+        assert_eq!(clip_grad_norm(std::slice::from_ref(&q), 1.0).unwrap(), f32::INFINITY);
         let g = grad_vec(&q);
         assert!(g[0].is_nan() && g[1] == 0.0, "{g:?}");
     }
@@ -207,35 +164,18 @@ mod tests {
         p.set_grad(Some(Tensor::ones(&[2]).unwrap())).unwrap();
         for m in [-1.0, f32::NAN] {
             let e = clip_grad_norm(std::slice::from_ref(&p), m).unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    Error::Value {
-                        op: "clip_grad_norm",
-                        ..
-                    }
-                ),
-                "{e}"
-            );
+            assert!(matches!(e, Error::Value { op: "clip_grad_norm", .. }), "{e}");
         }
         assert_eq!(
-            clip_grad_norm(std::slice::from_ref(&p), -1.0)
-                .unwrap_err()
-                .to_string(),
+            clip_grad_norm(std::slice::from_ref(&p), -1.0).unwrap_err().to_string(),
             "clip_grad_norm: invalid max_norm -1 (must be >= 0)"
         );
         let e = clip_grad_norm(&[p.clone(), p.clone()], 1.0).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "clip_grad_norm: parameter 1 appears more than once"
-        );
+        assert_eq!(e.to_string(), "clip_grad_norm: parameter 1 appears more than once");
         let q = Tensor::zeros(&[2]).unwrap().requires_grad_(true);
         q.set_grad(Some(p.grad().unwrap().detach())).unwrap();
         let e = clip_grad_norm(&[p.clone(), q], 1.0).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "clip_grad_norm: the gradients of parameters 0 and 1 share storage"
-        );
+        assert_eq!(e.to_string(), "clip_grad_norm: the gradients of parameters 0 and 1 share storage");
         assert_eq!(grad_vec(&p), vec![1.0, 1.0]);
     }
 }

@@ -34,11 +34,7 @@ pub struct ParamGroup {
 
 impl ParamGroup {
     pub fn new(params: Vec<Tensor>, lr: f32, weight_decay: f32) -> ParamGroup {
-        ParamGroup {
-            params,
-            lr,
-            weight_decay,
-        }
+        ParamGroup { params, lr, weight_decay }
     }
 }
 
@@ -64,30 +60,18 @@ pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot
     let mut slots = Vec::new();
     for (gi, group) in groups.iter().enumerate() {
         if group.lr.is_nan() || group.lr < 0.0 {
-            return Err(Error::value(
-                op,
-                format!(
-                    "invalid learning rate {} in group {gi} (must be >= 0)",
-                    group.lr
-                ),
-            ));
+            return Err(Error::value(op, format!("invalid learning rate {} in group {gi} (must be >= 0)", group.lr)));
         }
         if group.weight_decay.is_nan() || group.weight_decay < 0.0 {
             return Err(Error::value(
                 op,
-                format!(
-                    "invalid weight_decay {} in group {gi} (must be >= 0)",
-                    group.weight_decay
-                ),
+                format!("invalid weight_decay {} in group {gi} (must be >= 0)", group.weight_decay),
             ));
         }
         for (pi, p) in group.params.iter().enumerate() {
             let name = format!("parameter {pi} of group {gi}");
             if !seen.insert(p.id()) {
-                return Err(Error::value(
-                    op,
-                    format!("{name} appears more than once in the parameter groups"),
-                ));
+                return Err(Error::value(op, format!("{name} appears more than once in the parameter groups")));
             }
             let Some(grad) = p.grad() else { continue };
             if grad.shape() != p.shape() {
@@ -100,13 +84,7 @@ pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot
                     ),
                 ));
             }
-            slots.push(Slot {
-                param: p.clone(),
-                grad,
-                lr: group.lr,
-                weight_decay: group.weight_decay,
-                name,
-            });
+            slots.push(Slot { param: p.clone(), grad, lr: group.lr, weight_decay: group.weight_decay, name });
         }
     }
     // Pairwise storage check: a handful of pointer compares per pair, cheap for hundreds of tensors.
@@ -114,10 +92,7 @@ pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot
         if a.grad.same_storage(&a.param) {
             return Err(Error::value(
                 op,
-                format!(
-                    "the gradient of {} shares storage with the parameter itself",
-                    a.name
-                ),
+                format!("the gradient of {} shares storage with the parameter itself", a.name),
             ));
         }
         for b in &slots[i + 1..] {
@@ -131,10 +106,7 @@ pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot
                 None
             };
             if let Some(what) = clash {
-                return Err(Error::value(
-                    op,
-                    format!("{} and {} {what}", a.name, b.name),
-                ));
+                return Err(Error::value(op, format!("{} and {} {what}", a.name, b.name)));
             }
         }
     }
@@ -156,35 +128,30 @@ pub(crate) fn run_chunks<T: Send>(items: Vec<T>, total_elems: usize, f: impl Fn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::random::{manual_seed, randn};
+    use crate::tensor::random::Rng;
 
-    /// Tensors of mixed sizes (some above CHUNK, some tiny), with seeded grads.
+    /// Tensors of mixed sizes (some above CHUNK, some tiny), with seeded grads. A local generator, not
+    /// the global one: other tests reseed the global generator concurrently.
     fn model(seed: u64) -> Vec<Tensor> {
-        manual_seed(seed);
-        [
-            vec![2, CHUNK + 5],
-            vec![100],
-            vec![CHUNK + 1],
-            vec![7],
-            vec![3, CHUNK],
-        ]
-        .iter()
-        .map(|s| {
-            let p = randn(s, 0.0, 1.0).unwrap().requires_grad_(true);
-            p.set_grad(Some(randn(s, 0.0, 1.0).unwrap())).unwrap();
-            p
-        })
-        .collect()
+        let mut rng = Rng::new(seed);
+        let mut randn = |s: &[usize], _m: f32, _sd: f32| -> Result<Tensor> {
+            Tensor::new((0..crate::tensor::numel(s)).map(|_| rng.normal() as f32).collect(), s)
+        };
+        [vec![2, CHUNK + 5], vec![100], vec![CHUNK + 1], vec![7], vec![3, CHUNK]]
+            .iter()
+            .map(|s| {
+                let p = randn(s, 0.0, 1.0).unwrap().requires_grad_(true);
+                p.set_grad(Some(randn(s, 0.0, 1.0).unwrap())).unwrap();
+                p
+            })
+            .collect()
     }
 
     /// Three AdamW steps, three Nesterov-SGD steps and a clip; every number that comes out.
     fn run() -> Vec<Vec<f32>> {
         let (a, b) = (model(1), model(2));
         let groups = |ps: &[Tensor]| {
-            [
-                ParamGroup::new(ps[..3].to_vec(), 1e-2, 0.1),
-                ParamGroup::new(ps[3..].to_vec(), 3e-3, 0.0),
-            ]
+            [ParamGroup::new(ps[..3].to_vec(), 1e-2, 0.1), ParamGroup::new(ps[3..].to_vec(), 3e-3, 0.0)]
         };
         let mut adam = AdamW::new(0.9, 0.95, 1e-8).unwrap();
         let mut sgd = Sgd::new(0.9, 0.0, true).unwrap();
@@ -211,10 +178,7 @@ mod tests {
         parallel::set_num_threads(0);
         let all = run();
         for (i, ((x, y), z)) in one.iter().zip(&two).zip(&all).enumerate() {
-            assert!(
-                x == y && x == z,
-                "output {i} differs between 1, 2 and all threads"
-            );
+            assert!(x == y && x == z, "output {i} differs between 1, 2 and all threads");
         }
     }
 

@@ -59,11 +59,7 @@ fn update(piece: Piece<'_>) {
         Some(buf) => {
             for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
                 let d = g + k.weight_decay * *p;
-                *b = if k.first {
-                    d
-                } else {
-                    k.momentum * *b + k.one_minus_dampening * d
-                };
+                *b = if k.first { d } else { k.momentum * *b + k.one_minus_dampening * d };
                 let d = if k.nesterov { d + k.momentum * *b } else { *b };
                 *p -= k.lr * d;
             }
@@ -75,22 +71,14 @@ impl Sgd {
     /// Plain SGD is `Sgd::new(0.0, 0.0, false)`. Errors (Value): momentum < 0 or nan, dampening nan,
     /// nesterov without momentum > 0 and dampening == 0 (as torch).
     pub fn new(momentum: f32, dampening: f32, nesterov: bool) -> Result<Sgd> {
-        let opt = Sgd {
-            momentum,
-            dampening,
-            nesterov,
-            state: HashMap::new(),
-        };
+        let opt = Sgd { momentum, dampening, nesterov, state: HashMap::new() };
         opt.check()?;
         Ok(opt)
     }
 
     fn check(&self) -> Result<()> {
         if self.momentum.is_nan() || self.momentum < 0.0 {
-            return Err(Error::value(
-                OP,
-                format!("invalid momentum {} (must be >= 0)", self.momentum),
-            ));
+            return Err(Error::value(OP, format!("invalid momentum {} (must be >= 0)", self.momentum)));
         }
         if self.dampening.is_nan() {
             return Err(Error::value(OP, "invalid dampening nan"));
@@ -124,11 +112,7 @@ impl Sgd {
                     Some(b) if b.len() != n => {
                         return Err(Error::shape(
                             OP,
-                            format!(
-                                "stored momentum buffer has {} values but {} has {n} elements",
-                                b.len(),
-                                s.name
-                            ),
+                            format!("stored momentum buffer has {} values but {} has {n} elements", b.len(), s.name),
                         ));
                     }
                     Some(_) => {}
@@ -142,11 +126,7 @@ impl Sgd {
         }
         let mut bufs: Vec<Option<&mut Vec<f32>>> = (0..slots.len()).map(|_| None).collect();
         if use_momentum {
-            let index: HashMap<u64, usize> = slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.param.id(), i))
-                .collect();
+            let index: HashMap<u64, usize> = slots.iter().enumerate().map(|(i, s)| (s.param.id(), i)).collect();
             for (id, b) in self.state.iter_mut() {
                 if let Some(&i) = index.get(id) {
                     bufs[i] = Some(b);
@@ -158,12 +138,7 @@ impl Sgd {
         let grads: Vec<_> = slots.iter().map(|s| s.grad.data()).collect();
         let mut pieces = Vec::new();
         let mut total = 0;
-        for (i, ((slot, buf), (p, g))) in slots
-            .iter()
-            .zip(bufs)
-            .zip(params.iter_mut().zip(&grads))
-            .enumerate()
-        {
+        for (i, ((slot, buf), (p, g))) in slots.iter().zip(bufs).zip(params.iter_mut().zip(&grads)).enumerate() {
             let k = Coef {
                 lr: slot.lr,
                 weight_decay: slot.weight_decay,
@@ -175,21 +150,16 @@ impl Sgd {
             total += p.len();
             match buf {
                 Some(buf) => pieces.extend(
-                    p.chunks_mut(CHUNK)
-                        .zip(g.chunks(CHUNK))
-                        .zip(buf.chunks_mut(CHUNK))
-                        .map(|((p, g), b)| Piece {
-                            p,
-                            g,
-                            buf: Some(b),
-                            k,
-                        }),
+                    p.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(buf.chunks_mut(CHUNK)).map(|((p, g), b)| Piece {
+                        p,
+                        g,
+                        buf: Some(b),
+                        k,
+                    }),
                 ),
-                None => pieces.extend(
-                    p.chunks_mut(CHUNK)
-                        .zip(g.chunks(CHUNK))
-                        .map(|(p, g)| Piece { p, g, buf: None, k }),
-                ),
+                None => {
+                    pieces.extend(p.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).map(|(p, g)| Piece { p, g, buf: None, k }))
+                }
             }
         }
         run_chunks(pieces, total, update);
@@ -231,8 +201,7 @@ mod tests {
         randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
     }
     fn set_grad(p: &Tensor, g: Vec<f32>) {
-        p.set_grad(Some(Tensor::new(g, p.shape()).unwrap()))
-            .unwrap();
+        p.set_grad(Some(Tensor::new(g, p.shape()).unwrap())).unwrap();
     }
     fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
@@ -243,12 +212,7 @@ mod tests {
                 (worst, at) = (d, i);
             }
         }
-        assert!(
-            worst <= tol,
-            "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}",
-            got[at],
-            want[at]
-        );
+        assert!(worst <= tol, "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}", got[at], want[at]);
     }
 
     /// Independent f64 SGD, following the torch docs pseudo-code.
@@ -258,25 +222,13 @@ mod tests {
     }
     impl RefSgd {
         fn step(&mut self, g: &[f32], lr: f64, wd: f64, mu: f64, damp: f64, nesterov: bool) {
-            let d: Vec<f64> = g
-                .iter()
-                .zip(&self.p)
-                .map(|(&g, &p)| g as f64 + wd * p)
-                .collect();
+            let d: Vec<f64> = g.iter().zip(&self.p).map(|(&g, &p)| g as f64 + wd * p).collect();
             let d = if mu != 0.0 {
                 let buf = match self.buf.take() {
                     None => d.clone(),
-                    Some(b) => b
-                        .iter()
-                        .zip(&d)
-                        .map(|(b, d)| mu * b + (1.0 - damp) * d)
-                        .collect(),
+                    Some(b) => b.iter().zip(&d).map(|(b, d)| mu * b + (1.0 - damp) * d).collect(),
                 };
-                let out = if nesterov {
-                    d.iter().zip(&buf).map(|(d, b)| d + mu * b).collect()
-                } else {
-                    buf.clone()
-                };
+                let out = if nesterov { d.iter().zip(&buf).map(|(d, b)| d + mu * b).collect() } else { buf.clone() };
                 self.buf = Some(buf);
                 out
             } else {
@@ -298,41 +250,21 @@ mod tests {
         let groups = [ParamGroup::new(vec![p.clone()], 0.1, 0.2)];
         set_grad(&p, vec![0.5]);
         opt.step(&groups).unwrap();
-        assert!(
-            (p.to_vec()[0] - 0.93).abs() < 1e-6,
-            "step 1: {}",
-            p.to_vec()[0]
-        );
+        assert!((p.to_vec()[0] - 0.93).abs() < 1e-6, "step 1: {}", p.to_vec()[0]);
         assert!((opt.momentum_buffer(p.id()).unwrap()[0] - 0.7).abs() < 1e-6);
         opt.step(&groups).unwrap();
-        assert!(
-            (p.to_vec()[0] - 0.8327).abs() < 1e-6,
-            "step 2: {}",
-            p.to_vec()[0]
-        );
+        assert!((p.to_vec()[0] - 0.8327).abs() < 1e-6, "step 2: {}", p.to_vec()[0]);
         // nesterov, p = 1, g = 0.5, lr 0.1, momentum 0.9, no wd: buf = 0.5, d = 0.5 + 0.45 = 0.95, p = 0.905
         let q = Tensor::new(vec![1.0], &[1]).unwrap().requires_grad_(true);
         set_grad(&q, vec![0.5]);
-        Sgd::new(0.9, 0.0, true)
-            .unwrap()
-            .step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0)])
-            .unwrap();
-        assert!(
-            (q.to_vec()[0] - 0.905).abs() < 1e-6,
-            "nesterov: {}",
-            q.to_vec()[0]
-        );
+        Sgd::new(0.9, 0.0, true).unwrap().step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0)]).unwrap();
+        assert!((q.to_vec()[0] - 0.905).abs() < 1e-6, "nesterov: {}", q.to_vec()[0]);
     }
 
     #[test]
     fn several_steps_match_f64_reference() {
         manual_seed(11);
-        for (mu, damp, nesterov) in [
-            (0.0, 0.0, false),
-            (0.9, 0.0, false),
-            (0.8, 0.3, false),
-            (0.9, 0.0, true),
-        ] {
+        for (mu, damp, nesterov) in [(0.0, 0.0, false), (0.9, 0.0, false), (0.8, 0.3, false), (0.9, 0.0, true)] {
             let (w, b, frozen, late) = (param(&[3, 4]), param(&[4]), param(&[5]), param(&[2]));
             let groups = [
                 ParamGroup::new(vec![w.clone(), frozen.clone()], 0.05, 0.01),
@@ -343,10 +275,7 @@ mod tests {
             let hyper = [(0.05f32, 0.01f32), (0.2, 0.0), (0.2, 0.0)];
             let mut refs: Vec<RefSgd> = tensors
                 .iter()
-                .map(|t| RefSgd {
-                    p: t.to_vec().iter().map(|&x| x as f64).collect(),
-                    buf: None,
-                })
+                .map(|t| RefSgd { p: t.to_vec().iter().map(|&x| x as f64).collect(), buf: None })
                 .collect();
             let mut opt = Sgd::new(mu, damp, nesterov).unwrap();
             for step in 1..=5 {
@@ -355,14 +284,7 @@ mod tests {
                         continue;
                     }
                     let g = randn(t.shape(), 0.0, 1.0).unwrap().to_vec();
-                    refs[i].step(
-                        &g,
-                        hyper[i].0 as f64,
-                        hyper[i].1 as f64,
-                        mu as f64,
-                        damp as f64,
-                        nesterov,
-                    );
+                    refs[i].step(&g, hyper[i].0 as f64, hyper[i].1 as f64, mu as f64, damp as f64, nesterov);
                     set_grad(t, g);
                 }
                 opt.step(&groups).unwrap();
@@ -377,10 +299,7 @@ mod tests {
                 }
                 assert_eq!(frozen.to_vec(), frozen0, "a parameter without grad moved");
                 assert!(opt.momentum_buffer(frozen.id()).is_none());
-                assert_eq!(
-                    opt.momentum_buffer(late.id()).is_some(),
-                    mu != 0.0 && step >= 3
-                );
+                assert_eq!(opt.momentum_buffer(late.id()).is_some(), mu != 0.0 && step >= 3);
             }
             assert_eq!(opt.state_ids().len(), if mu != 0.0 { 3 } else { 0 });
         }
@@ -388,13 +307,9 @@ mod tests {
 
     #[test]
     fn errors() {
-        for (mu, damp, nesterov) in [
-            (-0.1, 0.0, false),
-            (f32::NAN, 0.0, false),
-            (0.9, f32::NAN, false),
-            (0.0, 0.0, true),
-            (0.9, 0.1, true),
-        ] {
+        for (mu, damp, nesterov) in
+            [(-0.1, 0.0, false), (f32::NAN, 0.0, false), (0.9, f32::NAN, false), (0.0, 0.0, true), (0.9, 0.1, true)]
+        {
             let e = Sgd::new(mu, damp, nesterov).unwrap_err();
             assert!(matches!(e, Error::Value { op: "sgd", .. }), "{e}");
         }
@@ -402,43 +317,22 @@ mod tests {
             Sgd::new(0.9, 0.1, true).unwrap_err().to_string(),
             "sgd: nesterov momentum requires a momentum > 0 and zero dampening (got momentum 0.9, dampening 0.1)"
         );
-        let p = Tensor::new(vec![1.0, 2.0], &[2])
-            .unwrap()
-            .requires_grad_(true);
+        let p = Tensor::new(vec![1.0, 2.0], &[2]).unwrap().requires_grad_(true);
         set_grad(&p, vec![1.0, 1.0]);
         let mut opt = Sgd::new(0.9, 0.0, false).unwrap();
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone()], 0.1, -0.5)])
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "sgd: invalid weight_decay -0.5 in group 0 (must be >= 0)"
-        );
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone(), p.clone()], 0.1, 0.0)])
-            .unwrap_err();
+        let e = opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, -0.5)]).unwrap_err();
+        assert_eq!(e.to_string(), "sgd: invalid weight_decay -0.5 in group 0 (must be >= 0)");
+        let e = opt.step(&[ParamGroup::new(vec![p.clone(), p.clone()], 0.1, 0.0)]).unwrap_err();
         assert!(matches!(e, Error::Value { .. }), "{e}");
         opt.set_momentum_buffer(p.id(), vec![0.0; 5]);
-        let e = opt
-            .step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.0)])
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "sgd: stored momentum buffer has 5 values but parameter 0 of group 0 has 2 elements"
-        );
-        assert_eq!(
-            p.to_vec(),
-            vec![1.0, 2.0],
-            "a failed step wrote to a parameter"
-        );
+        let e = opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.0)]).unwrap_err();
+        assert_eq!(e.to_string(), "sgd: stored momentum buffer has 5 values but parameter 0 of group 0 has 2 elements");
+        assert_eq!(p.to_vec(), vec![1.0, 2.0], "a failed step wrote to a parameter");
         // the public fields can be changed after construction; step re-checks them
         opt.clear();
         opt.nesterov = true;
         opt.dampening = 0.5;
-        assert!(matches!(
-            opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.0)]),
-            Err(Error::Value { .. })
-        ));
+        assert!(matches!(opt.step(&[ParamGroup::new(vec![p.clone()], 0.1, 0.0)]), Err(Error::Value { .. })));
     }
 
     #[test]
@@ -446,8 +340,7 @@ mod tests {
         let e = Tensor::zeros(&[0]).unwrap().requires_grad_(true);
         e.set_grad(Some(Tensor::zeros(&[0]).unwrap())).unwrap();
         let mut opt = Sgd::new(0.9, 0.0, true).unwrap();
-        opt.step(&[ParamGroup::new(vec![e.clone()], 0.1, 0.1)])
-            .unwrap();
+        opt.step(&[ParamGroup::new(vec![e.clone()], 0.1, 0.1)]).unwrap();
         assert_eq!(opt.momentum_buffer(e.id()), Some(&[][..]));
         opt.step(&[]).unwrap();
     }

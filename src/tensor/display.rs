@@ -76,10 +76,7 @@ mod tests {
         let t = Tensor::new(vec![1.0, -2.5, 3.0, 4.0], &[2, 2]).unwrap();
         assert_eq!(format_tensor(&t), "tensor([[ 1.0000, -2.5000],\n        [ 3.0000,  4.0000]])");
         let long = Tensor::new((0..10).map(|i| i as f32).collect(), &[10]).unwrap();
-        assert_eq!(
-            format_tensor(&long),
-            "tensor([0.0000, 1.0000, 2.0000, ..., 7.0000, 8.0000, 9.0000])"
-        );
+        assert_eq!(format_tensor(&long), "tensor([0.0000, 1.0000, 2.0000, ..., 7.0000, 8.0000, 9.0000])");
         assert_eq!(format_tensor(&Tensor::scalar(0.5).requires_grad_(true)), "tensor(0.5000, requires_grad=True)");
     }
 }

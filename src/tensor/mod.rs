@@ -206,7 +206,11 @@ impl Tensor {
             if g.shape() != self.shape() {
                 return Err(Error::shape(
                     "set_grad",
-                    format!("gradient shape {} does not match tensor shape {}", fmt_shape(g.shape()), fmt_shape(self.shape())),
+                    format!(
+                        "gradient shape {} does not match tensor shape {}",
+                        fmt_shape(g.shape()),
+                        fmt_shape(self.shape())
+                    ),
                 ));
             }
         }

@@ -154,7 +154,10 @@ pub fn multinomial(probs: &Tensor, num_samples: usize, replacement: bool) -> Res
         return Err(Error::shape(op, "probs has zero categories"));
     }
     if !replacement && num_samples > k {
-        return Err(Error::value(op, format!("cannot take {num_samples} samples from {k} categories without replacement")));
+        return Err(Error::value(
+            op,
+            format!("cannot take {num_samples} samples from {k} categories without replacement"),
+        ));
     }
     let data = probs.data();
     let mut out = Vec::with_capacity(rows * num_samples);

@@ -56,10 +56,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
         } else if da == 1 {
             db
         } else {
-            return Err(Error::shape(
-                op,
-                format!("cannot broadcast {} with {}", fmt_shape(a), fmt_shape(b)),
-            ));
+            return Err(Error::shape(op, format!("cannot broadcast {} with {}", fmt_shape(a), fmt_shape(b))));
         };
     }
     Ok(out)
@@ -69,9 +66,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let own = strides(shape);
     let off = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { own[i - off] })
-        .collect()
+    (0..out.len()).map(|i| if i < off || shape[i - off] == 1 { 0 } else { own[i - off] }).collect()
 }
 
 #[cfg(test)]
