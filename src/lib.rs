@@ -22,6 +22,8 @@ pub mod parallel;
 pub mod ops;
 /// 4. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
 pub mod optim;
+/// Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
+pub mod io;
 /// 5. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 

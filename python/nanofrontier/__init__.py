@@ -87,6 +87,7 @@ def smoke_mode():
 
 
 from . import functional, nn, optim, testing  # noqa: E402  (they import the names above)
+from . import data, formats, tokenizer  # noqa: E402
 
 __all__ = [
     "Tensor",

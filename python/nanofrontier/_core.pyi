@@ -138,3 +138,23 @@ class SGD:
 class AdamW:
     def __init__(self, beta1: float, beta2: float, eps: float) -> None: ...
     def step(self, groups: _Groups) -> None: ...
+
+# ---- io (src/bindings/io.rs) ----
+import os
+from typing import Dict, Mapping
+
+def save_safetensors(
+    path: Union[str, os.PathLike[str]],
+    tensors: Mapping[str, ArrayLike],
+    metadata: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Save ``{name: Tensor | array}`` as float32 to a safetensors file, with optional ``{str: str}``
+    metadata. Atomic: ``path`` holds either its old contents or the whole new file. A missing folder raises
+    ``FileNotFoundError``; duplicate/reserved names ``InvalidArgumentError``; write errors ``FileFormatError``."""
+    ...
+
+def load_safetensors(path: Union[str, os.PathLike[str]]) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """``({name: Tensor}, metadata)`` from a safetensors file, tensors in file order, F32/F16/BF16/F64
+    converted to float32. Missing file → ``FileNotFoundError``; corrupt, truncated, non-safetensors file or
+    another dtype → ``FileFormatError`` naming the file."""
+    ...

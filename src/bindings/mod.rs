@@ -3,9 +3,11 @@
 //! - `tensor`    the `Tensor` class: conversions, operators, methods
 //! - `functions` creation, randomness, threads, grad mode, multi-tensor ops
 //! - `optim`     SGD / AdamW / clip_grad_norm over lists of parameters
+//! - `io`        save_safetensors / load_safetensors
 
 pub mod errors;
 pub mod functions;
+pub mod io;
 pub mod optim;
 pub mod tensor;
 
@@ -49,5 +51,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(func)?;
     }
     optim::register(m)?;
+    io::register(m)?;
     Ok(())
 }
