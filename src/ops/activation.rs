@@ -1,12 +1,14 @@
-//! Fused activations: gelu (the tanh approximation GPT-2 uses) and silu. One pass forward, one pass
-//! backward (recomputing from the saved input, which is cheaper than keeping intermediates). Each keeps a
-//! `*_reference` built from primitive ops, and the tests check fused == reference, forward and backward.
+//! Fused activations: gelu (the tanh approximation GPT-2 uses), silu, and swiglu (Llama's gated MLP
+//! unit). One pass forward, one pass backward (recomputing from the saved inputs, which is cheaper than
+//! keeping intermediates). Each keeps a `*_reference` built from primitive ops, and the tests check
+//! fused == reference, forward and backward.
 
 use crate::autograd::{Backward, record};
-use crate::error::Result;
+use crate::error::{Error, Result, fmt_shape};
 use crate::ops::binary::{add, add_scalar, mul, mul_scalar};
 use crate::ops::unary::{map, sigmoid, sigmoid_f32, tanh, tanh_f32, zip_map};
-use crate::tensor::Tensor;
+use crate::parallel::{GRAIN, for_each_chunk};
+use crate::tensor::{Tensor, alloc_zeros};
 
 /// √(2/π)
 const GELU_K: f32 = 0.797_884_6;
@@ -87,6 +89,83 @@ impl Backward for SiluBackward {
 /// silu from primitives: x · sigmoid(x).
 pub fn silu_reference(x: &Tensor) -> Result<Tensor> {
     mul(x, &sigmoid(x)?)
+}
+
+// ---- swiglu ----
+/// SwiGLU gating: silu(gate) · up, elementwise; `gate` and `up` must have the same shape (no
+/// broadcasting). Llama's MLP is down_proj(swiglu(gate_proj(x), up_proj(x))).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let out = zip_map("swiglu", gate, up, |g, u| g * sigmoid_f32(g) * u)?;
+    Ok(record(out, SwigluBackward { gate: gate.clone(), up: up.clone() }))
+}
+struct SwigluBackward {
+    gate: Tensor,
+    up: Tensor,
+}
+impl Backward for SwigluBackward {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.gate.clone(), self.up.clone()]
+    }
+    // out = g·σ(g)·u  so  dgate = dout · u · σ(g)·(1 + g·(1 − σ(g))),  dup = dout · g·σ(g)
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let dgate = if needs[0] {
+            Some(zip3_map("swiglu", dout, &self.gate, &self.up, |d, g, u| {
+                let s = sigmoid_f32(g);
+                d * u * (s * (1.0 + g * (1.0 - s)))
+            })?)
+        } else {
+            None
+        };
+        let dup =
+            if needs[1] { Some(zip_map("swiglu", dout, &self.gate, |d, g| d * (g * sigmoid_f32(g)))?) } else { None };
+        Ok(vec![dgate, dup])
+    }
+}
+
+/// `f(a, b, c)` elementwise over three tensors of the same shape, as a new tensor (no autograd).
+fn zip3_map<F>(op: &'static str, a: &Tensor, b: &Tensor, c: &Tensor, f: F) -> Result<Tensor>
+where
+    F: Fn(f32, f32, f32) -> f32 + Send + Sync,
+{
+    if a.shape() != b.shape() || a.shape() != c.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected three tensors of the same shape, got {}, {} and {}",
+                fmt_shape(a.shape()),
+                fmt_shape(b.shape()),
+                fmt_shape(c.shape())
+            ),
+        ));
+    }
+    let (ad, bd, cd) = (a.data(), b.data(), c.data());
+    let (xs, ys, zs): (&[f32], &[f32], &[f32]) = (&ad, &bd, &cd);
+    let mut out = alloc_zeros(op, xs.len())?;
+    for_each_chunk(&mut out, GRAIN, |s, o| {
+        let n = o.len();
+        for (((o, &x), &y), &z) in o.iter_mut().zip(&xs[s..s + n]).zip(&ys[s..s + n]).zip(&zs[s..s + n]) {
+            *o = f(x, y, z);
+        }
+    });
+    Ok(Tensor::from_vec_unchecked(out, a.shape().to_vec()))
+}
+
+/// swiglu from primitives: silu_reference(gate) · up.
+pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        return Err(Error::shape(
+            "swiglu",
+            format!(
+                "expected two tensors of the same shape, got {} and {}",
+                fmt_shape(gate.shape()),
+                fmt_shape(up.shape())
+            ),
+        ));
+    }
+    mul(&silu_reference(gate)?, up)
 }
 
 #[cfg(test)]
@@ -180,5 +259,59 @@ mod tests {
         let e = zip_map("gelu", &Tensor::zeros(&[2]).unwrap(), &x, |g, _| g).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(e.to_string(), "gelu: expected two tensors of the same shape, got (2,) and (0, 4)");
+    }
+
+    #[test]
+    fn swiglu_matches_reference_forward_and_backward() {
+        manual_seed(42);
+        for shape in [&[3, 7][..], &[50_000][..], &[0, 4][..], &[][..]] {
+            let gate = randn(shape, 0.0, 3.0).unwrap().requires_grad_(true);
+            let up = randn(shape, 0.0, 1.0).unwrap().requires_grad_(true);
+            let (gr, ur) =
+                (gate.detach().deep_clone().requires_grad_(true), up.detach().deep_clone().requires_grad_(true));
+            let (y, yr) = (swiglu(&gate, &up).unwrap(), swiglu_reference(&gr, &ur).unwrap());
+            assert_eq!(y.shape(), shape);
+            assert_close(&format!("swiglu {shape:?} forward"), &y.data(), &yr.data(), 0.0);
+            let want: Vec<f32> = gate
+                .data()
+                .iter()
+                .zip(up.data().iter())
+                .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+                .collect();
+            assert_close(&format!("swiglu {shape:?} vs f64 formula"), &y.data(), &want, 1e-5);
+            let g = randn(shape, 0.0, 1.0).unwrap();
+            y.backward(Some(&g), false).unwrap();
+            yr.backward(Some(&g), false).unwrap();
+            let (dg, dgr) = (gate.grad().unwrap(), gr.grad().unwrap());
+            assert_close(&format!("swiglu {shape:?} dgate"), &dg.data(), &dgr.data(), 1e-5);
+            let (du, dur) = (up.grad().unwrap(), ur.grad().unwrap());
+            assert_close(&format!("swiglu {shape:?} dup"), &du.data(), &dur.data(), 1e-5);
+        }
+    }
+
+    #[test]
+    fn swiglu_gradcheck_and_needs() {
+        manual_seed(43);
+        let gate = randn(&[2, 5], 0.0, 2.0).unwrap().requires_grad_(true);
+        let up = randn(&[2, 5], 0.0, 1.0).unwrap().requires_grad_(true);
+        assert_gradcheck(|t| swiglu(&t[0], &t[1]), &[gate.clone(), up.clone()]);
+        // only up needs a gradient: gate gets none, and dup = dout · silu(gate)
+        let gate = gate.detach();
+        up.zero_grad();
+        sum_all(&swiglu(&gate, &up).unwrap()).unwrap().backward(None, false).unwrap();
+        assert!(gate.grad().is_none());
+        assert_close("dup", &up.grad().unwrap().data(), &silu(&gate).unwrap().data(), 0.0);
+    }
+
+    #[test]
+    fn swiglu_shape_errors() {
+        let (a, b) = (Tensor::zeros(&[2, 3]).unwrap(), Tensor::zeros(&[3]).unwrap());
+        for op in [swiglu, swiglu_reference] {
+            let e = op(&a, &b).unwrap_err();
+            assert!(matches!(e, Error::Shape { .. }));
+            assert_eq!(e.to_string(), "swiglu: expected two tensors of the same shape, got (2, 3) and (3,)");
+        }
+        let e = zip3_map("swiglu", &a, &a, &b, |x, _, _| x).unwrap_err();
+        assert_eq!(e.to_string(), "swiglu: expected three tensors of the same shape, got (2, 3), (2, 3) and (3,)");
     }
 }

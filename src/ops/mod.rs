@@ -12,8 +12,10 @@
 //! - `dropout`    inverted dropout with a seeded mask
 //!
 //! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):
-//! - `activation` gelu (tanh form), silu
+//! - `activation` gelu (tanh form), silu, swiglu
 //! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index)
+//! - `norm`       layer_norm, rms_norm (per-row mean/rstd cached for backward)
+//! - `rope`       rotary position embedding, interleaved or half-split pairs (backward = inverse rotation)
 
 pub mod binary;
 pub mod unary;
@@ -24,3 +26,5 @@ pub mod index;
 pub mod dropout;
 pub mod activation;
 pub mod softmax;
+pub mod norm;
+pub mod rope;
