@@ -4,7 +4,7 @@
 //! Read it in flow order — each module uses only the ones above it:
 //!
 //! ```text
-//! error → tensor → autograd → parallel → ops → optim → bindings (Python) → python/nanofrontier → notebooks
+//! error → tensor → autograd → parallel → ops → nn → models → optim → io → bindings (Python) → python/nanofrontier → notebooks
 //! ```
 
 // `!(x >= 0.0)` is how we reject NaN together with negatives; clippy would rather we did not.
@@ -20,11 +20,15 @@ pub mod autograd;
 pub mod parallel;
 /// 3. Ops: one file per family, forward + backward + tests side by side.
 pub mod ops;
-/// 4. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
+/// 4. Layers built from ops: Linear, Embedding, norms, attention, MLPs (checkpoint-style names).
+pub mod nn;
+/// 5. Models: GPT and Llama behind one `CausalLm` trait; loss, log-probs, FLOPs, KV-cache generation.
+pub mod models;
+/// 6. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
 pub mod optim;
-/// Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
+/// 7. Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
 pub mod io;
-/// 5. The Python module `nanofrontier._core` — the only code that knows Python exists.
+/// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 
 pub use error::{Error, Result};

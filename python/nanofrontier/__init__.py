@@ -86,8 +86,8 @@ def smoke_mode():
     return _os.environ.get("NANOFRONTIER_SMOKE", "") not in ("", "0")
 
 
-from . import functional, nn, optim, testing  # noqa: E402  (they import the names above)
-from . import data, formats, tokenizer  # noqa: E402
+from . import functional, models, nn, optim, testing  # noqa: E402  (they import the names above)
+from . import checkpoint, data, formats, tokenizer  # noqa: E402
 
 __all__ = [
     "Tensor",
@@ -114,6 +114,7 @@ __all__ = [
     "get_num_threads",
     "smoke_mode",
     "functional",
+    "models",
     "nn",
     "optim",
     "testing",

@@ -48,6 +48,25 @@ class Optimizer:
             for p in g["params"]:
                 p.zero_grad()
 
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self):
+        """Hyper-parameters of each group and the per-parameter state (numpy arrays), in parameter order.
+        Parameters are identified by position, as in torch: load into an optimizer built the same way."""
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "n_params": len(g["params"])}
+                  for g in self.param_groups]
+        return {"param_groups": groups, "state": self._core.get_state(self._params())}
+
+    def load_state_dict(self, state):
+        """Restore hyper-parameters and state saved by ``state_dict`` (same parameter layout)."""
+        groups = state["param_groups"]
+        if [g["n_params"] for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("load_state_dict: the saved optimizer has a different parameter-group layout")
+        self._core.set_state(self._params(), state["state"])
+        for g, saved in zip(self.param_groups, groups):
+            g.update({k: v for k, v in saved.items() if k != "n_params"})
+
     def _groups(self):
         return [(g["params"], float(g["lr"]), float(g["weight_decay"])) for g in self.param_groups]
 

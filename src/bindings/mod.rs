@@ -4,10 +4,12 @@
 //! - `functions` creation, randomness, threads, grad mode, multi-tensor ops
 //! - `optim`     SGD / AdamW / clip_grad_norm over lists of parameters
 //! - `io`        save_safetensors / load_safetensors
+//! - `models`    `Model`: GPT or Llama, whole forward / generation per call
 
 pub mod errors;
 pub mod functions;
 pub mod io;
+pub mod models;
 pub mod optim;
 pub mod tensor;
 
@@ -52,5 +54,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     optim::register(m)?;
     io::register(m)?;
+    models::register(m)?;
     Ok(())
 }

@@ -3,11 +3,12 @@
 
 use std::sync::Mutex;
 
+use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
 use super::errors::run;
 use super::tensor::PyTensor;
-use crate::optim::{AdamW, ParamGroup, Sgd, clip_grad_norm};
+use crate::optim::{AdamState, AdamW, ParamGroup, Sgd, clip_grad_norm};
 use crate::tensor::Tensor;
 
 type Groups<'py> = Vec<(Vec<Bound<'py, PyTensor>>, f32, f32)>;
@@ -33,6 +34,54 @@ impl PyAdamW {
         let gs = self::groups(groups);
         run(py, || self.inner.lock().unwrap_or_else(|e| e.into_inner()).step(&gs))
     }
+    /// Per parameter (in the given order): (m, v, step) as (float32 array, float32 array, int), or None
+    /// before its first step.
+    #[allow(clippy::type_complexity)]
+    fn get_state<'py>(
+        &self,
+        py: Python<'py>,
+        params: Vec<Bound<'py, PyTensor>>,
+    ) -> Vec<Option<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>, u64)>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        params
+            .iter()
+            .map(|p| {
+                inner
+                    .state_for(p.get().t.id())
+                    .map(|s| (PyArray1::from_slice(py, &s.m), PyArray1::from_slice(py, &s.v), s.step))
+            })
+            .collect()
+    }
+    /// Restore what `get_state` returned, for the same parameters in the same order.
+    #[allow(clippy::type_complexity)]
+    fn set_state(
+        &self,
+        params: Vec<Bound<'_, PyTensor>>,
+        states: Vec<Option<(PyReadonlyArray1<'_, f32>, PyReadonlyArray1<'_, f32>, u64)>>,
+    ) -> PyResult<()> {
+        if params.len() != states.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "optimizer state has {} entries for {} parameters",
+                states.len(),
+                params.len()
+            )));
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, st) in params.iter().zip(states) {
+            if let Some((m, v, step)) = st {
+                let (m, v): (Vec<f32>, Vec<f32>) = (m.as_array().to_vec(), v.as_array().to_vec());
+                let n = p.get().t.numel();
+                if m.len() != n || v.len() != n {
+                    return Err(super::errors::ShapeError::new_err(format!(
+                        "optimizer state of length {} for a parameter of {n} elements",
+                        m.len()
+                    )));
+                }
+                inner.set_state(p.get().t.id(), AdamState { m, v, step })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// SGD momentum buffers. Use `nanofrontier.optim.SGD`.
@@ -51,6 +100,35 @@ impl PySgd {
     fn step(&self, py: Python<'_>, groups: Groups<'_>) -> PyResult<()> {
         let gs = self::groups(groups);
         run(py, || self.inner.lock().unwrap_or_else(|e| e.into_inner()).step(&gs))
+    }
+    /// Per parameter (in the given order): its momentum buffer (float32 array), or None.
+    fn get_state<'py>(
+        &self,
+        py: Python<'py>,
+        params: Vec<Bound<'py, PyTensor>>,
+    ) -> Vec<Option<Bound<'py, PyArray1<f32>>>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        params.iter().map(|p| inner.momentum_buffer(p.get().t.id()).map(|b| PyArray1::from_slice(py, b))).collect()
+    }
+    /// Restore what `get_state` returned, for the same parameters in the same order.
+    fn set_state(
+        &self,
+        params: Vec<Bound<'_, PyTensor>>,
+        states: Vec<Option<PyReadonlyArray1<'_, f32>>>,
+    ) -> PyResult<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, st) in params.iter().zip(states) {
+            if let Some(buf) = st {
+                let buf = buf.as_array().to_vec();
+                if buf.len() != p.get().t.numel() {
+                    return Err(super::errors::ShapeError::new_err(
+                        "momentum buffer length does not match its parameter",
+                    ));
+                }
+                inner.set_momentum_buffer(p.get().t.id(), buf);
+            }
+        }
+        Ok(())
     }
 }
 

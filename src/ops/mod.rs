@@ -28,3 +28,4 @@ pub mod activation;
 pub mod softmax;
 pub mod norm;
 pub mod rope;
+pub mod attention;

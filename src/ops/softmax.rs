@@ -351,6 +351,108 @@ impl Backward for CrossEntropyBackward {
     }
 }
 
+// ---- token_logprobs ----
+/// log_softmax(logits)[row, target] for every row: logits (..., C), one target per row → (rows,).
+/// Rows whose target equals `ignore_index` give 0 and no gradient. This is the per-token log-probability
+/// that SFT masks, DPO, PPO and GRPO are built from. Fused: no (rows, C) log-probability matrix is kept.
+pub fn token_logprobs(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
+    let op = "token_logprobs";
+    let (rows, c, _) = check_targets(op, logits, targets, ignore_index)?;
+    let xd = logits.data();
+    let xs: &[f32] = &xd;
+    let row_stat = |r: usize| -> (f32, f32, f32) {
+        let t = targets[r];
+        if Some(t) == ignore_index {
+            return (0.0, 0.0, 0.0);
+        }
+        let row = &xs[r * c..(r + 1) * c];
+        let (m, lns) = lane_logsumexp_parts(row);
+        (m, lns as f32, (row[t as usize] as f64 - m as f64 - lns) as f32)
+    };
+    let stats: Vec<(f32, f32, f32)> = if rows * c <= GRAIN {
+        (0..rows).map(row_stat).collect()
+    } else {
+        let per_task = (GRAIN / c.max(1)).max(1);
+        install(|| (0..rows).into_par_iter().with_min_len(per_task).map(row_stat).collect())
+    };
+    drop(xd);
+    let out = Tensor::from_vec_unchecked(stats.iter().map(|s| s.2).collect(), vec![rows]);
+    if !crate::autograd::will_record(&[logits]) {
+        return Ok(out);
+    }
+    let node = TokenLogprobsBackward {
+        logits: logits.clone(),
+        targets: targets.to_vec(),
+        ignore_index,
+        stats: stats.into_iter().map(|(m, lns, _)| (m, lns)).collect(),
+    };
+    Ok(record(out, node))
+}
+struct TokenLogprobsBackward {
+    logits: Tensor,
+    targets: Vec<i64>,
+    ignore_index: Option<i64>,
+    stats: Vec<(f32, f32)>,
+}
+impl Backward for TokenLogprobsBackward {
+    fn name(&self) -> &'static str {
+        "token_logprobs"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.logits.clone()]
+    }
+    // out_r = x_r[t_r] − lse(x_r)  so  dx_r = dout_r · (onehot(t_r) − softmax(x_r)); 0 on ignored rows
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs[0] {
+            return Ok(vec![None]);
+        }
+        let shape = self.logits.shape();
+        let c = shape.last().copied().unwrap_or(0);
+        let mut dx = alloc_zeros("token_logprobs", self.logits.numel())?;
+        if c == 0 || dx.is_empty() {
+            return Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))]);
+        }
+        let (xd, gd) = (self.logits.data(), dout.data());
+        let (xs, gs): (&[f32], &[f32]) = (&xd, &gd);
+        let run = |row0: usize, chunk: &mut [f32]| {
+            for (k, drow) in chunk.chunks_mut(c).enumerate() {
+                let r = row0 + k;
+                let t = self.targets[r];
+                if Some(t) == self.ignore_index {
+                    continue;
+                }
+                let (m, lns, g) = (self.stats[r].0, self.stats[r].1, gs[r]);
+                for (d, &v) in drow.iter_mut().zip(&xs[r * c..(r + 1) * c]) {
+                    *d = -exp_f32((v - m) - lns) * g;
+                }
+                drow[t as usize] += g;
+            }
+        };
+        let per_task = (GRAIN / c).max(1);
+        if dx.len() <= GRAIN {
+            run(0, &mut dx);
+        } else {
+            install(|| dx.par_chunks_mut(per_task * c).enumerate().for_each(|(i, ch)| run(i * per_task, ch)));
+        }
+        drop((xd, gd));
+        Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))])
+    }
+}
+
+/// token_logprobs from primitives: Σ_c log_softmax(x) · onehot, with ignored rows' one-hot all zero.
+pub fn token_logprobs_reference(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
+    let (rows, c, _) = check_targets("token_logprobs", logits, targets, ignore_index)?;
+    let mut onehot = vec![0.0f32; rows * c];
+    for (r, &t) in targets.iter().enumerate() {
+        if Some(t) != ignore_index {
+            onehot[r * c + t as usize] = 1.0;
+        }
+    }
+    let x2 = crate::ops::view::reshape(logits, &[rows as isize, c as isize])?;
+    let lp = log_softmax_reference(&x2, -1)?;
+    sum(&mul(&lp, &Tensor::new(onehot, &[rows, c])?)?, Some(&[-1]), false)
+}
+
 // ---- references: the same math from primitive ops ----
 
 /// softmax from primitives: e = exp(x − max), e / Σ e. The max is a detached constant shift.
@@ -532,6 +634,37 @@ mod tests {
         // without ignore_index -100 is just out of range
         let x = randn(&[2, 3], 0.0, 1.0).unwrap();
         assert!(matches!(cross_entropy(&x, &[0, -100], None), Err(Error::Index { .. })));
+    }
+
+    #[test]
+    fn token_logprobs_matches_reference_and_gradcheck() {
+        manual_seed(34);
+        for shape in [&[6, 5][..], &[2, 3, 11], &[512, 65], &[4, 50257]] {
+            let rows: usize = shape[..shape.len() - 1].iter().product();
+            let c = shape[shape.len() - 1];
+            let t = targets_with_ignored(rows, c);
+            let x = randn(shape, 0.0, 2.0).unwrap().requires_grad_(true);
+            let xr = x.detach().deep_clone().requires_grad_(true);
+            let (l, lr) =
+                (token_logprobs(&x, &t, Some(-100)).unwrap(), token_logprobs_reference(&xr, &t, Some(-100)).unwrap());
+            assert_eq!(l.shape(), &[rows]);
+            assert_close(&format!("token_logprobs {shape:?} forward"), &l.data(), &lr.data(), 1e-5);
+            let w = randn(&[rows], 0.0, 1.0).unwrap();
+            l.backward(Some(&w), false).unwrap();
+            lr.backward(Some(&w), false).unwrap();
+            assert_close(
+                &format!("token_logprobs {shape:?} backward"),
+                &x.grad().unwrap().data(),
+                &xr.grad().unwrap().data(),
+                1e-6,
+            );
+        }
+        let t = vec![2, -100, 0];
+        assert_gradcheck(
+            |xs| token_logprobs(&xs[0], &t, Some(-100)),
+            &[randn(&[3, 4], 0.0, 1.0).unwrap().requires_grad_(true)],
+        );
+        assert!(matches!(token_logprobs(&randn(&[2, 3], 0.0, 1.0).unwrap(), &[0, 3], None), Err(Error::Index { .. })));
     }
 
     #[test]

@@ -1,0 +1,151 @@
+"""Training throughput (tokens/s) of a GPT with AdamW: nanofrontier vs PyTorch eager, same run, same threads.
+
+    python benchmarks/bench_train.py                    # tiny and small configs, 2 threads
+    python benchmarks/bench_train.py --config tiny --steps 30 --threads 2
+
+Configs (from the engine issue): tiny = vocab 65, 4 layers, 4 heads, 128 wide, block 128, batch 16;
+small = vocab 65, 6 layers, 6 heads, 384 wide, block 256, batch 8. One step = forward + loss + backward +
+AdamW. We report the median step time after warm-up, as tokens/s (batch × block / step time), and the
+achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs). torch is optional: without it only
+nanofrontier's column is printed. The torch model below is written here for the comparison (GPT-2
+architecture, same sizes, same fused attention call), so both sides do the same work.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+CONFIGS = {
+    "tiny": dict(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=128, batch=16),
+    "small": dict(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256, batch=8),
+}
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=["tiny", "small", "all"], default="all")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-torch", action="store_true")
+    return p.parse_args()
+
+
+def time_steps(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_nanofrontier(cfg, args):
+    import numpy as np
+
+    import nanofrontier as nf
+
+    nf.set_num_threads(args.threads)
+    nf.manual_seed(0)
+    model = nf.models.GPT(nf.models.GPTConfig(**{k: v for k, v in cfg.items() if k != "batch"}))
+    opt = nf.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg["vocab_size"], (cfg["batch"], cfg["block_size"]))
+    y = np.roll(x, -1, axis=1)
+
+    def step():
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    t = time_steps(step, args.warmup, args.steps)
+    flops = model.flops_per_token(cfg["block_size"])["training"]
+    return t, flops
+
+
+def bench_torch(cfg, args):
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    C, H, V, T = cfg["n_embd"], cfg["n_head"], cfg["vocab_size"], cfg["block_size"]
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
+            self.c_attn, self.c_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
+            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (z.view(b, t, H, C // H).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(b, t, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = tnn.Embedding(V, C), tnn.Embedding(T, C)
+            self.h = tnn.ModuleList([Block() for _ in range(cfg["n_layer"])])
+            self.ln_f = tnn.LayerNorm(C)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for blk in self.h:
+                x = blk(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            return F.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+    model = GPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    x = torch.randint(0, V, (cfg["batch"], T))
+    y = torch.roll(x, -1, dims=1)
+
+    def step():
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return time_steps(step, args.warmup, args.steps)
+
+
+def main():
+    args = parse()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    names = ["tiny", "small"] if args.config == "all" else [args.config]
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+
+            have_torch = True
+        except ImportError:
+            print("(torch is not installed: nanofrontier only)")
+    rows = []
+    for name in names:
+        cfg = CONFIGS[name]
+        tokens = cfg["batch"] * cfg["block_size"]
+        t_nf, flops = bench_nanofrontier(cfg, args)
+        t_torch = bench_torch(cfg, args) if have_torch else None
+        rows.append((name, tokens / t_nf, flops * tokens / t_nf / 1e9, t_torch and tokens / t_torch))
+    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps\n")
+    print("| config | nanofrontier tokens/s | GFLOP/s | torch tokens/s | nf / torch |")
+    print("|---|---:|---:|---:|---:|")
+    for name, nf_tps, gf, torch_tps in rows:
+        ratio = f"{nf_tps / torch_tps:.2f}" if torch_tps else "—"
+        tt = f"{torch_tps:,.0f}" if torch_tps else "—"
+        print(f"| {name} | {nf_tps:,.0f} | {gf:.1f} | {tt} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Transformer language models: GPT (the GPT-2 architecture) and Llama (RoPE, RMSNorm, SwiGLU, GQA).
+
+The model lives in Rust; each call below (forward, hidden states, per-token log-probs, generation) is one
+call into it with the GIL released. What Python adds: configs with presets, torch-like names, and the
+``nn.Module`` behaviour (parameters, state_dict, train/eval), so optimizers and checkpoints work as for
+any other module::
+
+    model = nf.models.GPT(nf.models.GPTConfig.tiny(vocab_size=65))
+    logits, loss = model(x, y)            # x, y: (B, T) int token ids
+    loss.backward(); opt.step()
+    tokens, logprobs = model.generate([[0]], max_new_tokens=100, temperature=0.8, top_k=40, seed=1)
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+import json
+import os
+from pathlib import Path
+
+from . import _core
+from .nn import Module
+
+
+@dataclass
+class GPTConfig:
+    """GPT hyper-parameters (nanoGPT's names)."""
+
+    vocab_size: int = 65
+    block_size: int = 128  # longest sequence: number of learned positions
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    layer_norm_eps: float = 1e-5
+
+    @classmethod
+    def tiny(cls, **kw):
+        """4 layers, 4 heads, 128 wide, 128 positions (≈ 0.8M parameters with a 65-char vocabulary)."""
+        return replace(cls(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128), **kw)
+
+    @classmethod
+    def small(cls, **kw):
+        """6 layers, 6 heads, 384 wide, 256 positions (nanoGPT's Shakespeare-char model, ≈ 10.7M)."""
+        return replace(cls(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384), **kw)
+
+    @classmethod
+    def gpt2(cls, **kw):
+        """GPT-2 124M: 12 layers, 12 heads, 768 wide, 1024 positions, 50257 tokens."""
+        return replace(cls(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768), **kw)
+
+
+@dataclass
+class LlamaConfig:
+    """Llama hyper-parameters (Hugging Face LlamaConfig names)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 172
+    num_hidden_layers: int = 5
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 512
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    # "interleaved" rotates (x[2i], x[2i+1]) as Meta/llama2.c/GGUF weights expect; "half" rotates
+    # (x[i], x[i + d/2]) as Hugging Face weights expect.
+    rope_layout: str = "interleaved"
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def stories260k(cls, **kw):
+        """The shape of Karpathy's stories260K (llama2.c): 64 wide, 5 layers, 8 heads, 4 kv heads."""
+        return replace(cls(), **kw)
+
+    @classmethod
+    def tiny(cls, **kw):
+        """A small Llama for experiments: 4 layers, 128 wide, 4 heads, 2 kv heads."""
+        return replace(cls(vocab_size=65, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256), **kw)
+
+
+def _ids(x):
+    """Token ids as an int64 numpy array (accepts lists, numpy arrays and whole-number Tensors)."""
+    if isinstance(x, np.ndarray) and x.dtype == np.int64:
+        return x
+    from ._convert import to_index_array
+
+    return to_index_array(x)
+
+
+class _CausalLM(Module):
+    """What GPT and Llama share: everything except how they are built."""
+
+    def __init__(self, config, core):
+        self.config = config
+        self._core = core
+        self.training = True
+
+    # parameters come from the Rust model, under their checkpoint names
+    def _named_tensors(self, prefix):
+        for name, t in self._core.named_parameters():
+            yield prefix + name, t
+
+    def named_children(self):
+        return iter(())
+
+    def forward(self, idx, targets=None, ignore_index=-100):
+        """``(logits, loss)``: logits (B, T, V) for token ids ``idx`` (B, T); with ``targets`` (B, T), the
+        mean cross-entropy over positions whose target is not ``ignore_index`` (else ``loss`` is None)."""
+        return self._core.forward(_ids(idx), None if targets is None else _ids(targets), ignore_index,
+                                  self.training)
+
+    def hidden(self, idx):
+        """The trunk's output (B, T, C) after the final norm — what reward and value heads read."""
+        return self._core.hidden(_ids(idx), self.training)
+
+    def head(self, h):
+        """Hidden states (…, C) → logits (…, V)."""
+        return self._core.head(h)
+
+    def token_logprobs(self, idx, targets, ignore_index=-100):
+        """log p(targets[b, t] | idx[b, :t+1]) for every position, as a differentiable (B, T) tensor.
+        Positions whose target is ``ignore_index`` give 0 (use it to mask prompts out)."""
+        return self._core.token_logprobs(_ids(idx), _ids(targets), ignore_index)
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 stop_tokens=None):
+        """Continue each prompt with a KV cache. ``prompts``: a list of token-id lists (or one list).
+        ``temperature=0`` is greedy. Returns ``(tokens, logprobs)``: the new tokens of each prompt and
+        log p of each under the model (temperature 1, unfiltered). A row stops after a stop token.
+        Same ``seed`` → same tokens; ``seed=None`` draws one from the global generator."""
+        if len(prompts) and not isinstance(prompts[0], (list, tuple, np.ndarray)):
+            prompts = [prompts]
+        prompts = [[int(t) for t in p] for p in prompts]
+        return self._core.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                                   None if stop_tokens is None else [int(t) for t in stop_tokens])
+
+    def flops_per_token(self, seq_len=None):
+        """Exact matmul FLOPs per token at ``seq_len`` (default: the full context):
+        ``{"forward": f, "training": 3 f}`` (backward ≈ 2× forward)."""
+        seq_len = self._max_len() if seq_len is None else seq_len
+        f = self._core.forward_flops_per_token(seq_len)
+        return {"forward": f, "training": 3 * f}
+
+    def copy(self):
+        """An independent copy (same config, own weights): e.g. the frozen reference model in RLHF."""
+        new = type(self).__new__(type(self))
+        _CausalLM.__init__(new, self.config, self._core.copy())
+        new.training = self.training
+        return new
+
+    def freeze(self):
+        """Stop tracking gradients for every parameter (returns self)."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())
+
+    # ---- Hugging Face layout: config.json + model.safetensors ----
+    def save_pretrained(self, directory):
+        """Write ``config.json`` and ``model.safetensors`` in the Hugging Face layout of this architecture
+        (``GPT2LMHeadModel`` / ``LlamaForCausalLM``), so ``transformers`` loads the directory unchanged.
+        Each file is written atomically."""
+        from .formats import save_safetensors
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        hf_config, hf_state = self._to_hf()
+        save_safetensors(str(d / "model.safetensors"), hf_state, {"format": "pt"})
+        tmp = d / "config.json.tmp"
+        tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
+        os.replace(tmp, d / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, directory):
+        """Load a directory written by ``save_pretrained`` or by ``transformers`` (float32/16/bf16 weights).
+        Every name and shape is checked; the error lists what is missing, unexpected or mismatched."""
+        from .formats import load_safetensors
+
+        d = Path(directory)
+        if not (d / "config.json").exists():
+            raise FileNotFoundError(f"{d / 'config.json'} not found (expected a Hugging Face model directory)")
+        state, _ = load_safetensors(str(d / "model.safetensors"))
+        state = {k: v.numpy() for k, v in state.items()}
+        return cls._from_hf(json.loads((d / "config.json").read_text()), state)
+
+    @classmethod
+    def _build(cls, config, state):
+        """A model with ``config`` holding exactly ``state`` (the global generator is left untouched)."""
+        rng = _core.get_rng_state()
+        try:
+            model = cls(config)
+        finally:
+            _core.set_rng_state(rng)
+        own = dict(model.named_parameters())
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+        return model
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class GPT(_CausalLM):
+    """GPT-2 architecture: learned positions, LayerNorm, GELU MLP, head tied to the token embedding.
+    Initialised as nanoGPT does, from the global seeded generator."""
+
+    def _to_hf(self):
+        from .formats import hf
+
+        return hf.gpt2_config_to_hf(asdict(self.config)), hf.gpt2_state_to_hf(self.state_dict())
+
+    @classmethod
+    def _from_hf(cls, hf_config, hf_state):
+        from .formats import hf
+
+        cfg = hf.gpt2_config_from_hf(hf_config)
+        config = GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__})
+        state = hf.gpt2_state_from_hf(hf_state)
+        hf.check_state(hf.gpt2_expected_shapes(cfg), state, "GPT-2 state")
+        return cls._build(config, state)
+
+    def __init__(self, config=None, **kw):
+        config = replace(config or GPTConfig(), **kw)
+        c = asdict(config)
+        super().__init__(config, _core.Model.gpt(
+            c["vocab_size"], c["block_size"], c["n_layer"], c["n_head"], c["n_embd"], float(c["dropout"]),
+            bool(c["bias"]), float(c["layer_norm_eps"])))
+
+    def _max_len(self):
+        return self.config.block_size
+
+
+class Llama(_CausalLM):
+    """Llama architecture: RoPE, RMSNorm, SwiGLU, grouped-query attention, HF parameter names."""
+
+    def _to_hf(self):
+        from .formats import hf
+
+        cfg = asdict(self.config)
+        state = self.state_dict()
+        if cfg["tie_word_embeddings"]:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return hf.llama_config_to_hf(cfg), hf.llama_state_to_hf(state, cfg)  # q/k rows → HF's "half" order
+
+    @classmethod
+    def _from_hf(cls, hf_config, hf_state):
+        from .formats import hf
+
+        cfg = hf.llama_config_from_hf(hf_config)
+        return cls._from_state(cfg, hf.llama_state_from_hf(hf_state, cfg))
+
+    @classmethod
+    def _from_state(cls, cfg, state):
+        config = LlamaConfig(**{k: v for k, v in cfg.items() if k in LlamaConfig.__dataclass_fields__})
+        return cls._build(config, state)
+
+    @classmethod
+    def from_gguf(cls, path):
+        """Load a Llama-architecture GGUF file (F32/F16 tensors), e.g. stories260K.gguf."""
+        from .formats import load_gguf
+
+        return cls._from_state(*load_gguf(str(path)))
+
+    @classmethod
+    def from_llama2c(cls, path):
+        """Load a llama2.c ``.bin`` checkpoint (legacy v0 format), e.g. stories260K.bin."""
+        from .formats import load_llama2c
+
+        return cls._from_state(*load_llama2c(str(path)))
+
+    def __init__(self, config=None, **kw):
+        config = replace(config or LlamaConfig(), **kw)
+        c = asdict(config)
+        super().__init__(config, _core.Model.llama(
+            c["vocab_size"], c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
+            c["num_attention_heads"], c["num_key_value_heads"], c["max_position_embeddings"],
+            float(c["rms_norm_eps"]), float(c["rope_theta"]), bool(c["tie_word_embeddings"]),
+            c["rope_layout"]))
+
+    def _max_len(self):
+        return self.config.max_position_embeddings
+
+
+
+__all__ = ["GPTConfig", "LlamaConfig", "GPT", "Llama"]

@@ -1,0 +1,132 @@
+//! Models: GPT (GPT-2 architecture) and Llama, behind one `CausalLm` trait so that the loss, the
+//! per-token log-probabilities, FLOP counts and generation (`generate.rs`) are written once.
+//! - `gpt.rs`   GptConfig + Gpt: learned positions, LayerNorm, GELU MLP, tied head
+//! - `llama.rs` LlamaConfig + Llama: RoPE, RMSNorm, SwiGLU, grouped-query attention
+//! - `generate.rs` KV-cache sampling shared by both
+
+pub mod generate;
+pub mod gpt;
+pub mod llama;
+
+use crate::error::{Error, Result, fmt_shape};
+use crate::nn::Module;
+use crate::nn::attention::LayerCache;
+use crate::ops::{softmax, view};
+use crate::tensor::Tensor;
+
+/// One `LayerCache` per block.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> KvCache {
+        KvCache { layers: vec![LayerCache::default(); n_layer] }
+    }
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.layers.first().map(|l| l.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What every causal language model here offers; the rest is built on it.
+pub trait CausalLm: Module + Send + Sync {
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the model accepts (learned positions or the trained RoPE context).
+    fn max_seq_len(&self) -> usize;
+    fn n_layer(&self) -> usize;
+    /// Width of the hidden state.
+    fn n_embd(&self) -> usize;
+    /// Token ids (B·T, row-major) → the final hidden states (B, T, C), after the last norm.
+    /// With a cache, the ids are the new positions only, placed after `cache.len()`.
+    fn hidden(&self, idx: &[i64], b: usize, t: usize, cache: Option<&mut KvCache>, training: bool) -> Result<Tensor>;
+    /// Hidden states (…, C) → logits (…, V).
+    fn head(&self, h: &Tensor) -> Result<Tensor>;
+    /// (in, out) of every Linear-like matmul done per token (for exact FLOP counts), the head included.
+    fn matmul_shapes(&self) -> Vec<(usize, usize)>;
+    /// Number of attention heads × head dim (= the width for these models).
+    fn attn_width(&self) -> usize {
+        self.n_embd()
+    }
+}
+
+/// Check ids/targets against (B, T) and the model's context length.
+pub fn check_batch(model: &dyn CausalLm, idx: &[i64], b: usize, t: usize, past: usize) -> Result<()> {
+    if idx.len() != b * t {
+        return Err(Error::shape(
+            "model",
+            format!("got {} token ids for a batch of shape {}", idx.len(), fmt_shape(&[b, t])),
+        ));
+    }
+    if past + t > model.max_seq_len() {
+        return Err(Error::value(
+            "model",
+            format!("sequence length {} exceeds the model's maximum of {} positions", past + t, model.max_seq_len()),
+        ));
+    }
+    Ok(())
+}
+
+/// `model(idx, targets)`: logits (B, T, V) and, with targets (B·T ids, `ignore_index` skipped), the mean
+/// cross-entropy. The whole forward runs here, in one call.
+pub fn forward(
+    model: &dyn CausalLm,
+    idx: &[i64],
+    b: usize,
+    t: usize,
+    targets: Option<&[i64]>,
+    ignore_index: Option<i64>,
+    training: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    check_batch(model, idx, b, t, 0)?;
+    let h = model.hidden(idx, b, t, None, training)?;
+    let logits = model.head(&h)?;
+    let loss = match targets {
+        Some(tg) => {
+            if tg.len() != b * t {
+                return Err(Error::shape(
+                    "model",
+                    format!("got {} targets for a batch of shape {}", tg.len(), fmt_shape(&[b, t])),
+                ));
+            }
+            Some(softmax::cross_entropy(&logits, tg, ignore_index)?)
+        }
+        None => None,
+    };
+    Ok((logits, loss))
+}
+
+/// log p(targets[b, t] | idx[b, ..=t]) for every position: (B, T), differentiable (for SFT masks, DPO,
+/// PPO and GRPO). Positions whose target equals `ignore_index` get 0 and no gradient.
+pub fn token_logprobs(
+    model: &dyn CausalLm,
+    idx: &[i64],
+    b: usize,
+    t: usize,
+    targets: &[i64],
+    ignore_index: Option<i64>,
+) -> Result<Tensor> {
+    check_batch(model, idx, b, t, 0)?;
+    if targets.len() != b * t {
+        return Err(Error::shape(
+            "token_logprobs",
+            format!("got {} targets for a batch of shape {}", targets.len(), fmt_shape(&[b, t])),
+        ));
+    }
+    let logits = model.head(&model.hidden(idx, b, t, None, false)?)?;
+    let lp = softmax::token_logprobs(&logits, targets, ignore_index)?;
+    view::reshape(&lp, &[b as isize, t as isize])
+}
+
+/// Exact matmul FLOPs per token for a sequence of `seq_len` (forward; training = 3× forward):
+/// 2·in·out for every projection and the head, plus causal attention's QKᵀ and PV, which for the token
+/// at position i cost 4·(heads·head_dim)·(i+1) per layer — averaged over the sequence: 2·width·(seq_len+1).
+pub fn forward_flops_per_token(model: &dyn CausalLm, seq_len: usize) -> f64 {
+    let proj: f64 = model.matmul_shapes().iter().map(|&(i, o)| 2.0 * i as f64 * o as f64).sum();
+    let attn = model.n_layer() as f64 * 2.0 * model.attn_width() as f64 * (seq_len as f64 + 1.0);
+    proj + attn
+}
