@@ -84,6 +84,35 @@ def _np_ce(x, t, ignore=-100):
     return -lp[np.arange(len(t))[keep], t[keep]].mean()
 
 
+def _np_attention(q, k, v, causal=True):
+    rep = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        tq, tk = s.shape[-2:]
+        s = np.where(np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq), s, -np.inf)
+    return _np_softmax(s, -1) @ v
+
+
+def _np_layer_norm(x, w, b, eps=1e-5):
+    m = x.mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+def _np_rope(x, layout, theta=10000.0, offset=0):  # x (B, T, H, D), sequence on dim 1
+    d = x.shape[-1]
+    ang = (offset + np.arange(x.shape[1]))[:, None] * theta ** (-2 * np.arange(d // 2) / d)
+    c, s = np.cos(ang)[None, :, None, :], np.sin(ang)[None, :, None, :]
+    a, b = (x[..., 0::2], x[..., 1::2]) if layout == "interleaved" else (x[..., : d // 2], x[..., d // 2:])
+    ra, rb = a * c - b * s, a * s + b * c
+    out = np.empty_like(x)
+    if layout == "interleaved":
+        out[..., 0::2], out[..., 1::2] = ra, rb
+    else:
+        out[..., : d // 2], out[..., d // 2:] = ra, rb
+    return out
+
+
 TARGETS = np.array([[0, 4, 2], [-100, 1, 3]])
 IDS = np.array([[3, 1, 3], [0, 0, 2]])
 MASK = np.array([[1.0, 0.0, 0.0, 1.0]], dtype=np.float32)
@@ -133,6 +162,24 @@ OPS = {
     "index_select": (lambda a: F.index_select(a, 1, [2, 0, 2]), lambda a: a[:, [2, 0, 2]], [_u(2, 3)]),
     "masked_fill": (lambda a: F.masked_fill(a, MASK, -1.0), lambda a: np.where(MASK != 0, -1.0, a), [_u(3, 4)]),
     "where": (lambda a, b: nf.where(a > 0, a, b), lambda a, b: np.where(a > 0, a, b), [_away_from_zero(2, 3), _u(3)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), lambda x, w, b: x @ w.T + b, [_u(2, 3, 4), _u(5, 4), _u(5)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), _np_layer_norm, [_u(3, 6), _u(6), _u(6)]),
+    "rms_norm": (lambda x, w: F.rms_norm(x, w),
+                 lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * w, [_u(3, 6), _u(6)]),
+    "swiglu": (lambda g, u: F.swiglu(g, u), lambda g, u: g / (1 + np.exp(-g)) * u, [_u(3, 4), _u(3, 4)]),
+    "rope_interleaved": (lambda x: F.rope(x, seq_dim=1, pos_offset=3), lambda x: _np_rope(x, "interleaved", offset=3),
+                         [_u(2, 5, 2, 6)]),
+    "rope_half": (lambda x: F.rope(x, seq_dim=1, layout="half"), lambda x: _np_rope(x, "half"), [_u(1, 4, 3, 8)]),
+    "attention_mha": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), _np_attention,
+                      [_u(2, 2, 5, 4), _u(2, 2, 5, 4), _u(2, 2, 5, 4)]),
+    "attention_gqa_kv_cache": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), _np_attention,
+                               [_u(1, 4, 2, 4), _u(1, 2, 6, 4), _u(1, 2, 6, 4)]),
+    "attention_not_causal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
+                             lambda q, k, v: _np_attention(q, k, v, causal=False), [_u(1, 2, 3, 4), _u(1, 2, 5, 4), _u(1, 2, 5, 4)]),
+    "token_logprobs": (lambda a: F.token_logprobs(a, TARGETS),
+                       lambda a: np.where(TARGETS.reshape(-1) >= 0, np.take_along_axis(
+                           np.log(_np_softmax(a, -1)).reshape(-1, 5), np.maximum(TARGETS.reshape(-1), 0)[:, None], 1)[:, 0], 0.0),
+                       [_u(2, 3, 5)]),
     "mse_loss": (lambda a, b: F.mse_loss(a, b), lambda a, b: ((a - b) ** 2).mean(), [_u(4), _u(4)]),
 }
 
@@ -144,6 +191,15 @@ def test_op_forward_matches_numpy_and_gradcheck_passes(name):
     want = ref(*[x.astype(np.float64) for x in inputs])
     assert_close(got, np.asarray(want, dtype=np.float64).reshape(got.shape), atol=1e-5, rtol=1e-5, msg=name)
     gradcheck(fn, inputs)
+
+
+def test_attention_weights_are_the_softmax_the_output_uses():
+    q, k = _u(1, 2, 4, 8), _u(1, 2, 4, 8)
+    w = F.attention_weights(q, k).numpy()
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(8)
+    s = np.where(np.tril(np.ones((4, 4), bool)), s, -np.inf)
+    assert_close(w, _np_softmax(s, -1), atol=1e-6)
+    assert np.all(np.triu(w[0, 0], 1) == 0)
 
 
 def test_dropout_gradient_uses_the_same_mask():

@@ -2,7 +2,26 @@
 itself for autograd; the math runs in Rust."""
 
 from . import _core
-from ._core import Tensor, cat, embedding, expand, gelu, index_select, masked_fill, matmul, silu, stack
+from ._core import (
+    Tensor,
+    attention_weights,
+    cat,
+    embedding,
+    expand,
+    gelu,
+    index_select,
+    layer_norm,
+    linear,
+    masked_fill,
+    matmul,
+    rms_norm,
+    rope,
+    scaled_dot_product_attention,
+    silu,
+    stack,
+    swiglu,
+    token_logprobs,
+)
 from ._core import where as where
 
 
@@ -74,4 +93,12 @@ __all__ = [
     "cat",
     "stack",
     "expand",
+    "linear",
+    "layer_norm",
+    "rms_norm",
+    "swiglu",
+    "rope",
+    "scaled_dot_product_attention",
+    "attention_weights",
+    "token_logprobs",
 ]

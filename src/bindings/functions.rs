@@ -241,3 +241,116 @@ pub fn silu(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
     let x = to_tensor(py, x)?;
     Ok(PyTensor::wrap(run(py, || activation::silu(&x))?))
 }
+
+// ---- transformer building blocks (fused ops) ----
+fn opt_tensor(py: Python<'_>, x: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Tensor>> {
+    match x {
+        Some(o) if !o.is_none() => Ok(Some(to_tensor(py, o)?)),
+        _ => Ok(None),
+    }
+}
+/// y = x @ weightᵀ + bias with weight (out, in) as in torch.nn.Linear (no transposed copy).
+#[pyfunction]
+#[pyo3(signature = (x, weight, bias = None))]
+pub fn linear(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let (x, w, b) = (to_tensor(py, x)?, to_tensor(py, weight)?, opt_tensor(py, bias)?);
+    Ok(PyTensor::wrap(run(py, || matmul::linear(&x, &w, b.as_ref()))?))
+}
+/// LayerNorm over the last dim: (x − mean)/sqrt(var + eps) · weight + bias.
+#[pyfunction]
+#[pyo3(signature = (x, weight = None, bias = None, eps = 1e-5))]
+pub fn layer_norm(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    weight: Option<&Bound<'_, PyAny>>,
+    bias: Option<&Bound<'_, PyAny>>,
+    eps: f32,
+) -> PyResult<PyTensor> {
+    let (x, w, b) = (to_tensor(py, x)?, opt_tensor(py, weight)?, opt_tensor(py, bias)?);
+    Ok(PyTensor::wrap(run(py, || crate::ops::norm::layer_norm(&x, w.as_ref(), b.as_ref(), eps))?))
+}
+/// RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · weight (Llama).
+#[pyfunction]
+#[pyo3(signature = (x, weight = None, eps = 1e-5))]
+pub fn rms_norm(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    weight: Option<&Bound<'_, PyAny>>,
+    eps: f32,
+) -> PyResult<PyTensor> {
+    let (x, w) = (to_tensor(py, x)?, opt_tensor(py, weight)?);
+    Ok(PyTensor::wrap(run(py, || crate::ops::norm::rms_norm(&x, w.as_ref(), eps))?))
+}
+/// silu(gate) · up — the SwiGLU gate of Llama's MLP.
+#[pyfunction]
+pub fn swiglu(py: Python<'_>, gate: &Bound<'_, PyAny>, up: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let (g, u) = (to_tensor(py, gate)?, to_tensor(py, up)?);
+    Ok(PyTensor::wrap(run(py, || activation::swiglu(&g, &u))?))
+}
+/// Rotary position embedding of x (..., D): position = pos_offset + index along `seq_dim`;
+/// layout "interleaved" (Meta, llama2.c, GGUF) or "half" (Hugging Face).
+#[pyfunction]
+#[pyo3(signature = (x, seq_dim = -2, pos_offset = 0, theta = 10000.0, layout = "interleaved"))]
+pub fn rope(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    seq_dim: isize,
+    pos_offset: usize,
+    theta: f32,
+    layout: &str,
+) -> PyResult<PyTensor> {
+    use crate::ops::rope::RopeLayout;
+    let layout = match layout {
+        "interleaved" => RopeLayout::Interleaved,
+        "half" | "half_split" => RopeLayout::HalfSplit,
+        _ => return Err(PyValueError::new_err(format!("layout must be 'interleaved' or 'half', got {layout:?}"))),
+    };
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || crate::ops::rope::rope(&x, seq_dim, pos_offset, theta, layout))?))
+}
+/// softmax(q kᵀ · scale) v for q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D): fused, memory-efficient, GQA when
+/// Hkv < Hq; causal masks are bottom-right aligned (a KV cache). scale defaults to 1/sqrt(D).
+#[pyfunction]
+#[pyo3(signature = (q, k, v, is_causal = true, scale = None))]
+pub fn scaled_dot_product_attention(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    v: &Bound<'_, PyAny>,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    let (q, k, v) = (to_tensor(py, q)?, to_tensor(py, k)?, to_tensor(py, v)?);
+    Ok(PyTensor::wrap(run(py, || crate::ops::attention::scaled_dot_product_attention(&q, &k, &v, is_causal, scale))?))
+}
+/// The attention probabilities (B, Hq, Tq, Tk) — for looking at what attends to what (no gradient).
+#[pyfunction]
+#[pyo3(signature = (q, k, is_causal = true, scale = None))]
+pub fn attention_weights(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    let (q, k) = (to_tensor(py, q)?, to_tensor(py, k)?);
+    Ok(PyTensor::wrap(run(py, || crate::ops::attention::attention_weights(&q, &k, is_causal, scale))?))
+}
+/// log softmax(logits)[target] per row: logits (..., V) and one integer target per row → (rows,).
+#[pyfunction]
+#[pyo3(signature = (logits, targets, ignore_index = -100))]
+pub fn token_logprobs(
+    py: Python<'_>,
+    logits: &Bound<'_, PyAny>,
+    targets: &Bound<'_, PyAny>,
+    ignore_index: Option<i64>,
+) -> PyResult<PyTensor> {
+    let x = to_tensor(py, logits)?;
+    let (t, _) = to_indices(py, targets)?;
+    Ok(PyTensor::wrap(run(py, || softmax::token_logprobs(&x, &t, ignore_index))?))
+}

@@ -49,6 +49,14 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(f::dropout_, m)?,
         wrap_pyfunction!(f::gelu, m)?,
         wrap_pyfunction!(f::silu, m)?,
+        wrap_pyfunction!(f::linear, m)?,
+        wrap_pyfunction!(f::layer_norm, m)?,
+        wrap_pyfunction!(f::rms_norm, m)?,
+        wrap_pyfunction!(f::swiglu, m)?,
+        wrap_pyfunction!(f::rope, m)?,
+        wrap_pyfunction!(f::scaled_dot_product_attention, m)?,
+        wrap_pyfunction!(f::attention_weights, m)?,
+        wrap_pyfunction!(f::token_logprobs, m)?,
     ] {
         m.add_function(func)?;
     }
