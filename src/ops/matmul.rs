@@ -4,6 +4,8 @@
 //! strides instead of making transposed copies. Parallelism splits the OUTPUT into disjoint tiles of a
 //! size fixed by the shapes alone (never by the thread count), so results are bit-identical on 1 or N
 //! threads. Not here: integer/other dtypes, `out=` arguments, splitting the K (reduction) dim.
+//! `linear` (torch's nn.Linear: x @ Wᵀ + b) is the same engine reading W through swapped strides, with
+//! the bias written into each output tile just before its product adds on top.
 //! References: numpy.matmul's broadcasting rules; llm.c `matmul_forward` / `matmul_backward`.
 
 use rayon::prelude::*;
@@ -146,6 +148,9 @@ struct Gemm<'a> {
     /// Terms of output j are `terms[starts[j]..starts[j + 1]]` (CSR layout).
     terms: Vec<(usize, usize)>,
     starts: Vec<usize>,
+    /// A row of n values added to every output row (Linear's bias), written into each tile just
+    /// before its first product so the sum happens in the same pass (sgemm β = 1).
+    bias: Option<&'a [f32]>,
 }
 
 /// One block of output rows r0..r0+rows and columns c0..c0+cols of output matrix `mat`.
@@ -211,7 +216,16 @@ impl<'a> Gemm<'a> {
             }
         }
         assert_eq!(*starts.last().unwrap_or(&0), terms.len());
-        Gemm { m, k, n, a, b, terms, starts }
+        Gemm { m, k, n, a, b, terms, starts, bias: None }
+    }
+
+    /// Add `bias` (length n) to every output row.
+    fn with_bias(mut self, bias: Option<&'a [f32]>) -> Gemm<'a> {
+        if let Some(bv) = bias {
+            assert_eq!(bv.len(), self.n, "matmul: bias length");
+        }
+        self.bias = bias;
+        self
     }
 
     /// Every output matrix with one term each: out[j] = A(a_offs[j]) · B(b_offs[j]).
@@ -257,24 +271,34 @@ impl<'a> Gemm<'a> {
     /// SAFETY: `out` points to a buffer of `count·m·n` floats, and no other task writes this tile.
     unsafe fn run_tile(&self, t: &Tile, out: OutPtr) {
         let (a, b) = (self.a, self.b);
+        // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
+        let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
+        if let Some(bias) = self.bias {
+            let bias = &bias[t.c0..t.c0 + t.cols];
+            for r in 0..t.rows {
+                // SAFETY: row r of the tile: t.cols floats owned by this tile.
+                let row = unsafe { std::slice::from_raw_parts_mut(cp.add(r * self.n), t.cols) };
+                row.copy_from_slice(bias);
+            }
+        }
         for (q, &(ao, bo)) in self.terms[self.starts[t.mat]..self.starts[t.mat + 1]].iter().enumerate() {
+            // the first product overwrites the tile, unless a bias was put there to add to
+            let overwrite = q == 0 && self.bias.is_none();
             let (ao, bo) = (ao + t.r0 * a.rs, bo + t.c0 * b.cs);
-            // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
-            let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
             // A single output row (M = 1, decode) or column (N = 1) is a matrix-vector product: sgemm
             // would pack all of B and run its 16-row kernel on 15 rows of padding.
             if t.rows == 1 && (b.cs == 1 || b.rs == 1 && a.cs == 1) {
                 // out[0, c] = Σ_k A[0, k] · B[k, c]
                 // SAFETY: output row of t.cols elements with stride 1, owned by this tile.
                 let y = unsafe { std::slice::from_raw_parts_mut(cp, t.cols) };
-                gemv(y, q == 0, (a.data, ao, a.cs), (b.data, bo, b.rs, b.cs), self.k);
+                gemv(y, overwrite, (a.data, ao, a.cs), (b.data, bo, b.rs, b.cs), self.k);
                 continue;
             }
             if self.n == 1 && (a.rs == 1 || a.cs == 1 && b.rs == 1) {
                 // out[r, 0] = Σ_k B[k, 0] · A[r, k]: the same with the roles swapped
                 // SAFETY: with n = 1 the output column is contiguous: t.rows elements owned by this tile.
                 let y = unsafe { std::slice::from_raw_parts_mut(cp, t.rows) };
-                gemv(y, q == 0, (b.data, bo, b.rs), (a.data, ao, a.cs, a.rs), self.k);
+                gemv(y, overwrite, (b.data, bo, b.rs), (a.data, ao, a.cs, a.rs), self.k);
                 continue;
             }
             // SAFETY: offsets are in bounds (checked in `Gemm::new`: r0 < m, c0 < n).
@@ -290,7 +314,7 @@ impl<'a> Gemm<'a> {
                     b.data.as_ptr().add(bo),
                     b.rs as isize,
                     b.cs as isize,
-                    if q == 0 { 0.0 } else { 1.0 },
+                    if overwrite { 0.0 } else { 1.0 },
                     cp,
                     self.n as isize,
                     1,
@@ -543,6 +567,148 @@ impl Backward for MatmulBackward {
     }
 }
 
+// ---- linear ----
+
+/// Columns per task when summing the bias gradient (fixed, so the split never depends on threads).
+const BIAS_COLS: usize = 64;
+
+/// out = x @ weightᵀ + bias, torch's `nn.Linear` layout. Shapes: x (…, IN), weight (OUT, IN),
+/// bias (OUT,) -> (…, OUT); a 1-D x (IN,) gives (OUT,). The leading dims fold into the rows of one
+/// product, W is read transposed in place (no copy), and the bias is written into each output tile
+/// just before the product adds to it. A single row (decode) runs as a matrix-vector product.
+/// Errors (`Error::Shape`): 0-d x, weight not 2-D, IN mismatch, bias not (OUT,).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let op = "linear";
+    let ws = weight.shape();
+    let [out_f, in_f] = ws[..] else {
+        return Err(Error::shape(
+            op,
+            format!("weight must be 2-D (out_features, in_features), got shape {}", fmt_shape(ws)),
+        ));
+    };
+    let Some(&x_in) = x.shape().last() else {
+        return Err(Error::shape(op, format!("input must have at least 1 dim, got shape {}", fmt_shape(x.shape()))));
+    };
+    if x_in != in_f {
+        return Err(Error::shape(
+            op,
+            format!(
+                "input has {x_in} features but weight expects {in_f}: {} @ {}ᵀ",
+                fmt_shape(x.shape()),
+                fmt_shape(ws)
+            ),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.shape() != [out_f] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "bias must have shape ({out_f},) to match weight {}, got {}",
+                    fmt_shape(ws),
+                    fmt_shape(b.shape())
+                ),
+            ));
+        }
+    }
+    let rows = numel(&x.shape()[..x.ndim() - 1]);
+    let mut out_shape = x.shape()[..x.ndim() - 1].to_vec();
+    out_shape.push(out_f);
+    let mut out = alloc_zeros(op, checked_numel(op, &out_shape)?)?;
+    {
+        let (xd, wd) = (x.data(), weight.data());
+        let bd = bias.map(|b| b.data());
+        if in_f == 0 {
+            // a sum of nothing: every row is just the bias
+            if let Some(bd) = &bd {
+                for row in out.chunks_mut(out_f.max(1)) {
+                    row.copy_from_slice(bd);
+                }
+            }
+        } else {
+            // (rows, IN) @ Wᵀ (IN, OUT): W's element (k, o) sits at o·IN + k
+            Gemm::one_term_each((rows, in_f, out_f), plain(&xd, in_f), transposed(&wd, in_f), vec![(0, 0)])
+                .with_bias(bd.as_deref().map(|v| &v[..]))
+                .run(&mut out)?;
+        }
+    }
+    let out = Tensor::from_vec_unchecked(out, out_shape);
+    let inputs: Vec<&Tensor> = [Some(x), Some(weight), bias].into_iter().flatten().collect();
+    if !will_record(&inputs) {
+        return Ok(out);
+    }
+    Ok(record(out, LinearBackward { x: x.clone(), weight: weight.clone(), bias: bias.cloned() }))
+}
+
+struct LinearBackward {
+    x: Tensor,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Backward for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        let mut v = vec![self.x.clone(), self.weight.clone()];
+        v.extend(self.bias.clone());
+        v
+    }
+    // forward was: Y (rows, OUT) = X (rows, IN) @ Wᵀ + b, so
+    //   dX = dY @ W (rows, IN)      dW = dYᵀ @ X (OUT, IN)      db = Σ_rows dY
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let [out_f, in_f] = self.weight.shape()[..] else { unreachable!("checked in the forward") };
+        let rows = self.x.numel().checked_div(in_f).unwrap_or(dout.numel() / out_f.max(1));
+        let (xd, wd, dy) = (self.x.data(), self.weight.data(), dout.data());
+        let dx = if needs[0] {
+            let mut g = alloc_zeros(OP, self.x.numel())?;
+            Gemm::one_term_each((rows, out_f, in_f), plain(&dy, out_f), plain(&wd, in_f), vec![(0, 0)]).run(&mut g)?;
+            Some(Tensor::from_vec_unchecked(g, self.x.shape().to_vec()))
+        } else {
+            None
+        };
+        let dw = if needs[1] {
+            let mut g = alloc_zeros(OP, self.weight.numel())?;
+            // dYᵀ read in place: element (o, r) of dYᵀ sits at r·OUT + o
+            Gemm::one_term_each((out_f, rows, in_f), transposed(&dy, out_f), plain(&xd, in_f), vec![(0, 0)])
+                .run(&mut g)?;
+            Some(Tensor::from_vec_unchecked(g, self.weight.shape().to_vec()))
+        } else {
+            None
+        };
+        let mut grads = vec![dx, dw];
+        if self.bias.is_some() {
+            grads.push(if needs.get(2) == Some(&true) { Some(column_sums(&dy, rows, out_f)?) } else { None });
+        }
+        Ok(grads)
+    }
+}
+
+/// Σ over rows of a (rows, cols) matrix, as a (cols,) tensor. Each task owns BIAS_COLS columns and adds
+/// the rows in order in f64, so the result does not depend on the thread count.
+fn column_sums(d: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+    let mut out = alloc_zeros("linear", cols)?;
+    let sum_block = |c0: usize, o: &mut [f32]| {
+        let mut acc = vec![0f64; o.len()];
+        for r in 0..rows {
+            let row = &d[r * cols + c0..r * cols + c0 + o.len()];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v as f64;
+            }
+        }
+        for (o, a) in o.iter_mut().zip(acc) {
+            *o = a as f32;
+        }
+    };
+    if rows * cols <= crate::parallel::GRAIN * 4 {
+        sum_block(0, &mut out);
+    } else {
+        install(|| out.par_chunks_mut(BIAS_COLS).enumerate().for_each(|(i, o)| sum_block(i * BIAS_COLS, o)));
+    }
+    Ok(Tensor::from_vec_unchecked(out, vec![cols]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +932,118 @@ mod tests {
         assert!(matches!(matmul(&a, &b), Err(Error::Alloc { .. })));
     }
 
+    // ---- linear ----
+
+    /// linear from primitives: matmul(x, transpose(w)) + b.
+    fn linear_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = matmul(x, &crate::ops::view::transpose(w, 0, 1)?)?;
+        match b {
+            Some(b) => crate::ops::binary::add(&y, b),
+            None => Ok(y),
+        }
+    }
+
+    /// Largest |got − want| and where.
+    fn max_abs_diff(got: &[f32], want: &[f32]) -> (f32, usize) {
+        assert_eq!(got.len(), want.len(), "length");
+        got.iter().zip(want).enumerate().fold((0f32, 0), |(w, at), (i, (&g, &r))| {
+            let d = (g - r).abs();
+            if d > w || d.is_nan() { (d, i) } else { (w, at) }
+        })
+    }
+
+    /// fused linear vs the reference composite: forward and the gradients of x, W, b.
+    fn check_linear(xs: &[usize], out_f: usize, with_bias: bool) {
+        let in_f = *xs.last().unwrap();
+        let (x, w, b) = (p(xs), p(&[out_f, in_f]), p(&[out_f]));
+        let b = with_bias.then_some(b);
+        let run = |f: fn(&Tensor, &Tensor, Option<&Tensor>) -> Result<Tensor>| {
+            for t in [&x, &w] {
+                t.zero_grad();
+            }
+            if let Some(b) = &b {
+                b.zero_grad();
+            }
+            let y = f(&x, &w, b.as_ref()).unwrap();
+            let dy =
+                Tensor::new((0..y.numel()).map(|i| ((i * 7) % 11) as f32 * 0.2 - 1.0).collect(), y.shape()).unwrap();
+            y.backward(Some(&dy), false).unwrap();
+            let mut v = vec![y.to_vec(), x.grad().unwrap().to_vec(), w.grad().unwrap().to_vec()];
+            if let Some(b) = &b {
+                v.push(b.grad().unwrap().to_vec());
+            }
+            (y.shape().to_vec(), v)
+        };
+        let (fs, fused) = run(linear);
+        let (rs, refd) = run(linear_reference);
+        assert_eq!(fs, rs, "linear {xs:?} -> {out_f}: shape");
+        for (what, (g, r)) in ["out", "dx", "dW", "db"].iter().zip(fused.iter().zip(&refd)) {
+            let (d, at) = max_abs_diff(g, r);
+            // sums of up to ~max(IN, OUT, rows) products of N(0, 1) terms: f32 error grows like √n
+            let n = in_f.max(out_f).max(numel(&xs[..xs.len() - 1])) as f32;
+            let tol = 2e-6 * n.sqrt() * 10.0;
+            assert!(d <= tol, "linear {xs:?} -> {out_f} {what}: max abs diff {d:.2e} > {tol:.2e} at element {at}");
+        }
+    }
+
+    #[test]
+    fn linear_matches_reference_forward_and_backward() {
+        manual_seed(10);
+        check_linear(&[4, 10], 6, true);
+        check_linear(&[4, 10], 6, false);
+        check_linear(&[10], 6, true); // 1-D input -> (OUT,)
+        check_linear(&[2, 3, 5], 7, true); // batched leading dims fold into rows
+        check_linear(&[1, 300], 500, true); // one row: decode, matrix-vector path
+        check_linear(&[1, 1, 300], 1, true); // OUT = 1: dot path
+        check_linear(&[300, 200], 1100, true); // cut into tiles, ragged edges
+        check_linear(&[2, 160, 96], 700, true);
+        check_linear(&[3, 70], 1030, false);
+    }
+
+    #[test]
+    fn linear_gradcheck() {
+        manual_seed(11);
+        assert_gradcheck(|t| linear(&t[0], &t[1], Some(&t[2])), &[p(&[2, 3, 4]), p(&[5, 4]), p(&[5])]);
+        assert_gradcheck(|t| linear(&t[0], &t[1], None), &[p(&[3, 4]), p(&[2, 4])]);
+        assert_gradcheck(|t| linear(&t[0], &t[1], Some(&t[2])), &[p(&[4]), p(&[3, 4]), p(&[3])]);
+        // only some inputs needing a gradient
+        let x = randn(&[2, 4], 0.0, 1.0).unwrap();
+        assert_gradcheck(|t| linear(&t[0], &t[1], Some(&t[2])), &[x, p(&[3, 4]), p(&[3])]);
+    }
+
+    #[test]
+    fn linear_edge_sizes() {
+        // IN = 0: every row is the bias; OUT = 0 and no rows: empty
+        let (x, w, b) = (Tensor::zeros(&[3, 0]).unwrap(), Tensor::zeros(&[2, 0]).unwrap(), p(&[2]));
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.shape(), &[3, 2]);
+        assert_eq!(y.to_vec(), [b.to_vec(), b.to_vec(), b.to_vec()].concat());
+        y.backward(Some(&Tensor::ones(&[3, 2]).unwrap()), false).unwrap();
+        assert_eq!(b.grad().unwrap().to_vec(), vec![3.0, 3.0]);
+        assert_eq!(linear(&p(&[4, 5]), &p(&[0, 5]), None).unwrap().shape(), &[4, 0]);
+        let (x, w) = (p(&[0, 5]), p(&[3, 5]));
+        let y = linear(&x, &w, None).unwrap();
+        assert_eq!(y.shape(), &[0, 3]);
+        y.backward(Some(&Tensor::zeros(&[0, 3]).unwrap()), false).unwrap();
+        assert_eq!(w.grad().unwrap().to_vec(), vec![0.0; 15]);
+    }
+
+    #[test]
+    fn linear_shape_errors() {
+        let z = |s: &[usize]| Tensor::zeros(s).unwrap();
+        let e = linear(&z(&[4, 100]), &z(&[256, 128]), None).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(e.to_string(), "linear: input has 100 features but weight expects 128: (4, 100) @ (256, 128)ᵀ");
+        let e = linear(&z(&[4, 128]), &z(&[256, 128]), Some(&z(&[128]))).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(e.to_string(), "linear: bias must have shape (256,) to match weight (256, 128), got (128,)");
+        let e = linear(&z(&[4, 128]), &z(&[128]), None).unwrap_err();
+        assert_eq!(e.to_string(), "linear: weight must be 2-D (out_features, in_features), got shape (128,)");
+        let e = linear(&z(&[]), &z(&[3, 1]), None).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(e.to_string(), "linear: input must have at least 1 dim, got shape ()");
+    }
+
     /// The only test that changes the thread count (it is global; tests run in parallel threads).
     #[test]
     fn one_and_two_threads_give_identical_bits() {
@@ -794,13 +1072,27 @@ mod tests {
                     bits.push(t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
                 }
             }
+            // linear: x (4, 150, 96) @ W (700, 96)ᵀ + b, its three gradients, and a decode row
+            let mut rng = crate::tensor::random::Rng::new(5);
+            let mut local = |s: &[usize]| {
+                let v = (0..crate::tensor::numel(s)).map(|_| rng.normal() as f32).collect();
+                Tensor::new(v, s).unwrap().requires_grad_(true)
+            };
+            let (x, w, b, x1) = (local(&[4, 150, 96]), local(&[700, 96]), local(&[700]), local(&[1, 96]));
+            let out = linear(&x, &w, Some(&b)).unwrap();
+            let dy = Tensor::new((0..out.numel()).map(|i| (i % 7) as f32 - 3.0).collect(), out.shape()).unwrap();
+            out.backward(Some(&dy), false).unwrap();
+            let dec = linear(&x1, &w, Some(&b)).unwrap();
+            for t in [out, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap(), dec] {
+                bits.push(t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+            }
             bits
         };
         let (one, two) = (run(1), run(2));
         set_num_threads(0);
         for (i, (x, y)) in one.iter().zip(&two).enumerate() {
             let diff = x.iter().zip(y).position(|(p, q)| p != q);
-            assert!(diff.is_none(), "case {} tensor {} differs at element {diff:?}", i / 3, i % 3);
+            assert!(diff.is_none(), "tensor {i} (case {} output {}) differs at element {diff:?}", i / 3, i % 3);
         }
         // the cases really are cut into several tiles
         for (m, k, n) in [(300, 200, 1100), (600, 96, 700), (1, 700, 3000), (3000, 700, 1)] {
