@@ -153,7 +153,8 @@ fn check(
     }
     if causal && tq > tk {
         return Err(err(&format!(
-            "causal attention needs no more queries than keys (Tq = {tq} > Tk = {tk}; queries are aligned to the last keys)"
+            "causal attention needs no more queries than keys (Tq = {tq} > Tk = {tk}; \
+             queries are aligned to the last keys)"
         )));
     }
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
@@ -347,7 +348,10 @@ fn transpose_heads(x: &[f32], t: usize, c: usize, out: &mut [f32]) {
 
 /// One (t, c) -> (c, t) transpose.
 fn transpose_one(x: &[f32], t: usize, c: usize, out: &mut [f32]) {
-    dispatch_simd!(transpose_one_body, transpose_one_avx512, transpose_one_avx2, (x: &[f32], t: usize, c: usize, out: &mut [f32]));
+    dispatch_simd!(
+        transpose_one_body, transpose_one_avx512, transpose_one_avx2,
+        (x: &[f32], t: usize, c: usize, out: &mut [f32])
+    );
 }
 
 /// T source rows at a time: each output row gets T contiguous values read down a column of those rows
@@ -607,7 +611,10 @@ fn forward_rows(dm: &Dims, hd: Head<'_>, it: &mut FwdItem<'_>, sc: &mut FwdScrat
 
 /// One query row against all its visible keys with dot products on K's rows (decode: no Kᵀ needed).
 fn decode_row(dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32]) {
-    dispatch_simd!(decode_row_body, decode_row_avx512, decode_row_avx2, (dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32]));
+    dispatch_simd!(
+        decode_row_body, decode_row_avx512, decode_row_avx2,
+        (dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32])
+    );
 }
 
 #[inline(always)]
@@ -634,7 +641,10 @@ fn decode_row_body<const ISA: Isa>(dm: &Dims, hd: Head<'_>, i: usize, out: &mut 
 }
 
 fn forward_block(dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch) {
-    dispatch_simd!(forward_block_body, forward_block_avx512, forward_block_avx2, (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch));
+    dispatch_simd!(
+        forward_block_body, forward_block_avx512, forward_block_avx2,
+        (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch)
+    );
 }
 
 #[inline(always)]
@@ -871,7 +881,10 @@ fn backward_pair(
     o: PairOut<'_>,
     sc: &mut BwdScratch,
 ) {
-    dispatch_simd!(backward_pair_body, backward_pair_avx512, backward_pair_avx2, (dm: &Dims, bw: BwdHead<'_>, qr: (usize, usize), kr: (usize, usize), o: PairOut<'_>, sc: &mut BwdScratch));
+    dispatch_simd!(
+        backward_pair_body, backward_pair_avx512, backward_pair_avx2,
+        (dm: &Dims, bw: BwdHead<'_>, qr: (usize, usize), kr: (usize, usize), o: PairOut<'_>, sc: &mut BwdScratch)
+    );
 }
 
 #[inline(always)]
@@ -1156,7 +1169,10 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool, scale: Option<f32
 }
 
 fn weights_block(dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32]) {
-    dispatch_simd!(weights_block_body, weights_block_avx512, weights_block_avx2, (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32]));
+    dispatch_simd!(
+        weights_block_body, weights_block_avx512, weights_block_avx2,
+        (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32])
+    );
 }
 
 #[inline(always)]
@@ -1427,7 +1443,8 @@ mod tests {
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(
             e.to_string(),
-            "scaled_dot_product_attention: expected 4-D tensors (batch, heads, seq, head_dim): q (2, 4, 8), k (2, 4, 8, 16), v (2, 4, 8, 16)"
+            "scaled_dot_product_attention: expected 4-D tensors (batch, heads, seq, head_dim): \
+             q (2, 4, 8), k (2, 4, 8, 16), v (2, 4, 8, 16)"
         );
         let e = err(&[2, 4, 8, 16], &[3, 4, 8, 16], &[3, 4, 8, 16], false);
         assert!(e.to_string().contains("batch sizes differ: q (2, 4, 8, 16), k (3, 4, 8, 16)"), "{e}");
