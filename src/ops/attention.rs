@@ -1326,6 +1326,10 @@ mod tests {
         for (n, (heads, ts, ds)) in cases.into_iter().enumerate() {
             for causal in [true, false] {
                 let diffs = compare(100 + n as u64, heads, ts, ds, causal, None);
+                eprintln!(
+                    "  (B, Hq, Hkv) {heads:?} (Tq, Tk) {ts:?} (D, Dv) {ds:?} causal {causal}: out {:.1e} dq {:.1e} dk {:.1e} dv {:.1e}",
+                    diffs[0], diffs[1], diffs[2], diffs[3]
+                );
                 for (w, d) in worst.iter_mut().zip(diffs) {
                     *w = w.max(d);
                 }
