@@ -3,9 +3,13 @@
 //! the Tq×Tk score matrix never exists; it saves only q, k, v, out and the per-row logsumexp, and the
 //! backward recomputes P = exp(S − lse) tile by tile. MHA and GQA (query head h reads kv head h / (Hq/Hkv));
 //! causal masks are bottom-right aligned, so a KV cache (Tq < Tk) needs no offset argument.
-//! Tiles go through matrixmultiply's sgemm with strides (Kᵀ, Pᵀ, dSᵀ are read in place); one-row query
-//! blocks (decode) use dot-product loops. Work is split by (batch, head, block) with sizes fixed by the
-//! shapes alone, and every sum runs in a fixed order, so results are bit-identical on 1 or N threads.
+//! Tiles go through `mm`, a small register-tiled product without packing (at head dims of 32–64,
+//! sgemm's packing costs as much as the arithmetic): Kᵀ and Vᵀ are transposed once per kv head, Pᵀ and
+//! dSᵀ are read through strides, and tiles on the causal diagonal are cut into 16-row strips so most of
+//! the masked triangle is skipped. Decode-sized query blocks (< 4 rows) use dot-product loops on K's rows.
+//! Work is split by (batch, kv head), or by (batch, head, block) when there are few heads, with sizes
+//! fixed by the shapes alone, and every sum runs in a fixed order, so results are bit-identical on 1 or
+//! N threads (they may differ in the last bits between CPUs with and without FMA).
 //! Also here: `attention_weights` (the probabilities, for plots) and the `*_reference` composite.
 //! References: Dao et al., FlashAttention (2022) and FlashAttention-2 (2023), Algorithms 1–2; torch's
 //! `scaled_dot_product_attention` (same argument order and bottom-right causal rule as its KV-cache use).
@@ -22,9 +26,10 @@ const OP: &str = "scaled_dot_product_attention";
 
 // ---- how the work is cut (fixed by the shapes, never by the thread count) ----
 
-/// Query rows per block (forward and backward). A multiple of matrixmultiply's 16-row micro-kernel.
+/// Query rows per block (forward and backward).
 const BQ: usize = 64;
-/// Keys per block in the forward: long blocks mean few sgemm calls; the score tile BQ×BK stays in L2.
+/// Keys per block in the forward: long blocks mean fewer online-softmax rescales; the score tile
+/// BQ×BK (64 KiB) stays in L2. (64/256/64 measured best of BQ 32–128, BK 64–512, BKB 64–128.)
 const BK: usize = 256;
 /// Keys per block in the backward (its tiles S, dP, dK_blk, dV_blk are all live at once).
 const BKB: usize = 64;
@@ -32,9 +37,13 @@ const BKB: usize = 64;
 const STRIP: usize = 16;
 /// Query blocks with fewer rows than this (decode) use dot-product loops instead of sgemm.
 const SMALL_ROWS: usize = 4;
-/// The backward runs one task per (batch, kv head), computing dK, dV and dQ in one sweep, when there
-/// are at least this many such tasks; otherwise dK/dV tasks per key block and dQ tasks per query block.
+/// With at least this many (batch, kv head) pairs, each is one task: it transposes its K (and V) in cache
+/// and, in the backward, computes dK, dV and dQ in one sweep. With fewer, the forward runs a task per
+/// query block and the backward dK/dV tasks per key block plus dQ tasks per query block (recomputing
+/// P and dS once more), on Kᵀ/Vᵀ made up front.
 const KV_TASKS: usize = 8;
+/// ...and only while a kv head's Kᵀ + Vᵀ is at most this many floats (2 MiB, about L2), so it stays in cache.
+const LOCAL_KV_MAX: usize = 1 << 19;
 /// Work (flops) below which a group runs on the calling thread.
 const SERIAL_FLOPS: usize = 1 << 21;
 /// Tasks run in groups of about this much work (~50 ms on two cores); Ctrl-C is checked between groups.
@@ -144,7 +153,8 @@ fn check(
     }
     if causal && tq > tk {
         return Err(err(&format!(
-            "causal attention needs no more queries than keys (Tq = {tq} > Tk = {tk}; queries are aligned to the last keys)"
+            "causal attention needs no more queries than keys (Tq = {tq} > Tk = {tk}; \
+             queries are aligned to the last keys)"
         )));
     }
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
@@ -155,6 +165,35 @@ fn check(
 }
 
 // ---- small kernels ----
+
+/// Run `body::<ISA>` compiled for the widest vector unit this CPU has (AVX-512, AVX2 + FMA, baseline).
+/// The variants differ only in vector width and FMA use; none depends on the thread count.
+macro_rules! dispatch_simd {
+    ($body:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,fma")]
+        fn $avx512($($arg: $ty),*) {
+            $body::<2>($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx2($($arg: $ty),*) {
+            $body::<1>($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX-512F and FMA.
+                return unsafe { $avx512($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA.
+                return unsafe { $avx2($($arg),*) };
+            }
+        }
+        $body::<0>($($arg),*)
+    };
+}
 
 /// Which vector unit a kernel is compiled for: 2 = AVX-512 (with FMA), 1 = AVX2 + FMA, 0 = baseline.
 /// Each body below is generic over it; `dispatch_simd!` picks the variant at run time.
@@ -170,7 +209,7 @@ fn madd<const ISA: Isa>(a: f32, b: f32, c: f32) -> f32 {
 /// The one product shape attention needs, without packing: C (m, n) = alpha·A (m, k)·B (k, n), or
 /// C += alpha·A·B when `add`. A is read element by element through its strides `(data, rs, cs)`, so
 /// Pᵀ and dSᵀ cost nothing; B needs contiguous rows `(data, row stride)`, which is why Kᵀ and Vᵀ are
-/// transposed once per call where they are the B operand; C is `(data, row stride)`. Tiles of R rows ×
+/// transposed once per kv head where they are the B operand; C is `(data, row stride)`. Tiles of R rows ×
 /// W columns keep R·W/16 vector accumulators in registers while B's rows stream through L1. Each C
 /// element sums its k terms in order, so the tiling never changes a bit. (sgemm's packing costs as much
 /// as the arithmetic at these sizes: head dims of 32–64 and 64-row blocks.)
@@ -292,32 +331,49 @@ impl MmArgs {
     }
 }
 
-/// (heads, t, c) -> (heads, c, t): Kᵀ and Vᵀ per head, so they can be `mm`'s B operand.
-fn transpose_heads(x: &[f32], heads: usize, t: usize, c: usize) -> Result<Vec<f32>> {
-    let mut out = alloc_zeros(OP, x.len())?;
+/// (heads, t, c) -> (heads, c, t) into `out`: Kᵀ and Vᵀ per head, so they can be `mm`'s B operand.
+fn transpose_heads(x: &[f32], t: usize, c: usize, out: &mut [f32]) {
     let per_head = t * c;
     if per_head == 0 {
-        return Ok(out);
+        return;
     }
+    assert_eq!(x.len(), out.len(), "attention: transpose size");
     let grain = per_head * (crate::parallel::GRAIN / per_head).max(1);
-    debug_assert_eq!(x.len(), heads * per_head);
-    crate::parallel::for_each_chunk(&mut out, grain, |start, chunk| {
+    crate::parallel::for_each_chunk(out, grain, |start, chunk| {
         for (hi, oh) in chunk.chunks_mut(per_head).enumerate() {
-            let xh = &x[start + hi * per_head..][..per_head];
-            // 16 source rows at a time: each output row gets 16 contiguous values read from 16 rows that
-            // stay in L1 while all c output rows are written
-            for j0 in (0..t).step_by(16) {
-                let rows = (t - j0).min(16);
-                let src = &xh[j0 * c..(j0 + rows) * c];
-                for (cc, orow) in oh.chunks_exact_mut(t).enumerate() {
-                    for (o, srow) in orow[j0..j0 + rows].iter_mut().zip(src.chunks_exact(c)) {
-                        *o = srow[cc];
-                    }
-                }
-            }
+            transpose_one(&x[start + hi * per_head..][..per_head], t, c, oh);
         }
     });
-    Ok(out)
+}
+
+/// One (t, c) -> (c, t) transpose.
+fn transpose_one(x: &[f32], t: usize, c: usize, out: &mut [f32]) {
+    dispatch_simd!(
+        transpose_one_body, transpose_one_avx512, transpose_one_avx2,
+        (x: &[f32], t: usize, c: usize, out: &mut [f32])
+    );
+}
+
+/// T source rows at a time: each output row gets T contiguous values read down a column of those rows
+/// (which stay in L1); the last t % T rows go one by one.
+#[inline(always)]
+fn transpose_one_body<const ISA: Isa>(x: &[f32], t: usize, c: usize, out: &mut [f32]) {
+    const T: usize = 16;
+    let tf = t / T * T;
+    for j0 in (0..tf).step_by(T) {
+        let src = &x[j0 * c..(j0 + T) * c];
+        for (cc, orow) in out.chunks_exact_mut(t).enumerate().take(c) {
+            let orow: &mut [f32; T] = (&mut orow[j0..j0 + T]).try_into().expect("T values");
+            for (jj, o) in orow.iter_mut().enumerate() {
+                *o = src[jj * c + cc];
+            }
+        }
+    }
+    for j in tf..t {
+        for (cc, &v) in x[j * c..(j + 1) * c].iter().enumerate() {
+            out[cc * t + j] = v;
+        }
+    }
 }
 
 /// Lanes for the row reductions below: the sums run in this many independent lanes (so loops vectorize),
@@ -336,17 +392,37 @@ fn lanes_sum(mut acc: [f32; L]) -> f32 {
     acc[0]
 }
 
+// The row loops below run whole L-wide chunks; a ragged tail (common on the causal diagonal) is padded
+// into one more chunk, so it is vectorized too instead of falling back to a scalar loop.
+
 #[inline(always)]
 fn row_max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; L];
     let c = xs.chunks_exact(L);
-    let tail = c.remainder();
-    for x in c {
+    let mut tail = [f32::NEG_INFINITY; L];
+    tail[..c.remainder().len()].copy_from_slice(c.remainder());
+    for x in c.chain(std::iter::once(&tail[..])) {
         for l in 0..L {
             acc[l] = acc[l].max(x[l]);
         }
     }
-    tail.iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] = acc[l].max(acc[l + w]);
+        }
+    }
+    acc[0]
+}
+
+/// x ← exp(x − m) on one chunk, adding the results into `acc`.
+#[inline(always)]
+fn exp_chunk(x: &mut [f32], m: f32, acc: &mut [f32; L]) {
+    for l in 0..L {
+        x[l] = exp_f32(x[l] - m);
+        acc[l] += x[l];
+    }
 }
 
 /// xs ← exp(xs − m); returns Σ xs.
@@ -355,16 +431,44 @@ fn exp_sub_sum(xs: &mut [f32], m: f32) -> f32 {
     let mut acc = [0f32; L];
     let mut c = xs.chunks_exact_mut(L);
     for x in &mut c {
-        for l in 0..L {
-            x[l] = exp_f32(x[l] - m);
-            acc[l] += x[l];
-        }
+        exp_chunk(x, m, &mut acc);
     }
-    for (l, x) in c.into_remainder().iter_mut().enumerate() {
-        *x = exp_f32(*x - m);
-        acc[l] += *x;
+    let rest = c.into_remainder();
+    if !rest.is_empty() {
+        // padding with −inf adds exp(−inf) = 0 to the sum
+        let mut tail = [f32::NEG_INFINITY; L];
+        tail[..rest.len()].copy_from_slice(rest);
+        exp_chunk(&mut tail, m, &mut acc);
+        rest.copy_from_slice(&tail[..rest.len()]);
     }
     lanes_sum(acc)
+}
+
+/// p ← exp(s − lse) and g ← p·(g − delta) on one chunk (P and dS of the backward).
+#[inline(always)]
+fn p_ds_chunk(p: &mut [f32], g: &mut [f32], lse: f32, delta: f32) {
+    for l in 0..L {
+        p[l] = exp_f32(p[l] - lse);
+        g[l] = p[l] * (g[l] - delta);
+    }
+}
+
+/// A row of the backward: p = exp(s − lse) in place, and dS = p ∘ (dP − delta) in place of dP.
+#[inline(always)]
+fn p_ds(prow: &mut [f32], dsrow: &mut [f32], lse: f32, delta: f32) {
+    let (mut pc, mut gc) = (prow.chunks_exact_mut(L), dsrow.chunks_exact_mut(L));
+    for (p, g) in (&mut pc).zip(&mut gc) {
+        p_ds_chunk(p, g, lse, delta);
+    }
+    let (pr, gr) = (pc.into_remainder(), gc.into_remainder());
+    if !pr.is_empty() {
+        let (mut tp, mut tg) = ([0f32; L], [0f32; L]);
+        tp[..pr.len()].copy_from_slice(pr);
+        tg[..gr.len()].copy_from_slice(gr);
+        p_ds_chunk(&mut tp, &mut tg, lse, delta);
+        pr.copy_from_slice(&tp[..pr.len()]);
+        gr.copy_from_slice(&tg[..gr.len()]);
+    }
 }
 
 #[inline(always)]
@@ -381,35 +485,6 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
         acc[l] += a * b;
     }
     lanes_sum(acc)
-}
-
-/// Run `body::<ISA>` compiled for the widest vector unit this CPU has (AVX-512, AVX2 + FMA, baseline).
-/// The variants differ only in vector width and FMA use; none depends on the thread count.
-macro_rules! dispatch_simd {
-    ($body:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,fma")]
-        fn $avx512($($arg: $ty),*) {
-            $body::<2>($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        fn $avx2($($arg: $ty),*) {
-            $body::<1>($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX-512F and FMA.
-                return unsafe { $avx512($($arg),*) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA.
-                return unsafe { $avx2($($arg),*) };
-            }
-        }
-        $body::<0>($($arg),*)
-    };
 }
 
 // ---- forward ----
@@ -458,17 +533,65 @@ struct FwdItem<'a> {
     lse: &'a mut [f32],
 }
 
-/// Per-thread scratch: a score tile and the running row max / sum.
-struct FwdScratch {
-    s: Vec<f32>,
-    m: Vec<f32>,
-    l: Vec<f32>,
+/// Per-task scratch: a score tile (or a decode row's scores) and the running row max / sum.
+struct FwdScratch<'a> {
+    s: &'a mut [f32],
+    m: &'a mut [f32],
+    l: &'a mut [f32],
 }
 
-impl FwdScratch {
-    fn new(dm: &Dims) -> FwdScratch {
-        FwdScratch { s: vec![0.0; (BQ * BK).max(dm.tk)], m: vec![0.0; BQ], l: vec![0.0; BQ] }
+impl FwdScratch<'_> {
+    fn len(dm: &Dims) -> usize {
+        (BQ * BK).max(dm.tk) + 2 * BQ
     }
+    fn carve(buf: &mut [f32]) -> FwdScratch<'_> {
+        let (s, ml) = buf.split_at_mut(buf.len() - 2 * BQ);
+        let (m, l) = ml.split_at_mut(BQ);
+        FwdScratch { s, m, l }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WORKSPACE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Workspaces up to this many floats (64 MiB) are kept on the calling thread for the next call.
+const WORKSPACE_KEEP: usize = 1 << 24;
+
+/// Run `f` with a workspace of `n` floats (contents arbitrary) for per-call buffers (Kᵀ, Vᵀ, D). It is
+/// kept on this thread for the next call (up to WORKSPACE_KEEP): a transformer calls attention with the
+/// same shapes every layer and step, and mapping, faulting in and unmapping the same memory each time
+/// costs a large share of a small call. A size that cannot be allocated is `Error::Alloc`.
+fn with_workspace<R>(n: usize, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+    let mut buf = WORKSPACE.with(|cell| cell.take());
+    if buf.len() < n {
+        buf = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| Error::Alloc { op: OP, numel: n as u128 })?;
+        buf.resize(n, 0.0);
+    }
+    let r = f(&mut buf[..n]);
+    if buf.len() <= WORKSPACE_KEEP {
+        WORKSPACE.with(|cell| cell.replace(buf));
+    }
+    r
+}
+
+/// Run `f` with this thread's scratch buffer, at least `n` floats (contents arbitrary). The buffer is
+/// kept between calls (up to WORKSPACE_KEEP floats): allocating and zeroing tiles per task cost more
+/// than small attention calls. `n` is at most a kv head's K + V (LOCAL_KV_MAX) plus two tiles, or Tk.
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.take(); // taken, so a nested use would just get its own
+        if buf.len() < n {
+            buf = vec![0.0; n];
+        }
+        let r = f(&mut buf[..n]);
+        if buf.len() <= WORKSPACE_KEEP {
+            cell.replace(buf);
+        }
+        r
+    })
 }
 
 /// out[i] = Σ_j softmax_j(S[i, j]) V[j] and lse[i] = ln Σ_j exp S[i, j], S = scale·Q Kᵀ (masked), for the
@@ -479,7 +602,7 @@ fn forward_rows(dm: &Dims, hd: Head<'_>, it: &mut FwdItem<'_>, sc: &mut FwdScrat
     let rows = it.lse.len();
     if rows < SMALL_ROWS {
         for r in 0..rows {
-            decode_row(dm, hd, it.i0 + r, &mut it.out[r * dm.dv..(r + 1) * dm.dv], &mut it.lse[r], &mut sc.s);
+            decode_row(dm, hd, it.i0 + r, &mut it.out[r * dm.dv..(r + 1) * dm.dv], &mut it.lse[r], sc.s);
         }
         return;
     }
@@ -488,7 +611,10 @@ fn forward_rows(dm: &Dims, hd: Head<'_>, it: &mut FwdItem<'_>, sc: &mut FwdScrat
 
 /// One query row against all its visible keys with dot products on K's rows (decode: no Kᵀ needed).
 fn decode_row(dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32]) {
-    dispatch_simd!(decode_row_body, decode_row_avx512, decode_row_avx2, (dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32]));
+    dispatch_simd!(
+        decode_row_body, decode_row_avx512, decode_row_avx2,
+        (dm: &Dims, hd: Head<'_>, i: usize, out: &mut [f32], lse: &mut f32, s: &mut [f32])
+    );
 }
 
 #[inline(always)]
@@ -515,7 +641,10 @@ fn decode_row_body<const ISA: Isa>(dm: &Dims, hd: Head<'_>, i: usize, out: &mut 
 }
 
 fn forward_block(dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch) {
-    dispatch_simd!(forward_block_body, forward_block_avx512, forward_block_avx2, (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch));
+    dispatch_simd!(
+        forward_block_body, forward_block_avx512, forward_block_avx2,
+        (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32], lse: &mut [f32], sc: &mut FwdScratch)
+    );
 }
 
 #[inline(always)]
@@ -577,11 +706,11 @@ fn forward_block_body<const ISA: Isa>(
 /// Run `f` on every item in parallel, in groups of about GROUP_FLOPS of work (by `cost`), checking for
 /// Ctrl-C between groups on the calling thread. Each item is computed whole by one task, so the split
 /// does not change any result.
-fn run_grouped<T, S>(
+fn run_grouped<T>(
     items: &mut [T],
     cost: impl Fn(&T) -> usize,
-    init: impl Fn() -> S + Send + Sync,
-    f: impl Fn(&mut S, &mut T) + Send + Sync,
+    scratch: usize,
+    f: impl Fn(&mut [f32], &mut T) + Send + Sync,
 ) -> Result<()>
 where
     T: Send,
@@ -594,11 +723,11 @@ where
             end += 1;
         }
         let group = &mut items[start..end];
+        let run = |it: &mut T| with_scratch(scratch, |s| f(s, it));
         if group.len() == 1 || work <= SERIAL_FLOPS {
-            let mut s = init();
-            group.iter_mut().for_each(|it| f(&mut s, it));
+            group.iter_mut().for_each(run);
         } else {
-            install(|| group.par_iter_mut().for_each_init(&init, |s, it| f(s, it)));
+            install(|| group.par_iter_mut().for_each(run));
         }
         start = end;
         if start < items.len() {
@@ -616,17 +745,60 @@ fn forward(dm: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f32>, Vec<
     if dm.empty() {
         return Ok((out, lse)); // no keys (or nothing to produce): the output is zeros
     }
+    let (g, head_k) = (dm.group(), dm.tk * dm.d);
+    // rough flops of one query block (only used to cut the work into groups between Ctrl-C checks)
+    let block_cost = |i0: usize, rows: usize| 2 * rows * dm.visible(i0 + rows - 1) * (dm.d + dm.dv);
+    if dm.tq >= SMALL_ROWS && dm.b * dm.hkv >= KV_TASKS && head_k <= LOCAL_KV_MAX {
+        // One task per (batch, kv head): it transposes its kv head's K once, in cache, and runs every query
+        // block of the query heads that share it.
+        let mut items: Vec<_> = out.chunks_mut(g * dm.tq * dm.dv).zip(lse.chunks_mut(g * dm.tq)).enumerate().collect();
+        let per_task: usize = g * (0..dm.tq).step_by(BQ).map(|i0| block_cost(i0, BQ.min(dm.tq - i0))).sum::<usize>();
+        let inp = Inputs { q, k, v, kt: &[], vt: &[] };
+        run_grouped(
+            &mut items,
+            |_| per_task,
+            head_k + FwdScratch::len(dm),
+            |buf, (bkv, (oh, lh))| {
+                let (kt, tiles) = buf.split_at_mut(head_k);
+                transpose_one(&k[*bkv * head_k..][..head_k], dm.tk, dm.d, kt);
+                let sc = &mut FwdScratch::carve(tiles);
+                let (b, kvh) = (*bkv / dm.hkv, *bkv % dm.hkv);
+                for hl in 0..g {
+                    let bh = b * dm.hq + kvh * g + hl;
+                    let hd = Head { kt, ..inp.head(dm, bh) };
+                    for i0 in (0..dm.tq).step_by(BQ) {
+                        let rows = BQ.min(dm.tq - i0);
+                        let r = hl * dm.tq + i0;
+                        let it = &mut FwdItem {
+                            bh,
+                            i0,
+                            out: &mut oh[r * dm.dv..(r + rows) * dm.dv],
+                            lse: &mut lh[r..r + rows],
+                        };
+                        forward_rows(dm, hd, it, sc);
+                    }
+                }
+            },
+        )?;
+        return Ok((out, lse));
+    }
+    // Otherwise one task per query block, with Kᵀ of every kv head made up front (decode-sized queries
+    // read K's rows directly instead).
     let mut items = Vec::new();
     for (bh, (oh, lh)) in out.chunks_mut(dm.tq * dm.dv).zip(lse.chunks_mut(dm.tq)).enumerate() {
         for (qb, (ob, lb)) in oh.chunks_mut(BQ * dm.dv).zip(lh.chunks_mut(BQ)).enumerate() {
             items.push(FwdItem { bh, i0: qb * BQ, out: ob, lse: lb });
         }
     }
-    // Kᵀ per kv head for the score tiles (decode-sized queries read K's rows directly instead)
-    let kt = if dm.tq >= SMALL_ROWS { transpose_heads(k, dm.b * dm.hkv, dm.tk, dm.d)? } else { Vec::new() };
-    let inp = Inputs { q, k, v, kt: &kt, vt: &[] };
-    let cost = |it: &FwdItem| 2 * it.lse.len() * dm.visible(it.i0 + it.lse.len() - 1) * (dm.d + dm.dv);
-    run_grouped(&mut items, cost, || FwdScratch::new(dm), |sc, it| forward_rows(dm, inp.head(dm, it.bh), it, sc))?;
+    let kt_len = if dm.tq >= SMALL_ROWS { k.len() } else { 0 };
+    with_workspace(kt_len, |kt| {
+        transpose_heads(&k[..kt.len()], dm.tk, dm.d, kt);
+        let inp = Inputs { q, k, v, kt, vt: &[] };
+        let cost = |it: &FwdItem| block_cost(it.i0, it.lse.len());
+        run_grouped(&mut items, cost, FwdScratch::len(dm), |buf, it| {
+            forward_rows(dm, inp.head(dm, it.bh), it, &mut FwdScratch::carve(buf))
+        })
+    })?;
     Ok((out, lse))
 }
 
@@ -677,14 +849,17 @@ struct BwdHead<'a> {
     delta: &'a [f32],
 }
 
-struct BwdScratch {
-    s: Vec<f32>,
-    dp: Vec<f32>,
+/// Per-task scratch: the P and dP/dS tiles.
+struct BwdScratch<'a> {
+    s: &'a mut [f32],
+    dp: &'a mut [f32],
 }
 
-impl BwdScratch {
-    fn new() -> BwdScratch {
-        BwdScratch { s: vec![0.0; BQ * BKB], dp: vec![0.0; BQ * BKB] }
+impl BwdScratch<'_> {
+    const LEN: usize = 2 * BQ * BKB;
+    fn carve(buf: &mut [f32]) -> BwdScratch<'_> {
+        let (s, dp) = buf.split_at_mut(BQ * BKB);
+        BwdScratch { s, dp }
     }
 }
 
@@ -706,7 +881,10 @@ fn backward_pair(
     o: PairOut<'_>,
     sc: &mut BwdScratch,
 ) {
-    dispatch_simd!(backward_pair_body, backward_pair_avx512, backward_pair_avx2, (dm: &Dims, bw: BwdHead<'_>, qr: (usize, usize), kr: (usize, usize), o: PairOut<'_>, sc: &mut BwdScratch));
+    dispatch_simd!(
+        backward_pair_body, backward_pair_avx512, backward_pair_avx2,
+        (dm: &Dims, bw: BwdHead<'_>, qr: (usize, usize), kr: (usize, usize), o: PairOut<'_>, sc: &mut BwdScratch)
+    );
 }
 
 #[inline(always)]
@@ -733,10 +911,7 @@ fn backward_pair_body<const ISA: Isa>(
         let vis = dm.visible(i0 + r).saturating_sub(j0).min(bk);
         let (lse, delta) = (bw.lse[i0 + r], bw.delta[i0 + r]);
         let (prow, dsrow) = (&mut s[r * bk..(r + 1) * bk], &mut dp[r * bk..(r + 1) * bk]);
-        for (p, g) in prow[..vis].iter_mut().zip(&mut dsrow[..vis]) {
-            *p = exp_f32(*p - lse);
-            *g = *p * (*g - delta);
-        }
+        p_ds(&mut prow[..vis], &mut dsrow[..vis], lse, delta);
         prow[vis..].fill(0.0);
         dsrow[vis..].fill(0.0);
     }
@@ -790,11 +965,12 @@ impl SdpaBackward {
     }
 
     /// dK/dV (and dQ when given) of key rows j0..j0+bk from every query head of kv group `bkv`.
+    /// `local`: this kv head's (Kᵀ, Vᵀ) made by the task, instead of the shared transposed buffers.
     #[allow(clippy::too_many_arguments)]
     fn kv_block(
         &self,
         t: &BwdTensors<'_>,
-        bkv: usize,
+        (bkv, local): (usize, Option<KvT<'_>>),
         j0: usize,
         dk: &mut [f32],
         dv: &mut [f32],
@@ -806,7 +982,10 @@ impl SdpaBackward {
         let (b, kvh) = (bkv / dm.hkv, bkv % dm.hkv);
         for hl in 0..g {
             let bh = b * dm.hq + kvh * g + hl;
-            let bw = self.bwd_head(bh, t);
+            let mut bw = self.bwd_head(bh, t);
+            if let Some((kt, vt)) = local {
+                (bw.hd.kt, bw.hd.vt) = (kt, vt);
+            }
             for i0 in (self.first_qblock(j0)..dm.tq).step_by(BQ) {
                 let bq = BQ.min(dm.tq - i0);
                 let dqb = dq.as_deref_mut().map(|x| &mut x[(hl * dm.tq + i0) * dm.d..][..bq * dm.d]);
@@ -816,6 +995,9 @@ impl SdpaBackward {
         }
     }
 }
+
+/// A kv head's (Kᵀ, Vᵀ) made by its task.
+type KvT<'a> = (&'a [f32], &'a [f32]);
 
 /// The saved and incoming data of one backward call.
 struct BwdTensors<'a> {
@@ -845,77 +1027,109 @@ impl Backward for SdpaBackward {
         };
         if !dm.empty() {
             let (qd, kd, vd, od, gd) = (self.q.data(), self.k.data(), self.v.data(), self.out.data(), dout.data());
-            // D[i] = Σ_c dO[i, c]·O[i, c], one row per task chunk
-            let mut delta = alloc_zeros(OP, self.lse.len())?;
-            let dvn = dm.dv;
-            crate::parallel::for_each_chunk(&mut delta, (crate::parallel::GRAIN / dvn).max(1), |r0, ch| {
-                for (r, x) in ch.iter_mut().enumerate() {
-                    let i = (r0 + r) * dvn;
-                    *x = dot(&gd[i..i + dvn], &od[i..i + dvn]);
-                }
-            });
-            // Kᵀ and Vᵀ per kv head: the B operands of S = Q Kᵀ and dP = dO Vᵀ
-            let kt = transpose_heads(&kd, dm.b * dm.hkv, dm.tk, dm.d)?;
-            let vt = transpose_heads(&vd, dm.b * dm.hkv, dm.tk, dm.dv)?;
-            let inp = Inputs { q: &qd, k: &kd, v: &vd, kt: &kt, vt: &vt };
-            let t = BwdTensors { inp, dout: &gd, delta: &delta };
             let (g, n_kv) = (dm.group(), dm.b * dm.hkv);
-            let one_sweep = need_kv && n_kv >= KV_TASKS;
-            let mut items = Vec::new();
-            // dQ goes to the one-sweep kv tasks, or else to tasks of its own
-            let mut dq_rest = dq.as_deref_mut();
-            if need_kv {
-                let kv_chunks = dk.chunks_mut(dm.tk * dm.d).zip(dv.chunks_mut(dm.tk * dm.dv));
-                if one_sweep {
-                    let mut dq_chunks = dq_rest.take().map(|x| x.chunks_mut(g * dm.tq * dm.d));
-                    for (bkv, (dkc, dvc)) in kv_chunks.enumerate() {
-                        let dqc = dq_chunks.as_mut().and_then(|c| c.next());
-                        items.push(BwdItem::Kv { bkv, dk: dkc, dv: dvc, dq: dqc });
+            // One task per (batch, kv head) when there are enough of them: each transposes its own K and V
+            // in cache. Otherwise tasks per key block and per query block share transposed buffers.
+            let one_sweep = need_kv && n_kv >= KV_TASKS && dm.tk * (dm.d + dm.dv) <= LOCAL_KV_MAX;
+            let (nk, nv, nr) = if one_sweep { (0, 0, self.lse.len()) } else { (kd.len(), vd.len(), self.lse.len()) };
+            let head_kv = dm.tk * (dm.d + dm.dv);
+            let scratch = BwdScratch::LEN + if one_sweep { head_kv } else { 0 };
+            with_workspace(nk + nv + nr, |ws| {
+                let (kt, rest) = ws.split_at_mut(nk);
+                let (vt, delta) = rest.split_at_mut(nv);
+                // D[i] = Σ_c dO[i, c]·O[i, c], one row per task chunk
+                let dvn = dm.dv;
+                crate::parallel::for_each_chunk(delta, (crate::parallel::GRAIN / dvn).max(1), |r0, ch| {
+                    for (r, x) in ch.iter_mut().enumerate() {
+                        let i = (r0 + r) * dvn;
+                        *x = dot(&gd[i..i + dvn], &od[i..i + dvn]);
                     }
-                } else {
-                    for (bkv, (dkc, dvc)) in kv_chunks.enumerate() {
-                        for (jb, (dkb, dvb)) in dkc.chunks_mut(BKB * dm.d).zip(dvc.chunks_mut(BKB * dm.dv)).enumerate()
-                        {
-                            items.push(BwdItem::KvBlock { bkv, j0: jb * BKB, dk: dkb, dv: dvb });
+                });
+                // Kᵀ and Vᵀ per kv head: the B operands of S = Q Kᵀ and dP = dO Vᵀ (empty when per task)
+                transpose_heads(&kd[..nk], dm.tk, dm.d, kt);
+                transpose_heads(&vd[..nv], dm.tk, dm.dv, vt);
+                let inp = Inputs { q: &qd, k: &kd, v: &vd, kt, vt };
+                let t = BwdTensors { inp, dout: &gd, delta };
+                let mut items = Vec::new();
+                // dQ goes to the one-sweep kv tasks, or else to tasks of its own
+                let mut dq_rest = dq.as_deref_mut();
+                if need_kv {
+                    let kv_chunks = dk.chunks_mut(dm.tk * dm.d).zip(dv.chunks_mut(dm.tk * dm.dv));
+                    if one_sweep {
+                        let mut dq_chunks = dq_rest.take().map(|x| x.chunks_mut(g * dm.tq * dm.d));
+                        for (bkv, (dkc, dvc)) in kv_chunks.enumerate() {
+                            let dqc = dq_chunks.as_mut().and_then(|c| c.next());
+                            items.push(BwdItem::Kv { bkv, dk: dkc, dv: dvc, dq: dqc });
+                        }
+                    } else {
+                        for (bkv, (dkc, dvc)) in kv_chunks.enumerate() {
+                            for (jb, (dkb, dvb)) in
+                                dkc.chunks_mut(BKB * dm.d).zip(dvc.chunks_mut(BKB * dm.dv)).enumerate()
+                            {
+                                items.push(BwdItem::KvBlock { bkv, j0: jb * BKB, dk: dkb, dv: dvb });
+                            }
                         }
                     }
                 }
-            }
-            if let Some(dqv) = dq_rest {
-                for (bh, dqh) in dqv.chunks_mut(dm.tq * dm.d).enumerate() {
-                    for (qb, dqb) in dqh.chunks_mut(BQ * dm.d).enumerate() {
-                        items.push(BwdItem::QBlock { bh, i0: qb * BQ, dq: dqb });
+                if let Some(dqv) = dq_rest {
+                    for (bh, dqh) in dqv.chunks_mut(dm.tq * dm.d).enumerate() {
+                        for (qb, dqb) in dqh.chunks_mut(BQ * dm.d).enumerate() {
+                            items.push(BwdItem::QBlock { bh, i0: qb * BQ, dq: dqb });
+                        }
                     }
                 }
-            }
-            // rough flops per item, only used to cut the work into groups between Ctrl-C checks
-            let per_elem = 2 * (3 * dm.d + 2 * dm.dv);
-            let q_rows_keys: usize =
-                (0..dm.tq).step_by(BQ).map(|i0| BQ.min(dm.tq - i0) * dm.visible((i0 + BQ).min(dm.tq) - 1)).sum();
-            let cost = |it: &BwdItem| match it {
-                BwdItem::Kv { .. } => g * q_rows_keys * per_elem,
-                BwdItem::KvBlock { j0, .. } => g * (dm.tq - self.first_qblock(*j0)) * BKB * per_elem,
-                BwdItem::QBlock { i0, dq, .. } => dq.len() / dm.d * dm.visible(*i0) * per_elem,
-            };
-            run_grouped(&mut items, cost, BwdScratch::new, |sc, it| match it {
-                BwdItem::Kv { bkv, dk, dv, dq } => {
-                    for j0 in (0..dm.tk).step_by(BKB) {
-                        let bk = BKB.min(dm.tk - j0);
-                        let dkb = &mut dk[j0 * dm.d..(j0 + bk) * dm.d];
-                        let dvb = &mut dv[j0 * dm.dv..(j0 + bk) * dm.dv];
-                        self.kv_block(&t, *bkv, j0, dkb, dvb, dq.as_deref_mut(), sc);
+                // rough flops per item, only used to cut the work into groups between Ctrl-C checks
+                let per_elem = 2 * (3 * dm.d + 2 * dm.dv);
+                let q_rows_keys: usize =
+                    (0..dm.tq).step_by(BQ).map(|i0| BQ.min(dm.tq - i0) * dm.visible((i0 + BQ).min(dm.tq) - 1)).sum();
+                let cost = |it: &BwdItem| match it {
+                    BwdItem::Kv { .. } => g * q_rows_keys * per_elem,
+                    BwdItem::KvBlock { j0, .. } => g * (dm.tq - self.first_qblock(*j0)) * BKB * per_elem,
+                    BwdItem::QBlock { i0, dq, .. } => dq.len() / dm.d * dm.visible(*i0) * per_elem,
+                };
+                // Each task first WRITES the gradient rows it owns: the buffers are fresh zero pages, and a
+                // first read (the += below) would map the shared zero page, so the first write would then
+                // need a copy-on-write fault plus a TLB flush on every core, costing more than the math here.
+                run_grouped(&mut items, cost, scratch, |buf, it| {
+                    // [this kv head's Kᵀ, Vᵀ (one-sweep tasks only) | the P and dS tiles]
+                    let (kv_buf, tiles) = buf.split_at_mut(buf.len() - BwdScratch::LEN);
+                    let sc = &mut BwdScratch::carve(tiles);
+                    match it {
+                        BwdItem::Kv { bkv, dk, dv, dq } => {
+                            // this kv head's Kᵀ and Vᵀ, made here so they stay in cache
+                            let (kt, vt) = kv_buf.split_at_mut(dm.tk * dm.d);
+                            transpose_one(&kd[*bkv * dm.tk * dm.d..][..dm.tk * dm.d], dm.tk, dm.d, kt);
+                            transpose_one(&vd[*bkv * dm.tk * dm.dv..][..dm.tk * dm.dv], dm.tk, dm.dv, vt);
+                            let local = Some((&kt[..], &vt[..]));
+                            dk.fill(0.0);
+                            dv.fill(0.0);
+                            if let Some(dq) = dq.as_deref_mut() {
+                                dq.fill(0.0);
+                            }
+                            for j0 in (0..dm.tk).step_by(BKB) {
+                                let bk = BKB.min(dm.tk - j0);
+                                let dkb = &mut dk[j0 * dm.d..(j0 + bk) * dm.d];
+                                let dvb = &mut dv[j0 * dm.dv..(j0 + bk) * dm.dv];
+                                self.kv_block(&t, (*bkv, local), j0, dkb, dvb, dq.as_deref_mut(), sc);
+                            }
+                        }
+                        BwdItem::KvBlock { bkv, j0, dk, dv } => {
+                            dk.fill(0.0);
+                            dv.fill(0.0);
+                            self.kv_block(&t, (*bkv, None), *j0, dk, dv, None, sc)
+                        }
+                        BwdItem::QBlock { bh, i0, dq } => {
+                            dq.fill(0.0);
+                            let bw = self.bwd_head(*bh, &t);
+                            let bq = dq.len() / dm.d;
+                            for j0 in (0..dm.visible(*i0 + bq - 1)).step_by(BKB) {
+                                let bk = BKB.min(dm.tk - j0);
+                                let o = PairOut { dq: Some(&mut **dq), dk: None, dv: None };
+                                backward_pair(dm, bw, (*i0, bq), (j0, bk), o, sc);
+                            }
+                        }
                     }
-                }
-                BwdItem::KvBlock { bkv, j0, dk, dv } => self.kv_block(&t, *bkv, *j0, dk, dv, None, sc),
-                BwdItem::QBlock { bh, i0, dq } => {
-                    let bw = self.bwd_head(*bh, &t);
-                    let bq = dq.len() / dm.d;
-                    for j0 in (0..dm.visible(*i0 + bq - 1)).step_by(BKB) {
-                        let bk = BKB.min(dm.tk - j0);
-                        let o = PairOut { dq: Some(&mut **dq), dk: None, dv: None };
-                        backward_pair(dm, bw, (*i0, bq), (j0, bk), o, sc);
-                    }
-                }
+                })
             })?;
         }
         let wrap = |g: Vec<f32>, x: &Tensor| Tensor::from_vec_unchecked(g, x.shape().to_vec());
@@ -939,7 +1153,8 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool, scale: Option<f32
     let mut out = alloc_zeros(op, checked_numel(op, &shape)?)?;
     if !out.is_empty() {
         let (qd, kd) = (q.data(), k.data());
-        let kt = transpose_heads(&kd, dm.b * dm.hkv, dm.tk, dm.d)?;
+        let mut kt = alloc_zeros(op, kd.len())?;
+        transpose_heads(&kd, dm.tk, dm.d, &mut kt);
         let inp = Inputs { q: &qd, k: &kd, v: &[], kt: &kt, vt: &[] };
         let mut items = Vec::new();
         for (bh, oh) in out.chunks_mut(dm.tq * dm.tk).enumerate() {
@@ -948,13 +1163,16 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool, scale: Option<f32
             }
         }
         let cost = |it: &(usize, usize, &mut [f32])| 2 * it.2.len() * dm.d;
-        run_grouped(&mut items, cost, || (), |_, (bh, i0, ob)| weights_block(&dm, inp.head(&dm, *bh), *i0, ob))?;
+        run_grouped(&mut items, cost, 0, |_, (bh, i0, ob)| weights_block(&dm, inp.head(&dm, *bh), *i0, ob))?;
     }
     Ok(Tensor::from_vec_unchecked(out, shape))
 }
 
 fn weights_block(dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32]) {
-    dispatch_simd!(weights_block_body, weights_block_avx512, weights_block_avx2, (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32]));
+    dispatch_simd!(
+        weights_block_body, weights_block_avx512, weights_block_avx2,
+        (dm: &Dims, hd: Head<'_>, i0: usize, out: &mut [f32])
+    );
 }
 
 #[inline(always)]
@@ -1002,8 +1220,9 @@ pub fn scaled_dot_product_attention_reference(
     let (k, v) = (repeat_kv(k)?, repeat_kv(v)?);
     let s = mul_scalar(&matmul(q, &view::transpose(&k, -2, -1)?)?, dm.scale)?;
     let s = if causal {
-        let mask: Vec<f32> =
-            (0..dm.tq * dm.tk).map(|x| if x % dm.tk >= dm.visible(x / dm.tk) { 1.0 } else { 0.0 }).collect();
+        // query i (the last Tq of Tk positions) may not see key j > i + (Tk − Tq)
+        let (tq, tk) = (dm.tq, dm.tk);
+        let mask: Vec<f32> = (0..tq * tk).map(|x| if x % tk > x / tk + (tk - tq) { 1.0 } else { 0.0 }).collect();
         masked_fill(&s, &Tensor::new(mask, &[dm.tq, dm.tk])?, f32::NEG_INFINITY)?
     } else {
         s
@@ -1087,7 +1306,7 @@ mod tests {
         // ((B, Hq, Hkv), (Tq, Tk), (D, Dv)): MHA, GQA 8:2 and 8:1, KV-cache Tq < Tk, ragged blocks,
         // several query/key blocks (BQ = 64, BK = 256, BKB = 64), Dv ≠ D, both backward schedules
         type Case = ((usize, usize, usize), (usize, usize), (usize, usize));
-        let cases: [Case; 13] = [
+        let cases: [Case; 14] = [
             ((2, 3, 3), (17, 17), (8, 8)),
             ((1, 2, 2), (100, 100), (32, 32)),
             ((2, 2, 2), (130, 130), (64, 64)),
@@ -1101,11 +1320,16 @@ mod tests {
             ((1, 3, 3), (40, 40), (16, 24)),   // Dv ≠ D
             ((4, 4, 2), (65, 65), (8, 8)),     // 8 kv tasks: one-sweep backward
             ((8, 2, 2), (129, 200), (32, 32)), // 16 kv tasks, Tq < Tk
+            ((8, 1, 1), (4, 4200), (64, 64)),  // 8 kv tasks but Kᵀ + Vᵀ past LOCAL_KV_MAX: shared transposes
         ];
         let mut worst = [0f32; 4];
         for (n, (heads, ts, ds)) in cases.into_iter().enumerate() {
             for causal in [true, false] {
                 let diffs = compare(100 + n as u64, heads, ts, ds, causal, None);
+                eprintln!(
+                    "  (B, Hq, Hkv) {heads:?} (Tq, Tk) {ts:?} (D, Dv) {ds:?} causal {causal}: out {:.1e} dq {:.1e} dk {:.1e} dv {:.1e}",
+                    diffs[0], diffs[1], diffs[2], diffs[3]
+                );
                 for (w, d) in worst.iter_mut().zip(diffs) {
                     *w = w.max(d);
                 }
@@ -1223,7 +1447,8 @@ mod tests {
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(
             e.to_string(),
-            "scaled_dot_product_attention: expected 4-D tensors (batch, heads, seq, head_dim): q (2, 4, 8), k (2, 4, 8, 16), v (2, 4, 8, 16)"
+            "scaled_dot_product_attention: expected 4-D tensors (batch, heads, seq, head_dim): \
+             q (2, 4, 8), k (2, 4, 8, 16), v (2, 4, 8, 16)"
         );
         let e = err(&[2, 4, 8, 16], &[3, 4, 8, 16], &[3, 4, 8, 16], false);
         assert!(e.to_string().contains("batch sizes differ: q (2, 4, 8, 16), k (3, 4, 8, 16)"), "{e}");
@@ -1338,63 +1563,6 @@ mod tests {
                 "case {} output {} (out, dq, dk, dv, weights) differs at element {diff:?}",
                 i / 5,
                 i % 5
-            );
-        }
-    }
-}
-#[cfg(test)]
-mod mm_speed {
-    #[test]
-    #[ignore]
-    fn mm_speed() {
-        for (m, k, n) in [
-            (64usize, 32usize, 64usize),
-            (64, 64, 64),
-            (64, 64, 32),
-            (64, 128, 64),
-            (64, 64, 256),
-            (64, 256, 64),
-            (256, 64, 256),
-        ] {
-            let a = vec![1.0f32; m * k];
-            let b = vec![1.0f32; k * n];
-            let mut c = vec![0.0f32; m * n];
-            let reps = (200_000_000 / (2 * m * k * n)).max(10);
-            #[target_feature(enable = "avx512f,fma")]
-            fn go(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], reps: usize) {
-                for _ in 0..reps {
-                    super::mm::<2>((m, k, n), 1.0, (a, k, 1), (b, n), (c, n), true);
-                }
-            }
-            let t = std::time::Instant::now();
-            unsafe { go(m, k, n, &a, &b, &mut c, reps) };
-            let s = t.elapsed().as_secs_f64();
-            let t2 = std::time::Instant::now();
-            for _ in 0..reps {
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        a.as_ptr(),
-                        k as isize,
-                        1,
-                        b.as_ptr(),
-                        n as isize,
-                        1,
-                        1.0,
-                        c.as_mut_ptr(),
-                        n as isize,
-                        1,
-                    )
-                };
-            }
-            let s2 = t2.elapsed().as_secs_f64();
-            eprintln!(
-                "({m},{k},{n}): mm {:.1} GF/s  sgemm {:.1} GF/s",
-                (2 * m * k * n * reps) as f64 / s / 1e9,
-                (2 * m * k * n * reps) as f64 / s2 / 1e9
             );
         }
     }

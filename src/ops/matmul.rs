@@ -659,7 +659,7 @@ impl Backward for LinearBackward {
     //   dX = dY @ W (rows, IN)      dW = dYᵀ @ X (OUT, IN)      db = Σ_rows dY
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let [out_f, in_f] = self.weight.shape()[..] else { unreachable!("checked in the forward") };
-        let rows = if in_f > 0 { self.x.numel() / in_f } else { dout.numel() / out_f.max(1) };
+        let rows = self.x.numel().checked_div(in_f).unwrap_or(dout.numel() / out_f.max(1));
         let (xd, wd, dy) = (self.x.data(), self.weight.data(), dout.data());
         let dx = if needs[0] {
             let mut g = alloc_zeros(OP, self.x.numel())?;

@@ -7,15 +7,16 @@
 //! - `unary`      neg exp log sqrt tanh relu sigmoid abs
 //! - `reduce`     sum mean max argmax over dims (keepdim), sum_all, mean_all
 //! - `view`       reshape (zero-copy) permute transpose narrow slice select cat stack expand
-//! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool
+//! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool; linear (x@Wᵀ+b)
 //! - `index`      embedding gather and index_select (scatter-add backward), masked_fill, where
 //! - `dropout`    inverted dropout with a seeded mask
 //!
 //! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):
 //! - `activation` gelu (tanh form), silu, swiglu
-//! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index)
+//! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index), token_logprobs
 //! - `norm`       layer_norm, rms_norm (per-row mean/rstd cached for backward)
 //! - `rope`       rotary position embedding, interleaved or half-split pairs (backward = inverse rotation)
+//! - `attention`  scaled_dot_product_attention (flash-style; causal, GQA, KV cache), attention_weights
 
 pub mod binary;
 pub mod unary;
