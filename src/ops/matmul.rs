@@ -417,11 +417,21 @@ fn gemv_body(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f3
             k += 1;
         }
     } else {
-        // y[j] = dot(x, w[:, j]) with both contiguous
+        // y[j] = dot(x, w[:, j]) with both contiguous; four columns per pass share each load of x
+        // (four independent accumulator sets also hide the add latency); each y[j] gets exactly the
+        // bits `dot` would give it
         let xv = &xd[xo..xo + kk];
-        for (j, yj) in y.iter_mut().enumerate() {
-            let col = &wd[wo + j * wj..wo + j * wj + kk];
-            let d = dot(xv, col);
+        let col = |j: usize| &wd[wo + j * wj..wo + j * wj + kk];
+        let mut j = 0;
+        while j + 4 <= len {
+            let d = dot4(xv, [col(j), col(j + 1), col(j + 2), col(j + 3)]);
+            for (q, dq) in d.into_iter().enumerate() {
+                y[j + q] = if overwrite { dq } else { y[j + q] + dq };
+            }
+            j += 4;
+        }
+        for (jj, yj) in y.iter_mut().enumerate().skip(j) {
+            let d = dot(xv, col(jj));
             *yj = if overwrite { d } else { *yj + d };
         }
     }
@@ -451,6 +461,40 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
         }
     }
     acc[0]
+}
+
+/// Four dot products with one x: `[dot(x, ys[0]), .., dot(x, ys[3])]`, bit for bit (same lanes, same order).
+#[inline(always)]
+fn dot4(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
+    const L: usize = 16;
+    let mut acc = [[0f32; L]; 4];
+    let [c0, c1, c2, c3] = ys.map(|y| y.chunks_exact(L));
+    let (r0, r1, r2, r3) = (c0.remainder(), c1.remainder(), c2.remainder(), c3.remainder());
+    let xc = x.chunks_exact(L);
+    let xr = xc.remainder();
+    for ((((xa, a0), a1), a2), a3) in xc.zip(c0).zip(c1).zip(c2).zip(c3) {
+        for l in 0..L {
+            acc[0][l] += xa[l] * a0[l];
+            acc[1][l] += xa[l] * a1[l];
+            acc[2][l] += xa[l] * a2[l];
+            acc[3][l] += xa[l] * a3[l];
+        }
+    }
+    for (a, r) in acc.iter_mut().zip([r0, r1, r2, r3]) {
+        for (l, (&xv, &yv)) in xr.iter().zip(r).enumerate() {
+            a[l] += xv * yv;
+        }
+    }
+    acc.map(|mut a| {
+        let mut w = L;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                a[l] += a[l + w];
+            }
+        }
+        a[0]
+    })
 }
 
 /// Row-major (rows, cols) matrices, or their transposes read in place through swapped strides.
@@ -1042,6 +1086,18 @@ mod tests {
         let e = linear(&z(&[]), &z(&[3, 1]), None).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(e.to_string(), "linear: input must have at least 1 dim, got shape ()");
+    }
+
+    #[test]
+    fn dot4_gives_the_bits_of_four_dots() {
+        let mut rng = crate::tensor::random::Rng::new(12);
+        for n in [0, 5, 16, 37, 768] {
+            let mut v = || (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+            let (x, y0, y1, y2, y3) = (v(), v(), v(), v(), v());
+            let got = dot4(&x, [&y0, &y1, &y2, &y3]);
+            let want = [dot(&x, &y0), dot(&x, &y1), dot(&x, &y2), dot(&x, &y3)];
+            assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "length {n}: {got:?} vs {want:?}");
+        }
     }
 
     /// The only test that changes the thread count (it is global; tests run in parallel threads).
