@@ -34,7 +34,8 @@ fn wanted_threads() -> usize {
     // read once: this runs on every parallel op, and the environment does not change under us
     static DEFAULT: OnceLock<usize> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
-        let env = std::env::var("NANOFRONTIER_NUM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+        let env =
+            std::env::var("NANOFRONTIER_NUM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
         if env > 0 { env } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
     })
 }
