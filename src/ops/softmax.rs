@@ -253,18 +253,17 @@ fn check_targets(
     Ok((rows, c, n_valid))
 }
 
-/// Mean over rows of −log_softmax(logits)[row, target] for logits of shape (..., C), classes on the
-/// LAST dim, and one target per row (row-major order of the leading dims). Rows whose target equals
-/// `ignore_index` are skipped; if every row is skipped the result is nan (as in torch). Returns a 0-d
-/// tensor. A target outside [0, C) is `Error::Index`; a wrong number of targets is `Error::Shape`.
-/// Fused: the backward is (softmax − onehot) / n_valid on kept rows and 0 on ignored ones, recomputed
-/// from the saved row max and log-sum so no (rows, C) probability matrix is kept.
-pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
-    let op = "cross_entropy";
-    let (rows, c, n_valid) = check_targets(op, logits, targets, ignore_index)?;
+/// Per row: (max, ln Σ exp(x − max), log_softmax(x)[target] in f64); zeros for ignored rows.
+/// Parallel over rows by a fixed grain, so the values never depend on the thread count.
+fn picked_logprobs(
+    logits: &Tensor,
+    targets: &[i64],
+    ignore_index: Option<i64>,
+    rows: usize,
+    c: usize,
+) -> Vec<(f32, f32, f64)> {
     let xd = logits.data();
     let xs: &[f32] = &xd;
-    // per row: (max, ln Σ exp(x − max), loss); ignored rows are skipped
     let row_stat = |r: usize| -> (f32, f32, f64) {
         let t = targets[r];
         if Some(t) == ignore_index {
@@ -272,58 +271,34 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>
         }
         let row = &xs[r * c..(r + 1) * c];
         let (m, lns) = lane_logsumexp_parts(row);
-        (m, lns as f32, (m as f64 - row[t as usize] as f64) + lns)
+        (m, lns as f32, row[t as usize] as f64 - m as f64 - lns)
     };
-    let stats: Vec<(f32, f32, f64)> = if rows * c <= GRAIN {
+    if rows * c <= GRAIN {
         (0..rows).map(row_stat).collect()
     } else {
         let per_task = (GRAIN / c.max(1)).max(1);
         install(|| (0..rows).into_par_iter().with_min_len(per_task).map(row_stat).collect())
-    };
-    drop(xd);
-    // summed in row order, so the result does not depend on the split
-    let total: f64 = stats.iter().map(|s| s.2).sum();
-    let out = Tensor::scalar((total / n_valid as f64) as f32);
-    if !crate::autograd::will_record(&[logits]) {
-        return Ok(out);
     }
-    let node = CrossEntropyBackward {
-        logits: logits.clone(),
-        targets: targets.to_vec(),
-        ignore_index,
-        stats: stats.into_iter().map(|(m, lns, _)| (m, lns)).collect(),
-        n_valid,
-    };
-    Ok(record(out, node))
 }
-struct CrossEntropyBackward {
+
+/// What the backward of a picked log-probability needs: the logits, the picks, and each row's max and
+/// ln Σ exp(x − max), so softmax is recomputed instead of a (rows, C) matrix being kept.
+struct Picked {
     logits: Tensor,
     targets: Vec<i64>,
     ignore_index: Option<i64>,
-    /// per row: max and ln Σ exp(x − max)
     stats: Vec<(f32, f32)>,
-    n_valid: usize,
 }
-impl Backward for CrossEntropyBackward {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.logits.clone()]
-    }
-    // loss = (1/n) Σ_valid rows (lse(x_r) − x_r[t_r])  so  dx_r = dout · (softmax(x_r) − onehot(t_r)) / n
-    // on valid rows, 0 on ignored rows
-    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        if !needs[0] {
-            return Ok(vec![None]);
-        }
+
+impl Picked {
+    /// dx_r = scale(r) · (softmax(x_r) − onehot(t_r)) on kept rows, 0 on ignored rows.
+    fn softmax_minus_onehot(&self, op: &'static str, scale: impl Fn(usize) -> f32 + Sync) -> Result<Tensor> {
         let shape = self.logits.shape();
         let c = shape.last().copied().unwrap_or(0);
-        let mut dx = alloc_zeros("cross_entropy", self.logits.numel())?;
+        let mut dx = alloc_zeros(op, self.logits.numel())?;
         if c == 0 || dx.is_empty() {
-            return Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))]);
+            return Ok(Tensor::from_vec_unchecked(dx, shape.to_vec()));
         }
-        let scale = (dout.item()? as f64 / self.n_valid as f64) as f32;
         let xd = self.logits.data();
         let xs: &[f32] = &xd;
         let run = |row0: usize, chunk: &mut [f32]| {
@@ -333,11 +308,11 @@ impl Backward for CrossEntropyBackward {
                 if Some(t) == self.ignore_index {
                     continue; // already 0
                 }
-                let (m, lns) = self.stats[r];
+                let ((m, lns), g) = (self.stats[r], scale(r));
                 for (d, &v) in drow.iter_mut().zip(&xs[r * c..(r + 1) * c]) {
-                    *d = exp_f32((v - m) - lns) * scale;
+                    *d = exp_f32((v - m) - lns) * g;
                 }
-                drow[t as usize] -= scale;
+                drow[t as usize] -= g;
             }
         };
         let per_task = (GRAIN / c).max(1);
@@ -347,95 +322,83 @@ impl Backward for CrossEntropyBackward {
             install(|| dx.par_chunks_mut(per_task * c).enumerate().for_each(|(i, ch)| run(i * per_task, ch)));
         }
         drop(xd);
-        Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))])
+        Ok(Tensor::from_vec_unchecked(dx, shape.to_vec()))
+    }
+}
+
+/// Mean over rows of −log_softmax(logits)[row, target] for logits of shape (..., C), classes on the
+/// LAST dim, and one target per row (row-major order of the leading dims). Rows whose target equals
+/// `ignore_index` are skipped; if every row is skipped the result is nan (as in torch). Returns a 0-d
+/// tensor. A target outside [0, C) is `Error::Index`; a wrong number of targets is `Error::Shape`.
+/// Fused: the backward is (softmax − onehot) / n_valid on kept rows and 0 on ignored ones, recomputed
+/// from the saved row max and log-sum so no (rows, C) probability matrix is kept.
+pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
+    let (rows, c, n_valid) = check_targets("cross_entropy", logits, targets, ignore_index)?;
+    let stats = picked_logprobs(logits, targets, ignore_index, rows, c);
+    // summed in row order, so the result does not depend on the split
+    let total: f64 = stats.iter().map(|s| -s.2).sum();
+    let out = Tensor::scalar((total / n_valid as f64) as f32);
+    if !crate::autograd::will_record(&[logits]) {
+        return Ok(out);
+    }
+    let stats = stats.into_iter().map(|(m, lns, _)| (m, lns)).collect();
+    let picked = Picked { logits: logits.clone(), targets: targets.to_vec(), ignore_index, stats };
+    Ok(record(out, CrossEntropyBackward { picked, n_valid }))
+}
+struct CrossEntropyBackward {
+    picked: Picked,
+    n_valid: usize,
+}
+impl Backward for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.picked.logits.clone()]
+    }
+    // loss = (1/n) Σ_valid rows (lse(x_r) − x_r[t_r])  so  dx_r = dout · (softmax(x_r) − onehot(t_r)) / n
+    // on valid rows, 0 on ignored rows
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs[0] {
+            return Ok(vec![None]);
+        }
+        let scale = (dout.item()? as f64 / self.n_valid as f64) as f32;
+        Ok(vec![Some(self.picked.softmax_minus_onehot("cross_entropy", |_| scale)?)])
     }
 }
 
 // ---- token_logprobs ----
 /// log_softmax(logits)[row, target] for every row: logits (..., C), one target per row → (rows,).
 /// Rows whose target equals `ignore_index` give 0 and no gradient. This is the per-token log-probability
-/// that SFT masks, DPO, PPO and GRPO are built from. Fused: no (rows, C) log-probability matrix is kept.
+/// that SFT masks, DPO, PPO and GRPO are built from. Fused like `cross_entropy` (which is its negated mean).
 pub fn token_logprobs(logits: &Tensor, targets: &[i64], ignore_index: Option<i64>) -> Result<Tensor> {
-    let op = "token_logprobs";
-    let (rows, c, _) = check_targets(op, logits, targets, ignore_index)?;
-    let xd = logits.data();
-    let xs: &[f32] = &xd;
-    let row_stat = |r: usize| -> (f32, f32, f32) {
-        let t = targets[r];
-        if Some(t) == ignore_index {
-            return (0.0, 0.0, 0.0);
-        }
-        let row = &xs[r * c..(r + 1) * c];
-        let (m, lns) = lane_logsumexp_parts(row);
-        (m, lns as f32, (row[t as usize] as f64 - m as f64 - lns) as f32)
-    };
-    let stats: Vec<(f32, f32, f32)> = if rows * c <= GRAIN {
-        (0..rows).map(row_stat).collect()
-    } else {
-        let per_task = (GRAIN / c.max(1)).max(1);
-        install(|| (0..rows).into_par_iter().with_min_len(per_task).map(row_stat).collect())
-    };
-    drop(xd);
-    let out = Tensor::from_vec_unchecked(stats.iter().map(|s| s.2).collect(), vec![rows]);
+    let (rows, c, _) = check_targets("token_logprobs", logits, targets, ignore_index)?;
+    let stats = picked_logprobs(logits, targets, ignore_index, rows, c);
+    let out = Tensor::from_vec_unchecked(stats.iter().map(|s| s.2 as f32).collect(), vec![rows]);
     if !crate::autograd::will_record(&[logits]) {
         return Ok(out);
     }
-    let node = TokenLogprobsBackward {
-        logits: logits.clone(),
-        targets: targets.to_vec(),
-        ignore_index,
-        stats: stats.into_iter().map(|(m, lns, _)| (m, lns)).collect(),
-    };
-    Ok(record(out, node))
+    let stats = stats.into_iter().map(|(m, lns, _)| (m, lns)).collect();
+    Ok(record(
+        out,
+        TokenLogprobsBackward(Picked { logits: logits.clone(), targets: targets.to_vec(), ignore_index, stats }),
+    ))
 }
-struct TokenLogprobsBackward {
-    logits: Tensor,
-    targets: Vec<i64>,
-    ignore_index: Option<i64>,
-    stats: Vec<(f32, f32)>,
-}
+struct TokenLogprobsBackward(Picked);
 impl Backward for TokenLogprobsBackward {
     fn name(&self) -> &'static str {
         "token_logprobs"
     }
     fn inputs(&self) -> Vec<Tensor> {
-        vec![self.logits.clone()]
+        vec![self.0.logits.clone()]
     }
     // out_r = x_r[t_r] − lse(x_r)  so  dx_r = dout_r · (onehot(t_r) − softmax(x_r)); 0 on ignored rows
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if !needs[0] {
             return Ok(vec![None]);
         }
-        let shape = self.logits.shape();
-        let c = shape.last().copied().unwrap_or(0);
-        let mut dx = alloc_zeros("token_logprobs", self.logits.numel())?;
-        if c == 0 || dx.is_empty() {
-            return Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))]);
-        }
-        let (xd, gd) = (self.logits.data(), dout.data());
-        let (xs, gs): (&[f32], &[f32]) = (&xd, &gd);
-        let run = |row0: usize, chunk: &mut [f32]| {
-            for (k, drow) in chunk.chunks_mut(c).enumerate() {
-                let r = row0 + k;
-                let t = self.targets[r];
-                if Some(t) == self.ignore_index {
-                    continue;
-                }
-                let (m, lns, g) = (self.stats[r].0, self.stats[r].1, gs[r]);
-                for (d, &v) in drow.iter_mut().zip(&xs[r * c..(r + 1) * c]) {
-                    *d = -exp_f32((v - m) - lns) * g;
-                }
-                drow[t as usize] += g;
-            }
-        };
-        let per_task = (GRAIN / c).max(1);
-        if dx.len() <= GRAIN {
-            run(0, &mut dx);
-        } else {
-            install(|| dx.par_chunks_mut(per_task * c).enumerate().for_each(|(i, ch)| run(i * per_task, ch)));
-        }
-        drop((xd, gd));
-        Ok(vec![Some(Tensor::from_vec_unchecked(dx, shape.to_vec()))])
+        let g = dout.data();
+        Ok(vec![Some(self.0.softmax_minus_onehot("token_logprobs", |r| -g[r])?)])
     }
 }
 
