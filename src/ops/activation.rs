@@ -14,14 +14,14 @@ use crate::tensor::{Tensor, alloc_zeros};
 const GELU_K: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
-#[inline]
+#[inline(always)]
 fn gelu_f32(x: f32) -> f32 {
     let t = tanh_f32(GELU_K * (x + GELU_A * x * x * x));
     0.5 * x * (1.0 + t)
 }
 
 /// d/dx of 0.5·x·(1 + tanh u), u = k(x + a x³):  0.5(1 + t) + 0.5·x·(1 − t²)·k(1 + 3a x²)
-#[inline]
+#[inline(always)]
 fn gelu_grad_f32(x: f32) -> f32 {
     let x2 = x * x;
     let t = tanh_f32(GELU_K * (x + GELU_A * x2 * x));

