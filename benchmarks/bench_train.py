@@ -5,15 +5,20 @@
 
 Configs (from the engine issue): tiny = vocab 65, 4 layers, 4 heads, 128 wide, block 128, batch 16;
 small = vocab 65, 6 layers, 6 heads, 384 wide, block 256, batch 8. One step = forward + loss + backward +
-AdamW. We report the median step time after warm-up, as tokens/s (batch × block / step time), and the
-achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs). torch is optional: without it only
-nanofrontier's column is printed. The torch model below is written here for the comparison (GPT-2
+AdamW. We report the median step time after warm-up, as tokens/s (batch × block / step time), the
+achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs), and each side's peak memory (max RSS):
+every (library, config) pair runs in its own subprocess, so neither sees the other's memory or spinning
+threads. torch is optional: without it only nanofrontier's column is printed. The torch model below is written here for the comparison (GPT-2
 architecture, same sizes, same fused attention call), so both sides do the same work.
 """
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 CONFIGS = {
@@ -29,7 +34,12 @@ def parse():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--side", choices=["nf", "torch"], help=argparse.SUPPRESS)  # internal: one run per process
     return p.parse_args()
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def time_steps(step, warmup, steps):
@@ -119,9 +129,27 @@ def bench_torch(cfg, args):
     return time_steps(step, args.warmup, args.steps)
 
 
+def run_side(args, side, name):
+    """One (library, config) measurement in a fresh process; returns its JSON result."""
+    cmd = [sys.executable, __file__, "--side", side, "--config", name, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
     args = parse()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.side:  # child process: measure one side, print JSON
+        cfg = CONFIGS[args.config]
+        tokens = cfg["batch"] * cfg["block_size"]
+        if args.side == "nf":
+            t, flops = bench_nanofrontier(cfg, args)
+            res = {"tps": tokens / t, "gflops": flops * tokens / t / 1e9}
+        else:
+            res = {"tps": tokens / bench_torch(cfg, args)}
+        print(json.dumps({**res, "peak_mb": peak_mb()}))
+        return
     names = ["tiny", "small"] if args.config == "all" else [args.config]
     have_torch = False
     if not args.no_torch:
@@ -131,24 +159,17 @@ def main():
             have_torch = True
         except ImportError:
             print("(torch is not installed: nanofrontier only)")
-    # every nanofrontier run first: torch's OpenMP threads keep spinning after its ops and would steal
-    # cores from whatever runs next in this process
-    ours = {name: bench_nanofrontier(CONFIGS[name], args) for name in names}
-    theirs = {name: bench_torch(CONFIGS[name], args) for name in names} if have_torch else {}
     rows = []
     for name in names:
-        cfg = CONFIGS[name]
-        tokens = cfg["batch"] * cfg["block_size"]
-        t_nf, flops = ours[name]
-        t_torch = theirs.get(name)
-        rows.append((name, tokens / t_nf, flops * tokens / t_nf / 1e9, t_torch and tokens / t_torch))
-    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps\n")
-    print("| config | nanofrontier tokens/s | GFLOP/s | torch tokens/s | nf / torch |")
-    print("|---|---:|---:|---:|---:|")
-    for name, nf_tps, gf, torch_tps in rows:
-        ratio = f"{nf_tps / torch_tps:.2f}" if torch_tps else "—"
-        tt = f"{torch_tps:,.0f}" if torch_tps else "—"
-        print(f"| {name} | {nf_tps:,.0f} | {gf:.1f} | {tt} | {ratio} |")
+        ours = run_side(args, "nf", name)
+        theirs = run_side(args, "torch", name) if have_torch else None
+        rows.append((name, ours, theirs))
+    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps, one process per cell\n")
+    print("| config | nanofrontier tokens/s | GFLOP/s | peak MB | torch tokens/s | torch peak MB | nf / torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, o, t in rows:
+        tt = f"{t['tps']:,.0f} | {t['peak_mb']:,.0f} | {o['tps'] / t['tps']:.2f}" if t else "— | — | —"
+        print(f"| {name} | {o['tps']:,.0f} | {o['gflops']:.1f} | {o['peak_mb']:,.0f} | {tt} |")
 
 
 if __name__ == "__main__":
