@@ -197,23 +197,7 @@ mod tests {
     use crate::tensor::Tensor;
     use crate::tensor::random::{manual_seed, randn};
 
-    fn param(shape: &[usize]) -> Tensor {
-        randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
-    }
-    fn set_grad(p: &Tensor, g: Vec<f32>) {
-        p.set_grad(Some(Tensor::new(g, p.shape()).unwrap())).unwrap();
-    }
-    fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let (mut worst, mut at) = (0.0f64, 0);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g as f64 - w).abs() / (1.0 + w.abs());
-            if d > worst {
-                (worst, at) = (d, i);
-            }
-        }
-        assert!(worst <= tol, "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}", got[at], want[at]);
-    }
+    use crate::optim::test_util::{assert_close, param, set_grad};
 
     /// Independent f64 SGD, following the torch docs pseudo-code.
     struct RefSgd {
