@@ -138,7 +138,7 @@ fn generate_batch(model: &dyn CausalLm, prompts: &[Vec<i64>], opt: &SampleOption
             ),
         ));
     }
-    let mut cache = KvCache::new(model.n_layer());
+    let mut cache = KvCache::with_capacity(model.n_layer(), t0 + opt.max_new_tokens);
     let mut out = Generated { tokens: vec![Vec::new(); b], logprobs: vec![Vec::new(); b] };
     let mut done = vec![false; b];
     let v = model.vocab_size();

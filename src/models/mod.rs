@@ -24,6 +24,10 @@ impl KvCache {
     pub fn new(n_layer: usize) -> KvCache {
         KvCache { layers: vec![LayerCache::default(); n_layer] }
     }
+    /// A cache that holds `positions` without growing (generation knows its length up front).
+    pub fn with_capacity(n_layer: usize, positions: usize) -> KvCache {
+        KvCache { layers: vec![LayerCache::with_capacity(positions); n_layer] }
+    }
     /// Positions already processed.
     pub fn len(&self) -> usize {
         self.layers.first().map(|l| l.len()).unwrap_or(0)

@@ -4,35 +4,102 @@
 //! The attention itself is the fused op `ops::attention::scaled_dot_product_attention`.
 
 use super::{Linear, Module};
+use crate::autograd::will_record;
 use crate::error::{Error, Result};
-use crate::ops::attention::scaled_dot_product_attention;
+use crate::ops::attention::{KvView, attend_kv_cache, scaled_dot_product_attention};
 use crate::ops::rope::{RopeLayout, rope};
 use crate::ops::{dropout, view};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, alloc_zeros, checked_numel};
 
-/// Keys and values seen so far by one layer: (B, Hkv, T_cached, D) each.
+/// Keys and values seen so far by one layer, for generation: buffers laid out (B, Hkv, cap, D) whose first
+/// `len` positions are filled. A new position is written in place (no copy of the past), and attention
+/// reads the buffers directly; when full they grow by doubling. Values only: a cache holds no gradients,
+/// so it refuses inputs that autograd would record (generation runs under `no_grad`).
 #[derive(Clone, Default)]
 pub struct LayerCache {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// (B, Hkv, D, Dv) of what is stored, fixed by the first append.
+    dims: (usize, usize, usize, usize),
+    cap: usize,
+    len: usize,
 }
 
 impl LayerCache {
+    /// An empty cache that will hold `cap` positions without growing.
+    pub fn with_capacity(cap: usize) -> LayerCache {
+        LayerCache { cap, ..Default::default() }
+    }
     pub fn len(&self) -> usize {
-        self.k.as_ref().map(|k| k.shape()[2]).unwrap_or(0)
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
-    /// Append new (B, Hkv, T_new, D) keys/values and return the full ones.
-    fn extend(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match (&self.k, &self.v) {
-            (Some(k0), Some(v0)) => (view::cat(&[k0.clone(), k], 2)?, view::cat(&[v0.clone(), v], 2)?),
-            _ => (k, v),
+
+    /// Append new keys (B, Hkv, T_new, D) and values (B, Hkv, T_new, Dv).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let op = "kv_cache";
+        if will_record(&[k, v]) {
+            return Err(Error::value(op, "a KV cache stores values without gradients: run generation under no_grad"));
+        }
+        let (&[b, hkv, tn, d], &[bv, hv, tv, dv]) = (k.shape(), v.shape()) else {
+            return Err(Error::shape(
+                op,
+                format!("expected 4-D keys and values, got {:?} and {:?}", k.shape(), v.shape()),
+            ));
         };
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        Ok((k, v))
+        if self.len == 0 && self.k.is_empty() {
+            self.dims = (b, hkv, d, dv);
+        }
+        if (bv, hv, tv) != (b, hkv, tn) || self.dims != (b, hkv, d, dv) {
+            return Err(Error::shape(
+                op,
+                format!("new keys {:?} and values {:?} do not match the cache's {:?}", k.shape(), v.shape(), self.dims),
+            ));
+        }
+        let need = self.len + tn;
+        if self.k.is_empty() {
+            self.grow(need.max(self.cap))?; // first use: the capacity asked for, or what this needs
+        } else if need > self.cap {
+            self.grow(need.max(2 * self.cap))?;
+        }
+        let (heads, cap, len) = (b * hkv, self.cap, self.len);
+        let put = |buf: &mut [f32], x: &[f32], w: usize| {
+            for (hi, rows) in x.chunks_exact(tn * w).enumerate().take(heads) {
+                buf[(hi * cap + len) * w..][..tn * w].copy_from_slice(rows);
+            }
+        };
+        put(&mut self.k, &k.data(), d);
+        put(&mut self.v, &v.data(), dv);
+        self.len = need;
+        Ok(())
+    }
+
+    /// Re-lay the buffers out for `cap` positions per head, keeping what they hold.
+    fn grow(&mut self, cap: usize) -> Result<()> {
+        let (b, hkv, d, dv) = self.dims;
+        let (old_cap, len) = (self.cap, self.len);
+        let regrow = |old: &[f32], w: usize| -> Result<Vec<f32>> {
+            let mut buf = alloc_zeros("kv_cache", checked_numel("kv_cache", &[b, hkv, cap, w])?)?;
+            if len > 0 {
+                for (hi, dst) in buf.chunks_exact_mut(cap * w).enumerate() {
+                    dst[..len * w].copy_from_slice(&old[hi * old_cap * w..][..len * w]);
+                }
+            }
+            Ok(buf)
+        };
+        self.k = regrow(&self.k, d)?;
+        self.v = regrow(&self.v, dv)?;
+        self.cap = cap;
+        Ok(())
+    }
+
+    /// Causal attention of q (B, Hq, T_new, D), the newest positions, over everything cached.
+    fn attend(&self, q: &Tensor) -> Result<Tensor> {
+        let (b, hkv, d, dv) = self.dims;
+        let kv = KvView { k: &self.k, v: &self.v, b, hkv, cap: self.cap, len: self.len, d, dv };
+        attend_kv_cache(q, kv)
     }
 }
 
@@ -66,11 +133,13 @@ impl GptAttention {
         let q = split_heads(&view::narrow(&qkv, 2, 0, c)?, h, d)?;
         let k = split_heads(&view::narrow(&qkv, 2, c, c)?, h, d)?;
         let v = split_heads(&view::narrow(&qkv, 2, 2 * c, c)?, h, d)?;
-        let (k, v) = match cache {
-            Some(cache) => cache.extend(k, v)?,
-            None => (k, v),
+        let y = match cache {
+            Some(cache) => {
+                cache.append(&k, &v)?;
+                cache.attend(&q)?
+            }
+            None => scaled_dot_product_attention(&q, &k, &v, true, None)?, // (B, H, T, D)
         };
-        let y = scaled_dot_product_attention(&q, &k, &v, true, None)?; // (B, H, T, D)
         let y = self.c_proj.forward(&merge_heads(&y)?)?;
         dropout::dropout(&y, self.dropout, training)
     }
@@ -110,11 +179,13 @@ impl LlamaAttention {
         let k = rope(&k, 1, offset, self.rope_theta, self.rope_layout)?;
         let (q, k, v) =
             (view::permute(&q, &[0, 2, 1, 3])?, view::permute(&k, &[0, 2, 1, 3])?, view::permute(&v, &[0, 2, 1, 3])?);
-        let (k, v) = match cache {
-            Some(cache) => cache.extend(k, v)?,
-            None => (k, v),
+        let y = match cache {
+            Some(cache) => {
+                cache.append(&k, &v)?;
+                cache.attend(&q)?
+            }
+            None => scaled_dot_product_attention(&q, &k, &v, true, None)?, // (B, H, T, D), GQA inside
         };
-        let y = scaled_dot_product_attention(&q, &k, &v, true, None)?; // (B, H, T, D), GQA inside
         self.o_proj.forward(&merge_heads(&y)?)
     }
 }
@@ -137,4 +208,58 @@ pub fn check_heads(op: &'static str, dim: usize, n_head: usize, n_kv_head: usize
         return Err(Error::value(op, format!("n_kv_head ({n_kv_head}) must divide n_head ({n_head})")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::no_grad;
+    use crate::tensor::random::Rng;
+
+    fn randn_local(rng: &mut Rng, shape: &[usize]) -> Tensor {
+        let n = crate::tensor::numel(shape);
+        Tensor::new((0..n).map(|_| rng.normal() as f32).collect(), shape).unwrap()
+    }
+
+    #[test]
+    fn cache_fed_piece_by_piece_gives_full_attention_rows() {
+        let _g = no_grad();
+        let mut rng = Rng::new(5);
+        let (b, hq, hkv, t, d) = (2, 4, 2, 23, 8);
+        let q = randn_local(&mut rng, &[b, hq, t, d]);
+        let k = randn_local(&mut rng, &[b, hkv, t, d]);
+        let v = randn_local(&mut rng, &[b, hkv, t, d]);
+        let full = scaled_dot_product_attention(&q, &k, &v, true, None).unwrap();
+        // a prompt of 6, then single positions, then a chunk of 5, starting from no capacity (grows twice)
+        for start_cap in [0, t] {
+            let mut cache = LayerCache::with_capacity(start_cap);
+            let mut at = 0;
+            for n in [6, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 1, 1] {
+                let piece = |x: &Tensor| view::narrow(x, 2, at, n).unwrap();
+                cache.append(&piece(&k), &piece(&v)).unwrap();
+                let got = cache.attend(&piece(&q)).unwrap().to_vec();
+                let want = piece(&full).to_vec();
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-5, "positions {at}..{}: max abs diff {worst:.2e}", at + n);
+                at += n;
+                assert_eq!(cache.len(), at);
+            }
+            assert_eq!(at, t);
+        }
+    }
+
+    #[test]
+    fn cache_refuses_gradients_and_mismatched_shapes() {
+        let mut rng = Rng::new(6);
+        let k = randn_local(&mut rng, &[1, 2, 3, 4]).requires_grad_(true);
+        let mut cache = LayerCache::default();
+        let err = cache.append(&k, &k).unwrap_err().to_string();
+        assert!(err.contains("no_grad"), "{err}");
+        let _g = no_grad();
+        cache.append(&k, &k).unwrap();
+        let other = randn_local(&mut rng, &[1, 3, 1, 4]);
+        assert!(matches!(cache.append(&other, &other), Err(Error::Shape { .. })));
+        assert!(matches!(cache.append(&randn_local(&mut rng, &[2, 4]), &k), Err(Error::Shape { .. })));
+        assert_eq!(cache.len(), 3);
+    }
 }

@@ -62,6 +62,9 @@ struct Dims {
     dv: usize,
     scale: f32,
     causal: bool,
+    /// Positions each kv head's buffer has room for (K is (B, Hkv, kv_cap, D) of which the first Tk
+    /// rows are used): Tk for plain tensors, more for a KV cache read in place (decode rows only).
+    kv_cap: usize,
 }
 
 impl Dims {
@@ -121,13 +124,23 @@ fn check(
     causal: bool,
     scale: Option<f32>,
 ) -> Result<Dims> {
-    let shapes = || match v {
-        Some(v) => format!("q {}, k {}, v {}", fmt_shape(q.shape()), fmt_shape(k.shape()), fmt_shape(v.shape())),
-        None => format!("q {}, k {}", fmt_shape(q.shape()), fmt_shape(k.shape())),
+    check_shapes(op, q.shape(), k.shape(), v.map(|v| v.shape()), causal, scale)
+}
+
+fn check_shapes(
+    op: &'static str,
+    qs: &[usize],
+    ks: &[usize],
+    vs: Option<&[usize]>,
+    causal: bool,
+    scale: Option<f32>,
+) -> Result<Dims> {
+    let shapes = || match vs {
+        Some(vs) => format!("q {}, k {}, v {}", fmt_shape(qs), fmt_shape(ks), fmt_shape(vs)),
+        None => format!("q {}, k {}", fmt_shape(qs), fmt_shape(ks)),
     };
     let err = |what: &str| Error::shape(op, format!("{what}: {}", shapes()));
-    let (qs, ks) = (q.shape(), k.shape());
-    let vs = v.map(|v| v.shape()).unwrap_or(ks);
+    let vs = vs.unwrap_or(ks);
     let (&[b, hq, tq, d], &[bk, hkv, tk, dk], &[bv, hv, tv, dv]) = (qs, ks, vs) else {
         return Err(err("expected 4-D tensors (batch, heads, seq, head_dim)"));
     };
@@ -161,7 +174,7 @@ fn check(
     if !scale.is_finite() {
         return Err(Error::value(op, format!("scale must be finite, got {scale}")));
     }
-    Ok(Dims { b, hq, hkv: hkv.max(1), tq, tk, d, dv, scale, causal })
+    Ok(Dims { b, hq, hkv: hkv.max(1), tq, tk, d, dv, scale, causal, kv_cap: tk })
 }
 
 // ---- small kernels ----
@@ -514,11 +527,13 @@ impl<'a> Inputs<'a> {
     fn head(&self, dm: &Dims, bh: usize) -> Head<'a> {
         let (b, h) = (bh / dm.hq, bh % dm.hq);
         let bkv = b * dm.hkv + h / dm.group();
+        // K and V rows of a head sit kv_cap rows apart; Kᵀ and Vᵀ are only made for packed heads
+        let rows = |x: &'a [f32], w: usize| if x.is_empty() { x } else { &x[bkv * dm.kv_cap * w..][..dm.tk * w] };
         let part = |x: &'a [f32], len: usize| if x.is_empty() { x } else { &x[bkv * len..][..len] };
         Head {
             q: &self.q[bh * dm.tq * dm.d..][..dm.tq * dm.d],
-            k: part(self.k, dm.tk * dm.d),
-            v: part(self.v, dm.tk * dm.dv),
+            k: rows(self.k, dm.d),
+            v: rows(self.v, dm.dv),
             kt: part(self.kt, dm.tk * dm.d),
             vt: part(self.vt, dm.tk * dm.dv),
         }
@@ -745,6 +760,8 @@ fn forward(dm: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<f32>, Vec<
     if dm.empty() {
         return Ok((out, lse)); // no keys (or nothing to produce): the output is zeros
     }
+    // only decode rows read K and V through `Inputs::head`; the block paths below assume packed heads
+    debug_assert!(dm.kv_cap == dm.tk || dm.tq < SMALL_ROWS, "attention: strided kv heads outside decode");
     let (g, head_k) = (dm.group(), dm.tk * dm.d);
     // rough flops of one query block (only used to cut the work into groups between Ctrl-C checks)
     let block_cost = |i0: usize, rows: usize| 2 * rows * dm.visible(i0 + rows - 1) * (dm.d + dm.dv);
@@ -824,6 +841,45 @@ pub fn scaled_dot_product_attention(
     }
     let node = SdpaBackward { q: q.clone(), k: k.clone(), v: v.clone(), out: out.detach(), lse, dm };
     Ok(record(out, node))
+}
+
+/// The keys and values a KV cache holds: `len` positions of each (batch, kv head) in buffers laid out
+/// (B, Hkv, cap, D) and (B, Hkv, cap, Dv), so appending a position writes in place.
+#[derive(Clone, Copy)]
+pub struct KvView<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub b: usize,
+    pub hkv: usize,
+    pub cap: usize,
+    pub len: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+/// Causal attention of the last Tq positions, q (B, Hq, Tq, D), against the `len` cached keys and values
+/// (which include those Tq positions), for generation: the same result as `scaled_dot_product_attention`
+/// on the packed keys and values, without gradients. Decode steps (Tq < 4) read the cache in place;
+/// longer query blocks (a prompt) first pack the used rows. Errors as for `scaled_dot_product_attention`.
+pub fn attend_kv_cache(q: &Tensor, kv: KvView<'_>) -> Result<Tensor> {
+    let op = "attend_kv_cache";
+    let ks = [kv.b, kv.hkv, kv.len, kv.d];
+    let mut dm = check_shapes(op, q.shape(), &ks, Some(&[kv.b, kv.hkv, kv.len, kv.dv]), true, None)?;
+    let (kn, vn) = (kv.b * kv.hkv * kv.cap * kv.d, kv.b * kv.hkv * kv.cap * kv.dv);
+    if kv.len > kv.cap || kv.k.len() < kn || kv.v.len() < vn {
+        return Err(Error::value(op, format!("cache buffers do not hold {} positions of {ks:?}", kv.cap)));
+    }
+    let q = q.data();
+    let (out, _lse) = if dm.tq < SMALL_ROWS || kv.cap == kv.len {
+        dm.kv_cap = kv.cap;
+        forward(&dm, &q, kv.k, kv.v)?
+    } else {
+        let pack = |x: &[f32], w: usize| -> Vec<f32> {
+            x.chunks(kv.cap * w).take(kv.b * kv.hkv).flat_map(|head| &head[..kv.len * w]).copied().collect()
+        };
+        forward(&dm, &q, &pack(kv.k, kv.d), &pack(kv.v, kv.dv))?
+    };
+    Ok(Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]))
 }
 
 // ---- backward ----
@@ -1400,6 +1456,49 @@ mod tests {
             let (dmax, at) = max_abs_diff(&chunk.to_vec(), &want.to_vec());
             assert!(dmax <= 1e-5, "3-row chunk (Hq {hq}, Hkv {hkv}, T {t}): max abs diff {dmax:.2e} at {at}");
         }
+    }
+
+    /// (B, H, T, W) packed into buffers with room for `cap` positions per head (the rest garbage).
+    fn into_cache(x: &Tensor, cap: usize) -> Vec<f32> {
+        let s = x.shape();
+        let (heads, t, w) = (s[0] * s[1], s[2], s[3]);
+        let mut buf = vec![f32::NAN; heads * cap * w]; // unused slots must never be read
+        for (h, rows) in x.to_vec().chunks(t * w).enumerate() {
+            buf[h * cap * w..][..t * w].copy_from_slice(rows);
+        }
+        buf
+    }
+
+    #[test]
+    fn kv_cache_attention_equals_packed_attention_bit_for_bit() {
+        let mut rng = Rng::new(21);
+        // decode rows (read in place) and a prompt-sized block (packed first); MHA, GQA, MQA; dv != d
+        for ((b, hq, hkv), tq, tk, (d, dv)) in [
+            ((1, 4, 4), 1, 9, (8, 8)),
+            ((2, 8, 2), 2, 40, (16, 12)),
+            ((2, 4, 1), 5, 5, (8, 8)),
+            ((1, 6, 3), 7, 30, (8, 4)),
+        ] {
+            let q = randn_local(&mut rng, &[b, hq, tq, d], false);
+            let k = randn_local(&mut rng, &[b, hkv, tk, d], false);
+            let v = randn_local(&mut rng, &[b, hkv, tk, dv], false);
+            let want = scaled_dot_product_attention(&q, &k, &v, true, None).unwrap().to_vec();
+            for cap in [tk, tk + 3] {
+                let (kb, vb) = (into_cache(&k, cap), into_cache(&v, cap));
+                let kv = KvView { k: &kb, v: &vb, b, hkv, cap, len: tk, d, dv };
+                let got = attend_kv_cache(&q, kv).unwrap();
+                assert_eq!(got.shape(), [b, hq, tq, dv]);
+                let diff = got.to_vec().iter().zip(&want).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(diff.is_none(), "Tq {tq}, Tk {tk}, cap {cap}: first differing element {diff:?}");
+            }
+        }
+        // errors: more queries than cached keys, buffers smaller than the layout they claim
+        let q = randn_local(&mut rng, &[1, 2, 3, 4], false);
+        let buf = vec![0.0; 2 * 8 * 4];
+        let kv = |len, cap| KvView { k: &buf, v: &buf, b: 1, hkv: 2, cap, len, d: 4, dv: 4 };
+        assert!(matches!(attend_kv_cache(&q, kv(2, 8)), Err(Error::Shape { .. })));
+        assert!(matches!(attend_kv_cache(&q, kv(4, 16)), Err(Error::Value { .. })));
+        assert!(matches!(attend_kv_cache(&q, kv(9, 8)), Err(Error::Value { .. })));
     }
 
     #[test]
