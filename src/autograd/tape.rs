@@ -1,7 +1,8 @@
 //! `backward`: seed d(root) (1 for a scalar, or the given gradient), order the recorded nodes so each
 //! comes after everything that used it (iterative DFS; deep graphs cannot overflow the stack), then
 //! call each node's backward once, summing gradients that meet at a tensor. Leaves that require grad
-//! accumulate into `.grad` (+=, like torch). Unless `retain_graph`, each node frees what it saved, and a
+//! accumulate into `.grad` (+=, like torch). A multi-output node (`record_multi`) runs once, with the
+//! gradients of all its outputs (None for those that got none). Unless `retain_graph`, each node frees what it saved, and a
 //! second backward through it is an error rather than a silent wrong answer.
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +45,58 @@ fn topo_order(root: &Tensor) -> Result<Vec<Tensor>> {
     }
     order.reverse();
     Ok(order)
+}
+
+/// Gradients collected for one multi-output node until its last output in the order is reached.
+struct Pending {
+    douts: Vec<Option<Tensor>>,
+    outs: Vec<Tensor>,
+}
+
+/// Add one node's input gradients `dins` into `grads` (non-leaf inputs) or into `.grad` (leaves).
+/// `outs` are the node's output tensors (a gradient sharing their storage is copied before it is kept).
+fn accumulate(
+    grads: &mut HashMap<u64, Tensor>,
+    name: &str,
+    outs: &[Tensor],
+    inputs: &[Tensor],
+    dins: Vec<Option<Tensor>>,
+    needs: &[bool],
+) -> Result<()> {
+    for ((inp, din), &need) in inputs.iter().zip(dins).zip(needs) {
+        let Some(din) = din else { continue };
+        if !need {
+            continue;
+        }
+        if din.shape() != inp.shape() {
+            return Err(Error::Grad(format!(
+                "internal error in {name}'s backward: gradient shape {} for an input of shape {}",
+                fmt_shape(din.shape()),
+                fmt_shape(inp.shape())
+            )));
+        }
+        if inp.grad_fn().is_some() {
+            match grads.get(&inp.id()) {
+                // in place only if nothing else sees acc: backwards may hand out aliases (add
+                // passes dout through to both inputs, reshape returns a view of dout)
+                Some(acc) if acc.is_exclusive() => add_inplace(acc, &din),
+                Some(acc) => {
+                    let sum = add(acc, &din)?;
+                    grads.insert(inp.id(), sum);
+                }
+                None => {
+                    // the same tensor may be shared (e.g. a reshape view), so own the data
+                    let owned = if outs.iter().any(|t| din.same_storage(t)) { din.deep_clone() } else { din };
+                    grads.insert(inp.id(), owned);
+                }
+            }
+        } else if inp.is_freed() {
+            return Err(Error::Grad(FREED.into()));
+        } else {
+            inp.accumulate_grad(din);
+        }
+    }
+    Ok(())
 }
 
 impl Tensor {
@@ -91,10 +144,46 @@ impl Tensor {
         let order = topo_order(self)?;
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
         grads.insert(self.id(), seed);
+        // A multi-output op runs once, at the last of its outputs in `order` (all its consumers are done
+        // by then, and its inputs come later): count them, and collect their gradients until then.
+        let mut remaining: HashMap<usize, usize> = HashMap::new();
+        for t in &order {
+            if let Some(o) = t.grad_fn().as_deref().and_then(|f| f.as_output_of()) {
+                *remaining.entry(o.key()).or_insert(0) += 1;
+            }
+        }
+        let mut pending: HashMap<usize, Pending> = HashMap::new();
         for t in order {
             check_interrupt()?;
-            let Some(g) = grads.remove(&t.id()) else { continue };
             let Some(node) = t.grad_fn() else { continue };
+            if let Some(o) = node.as_output_of() {
+                let key = o.key();
+                let p =
+                    pending.entry(key).or_insert_with(|| Pending { douts: vec![None; o.n_outputs], outs: Vec::new() });
+                p.douts[o.index] = grads.remove(&t.id());
+                if !retain_graph {
+                    t.mark_freed();
+                }
+                p.outs.push(t);
+                let left = remaining.get_mut(&key).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if left != Some(0) {
+                    continue;
+                }
+                let Some(p) = pending.remove(&key) else { continue };
+                if p.douts.iter().all(Option::is_none) {
+                    continue;
+                }
+                let inputs = o.node.inputs();
+                let needs: Vec<bool> = inputs.iter().map(|i| i.requires_grad()).collect();
+                let dins = o.node.backward(&p.douts, &needs)?;
+                drop(p.douts);
+                accumulate(&mut grads, o.node.name(), &p.outs, &inputs, dins, &needs)?;
+                continue;
+            }
+            let Some(g) = grads.remove(&t.id()) else { continue };
             let inputs = node.inputs();
             let needs: Vec<bool> = inputs.iter().map(|i| i.requires_grad()).collect();
             let dins = node.backward(&g, &needs)?;
@@ -102,40 +191,7 @@ impl Tensor {
             if !retain_graph {
                 t.mark_freed();
             }
-            for ((inp, din), need) in inputs.iter().zip(dins).zip(needs) {
-                let Some(din) = din else { continue };
-                if !need {
-                    continue;
-                }
-                if din.shape() != inp.shape() {
-                    return Err(Error::Grad(format!(
-                        "internal error in {}'s backward: gradient shape {} for an input of shape {}",
-                        node.name(),
-                        fmt_shape(din.shape()),
-                        fmt_shape(inp.shape())
-                    )));
-                }
-                if inp.grad_fn().is_some() {
-                    match grads.get(&inp.id()) {
-                        // in place only if nothing else sees acc: backwards may hand out aliases (add
-                        // passes dout through to both inputs, reshape returns a view of dout)
-                        Some(acc) if acc.is_exclusive() => add_inplace(acc, &din),
-                        Some(acc) => {
-                            let sum = add(acc, &din)?;
-                            grads.insert(inp.id(), sum);
-                        }
-                        None => {
-                            // the same tensor may be shared (e.g. a reshape view), so own the data
-                            let owned = if din.same_storage(&t) { din.deep_clone() } else { din };
-                            grads.insert(inp.id(), owned);
-                        }
-                    }
-                } else if inp.is_freed() {
-                    return Err(Error::Grad(FREED.into()));
-                } else {
-                    inp.accumulate_grad(din);
-                }
-            }
+            accumulate(&mut grads, node.name(), std::slice::from_ref(&t), &inputs, dins, &needs)?;
         }
         Ok(())
     }
@@ -190,6 +246,52 @@ mod tests {
         }
         sum_all(&y).unwrap().backward(None, false).unwrap();
         assert_eq!(x.grad().unwrap().to_vec(), vec![100_001.0]);
+    }
+
+    #[test]
+    fn multi_output_node_runs_once_with_all_gradients() {
+        use crate::autograd::{MultiBackward, record_multi};
+        use std::sync::{Arc, Mutex};
+        // outs = (x, 2x); the node records which gradients it was given on each call
+        type Calls = Arc<Mutex<Vec<Vec<bool>>>>;
+        struct Two(Tensor, Calls);
+        impl MultiBackward for Two {
+            fn name(&self) -> &'static str {
+                "two"
+            }
+            fn inputs(&self) -> Vec<Tensor> {
+                vec![self.0.clone()]
+            }
+            fn backward(&self, douts: &[Option<Tensor>], _: &[bool]) -> crate::Result<Vec<Option<Tensor>>> {
+                self.1.lock().unwrap().push(douts.iter().map(Option::is_some).collect());
+                let mut dx = vec![0.0; self.0.numel()];
+                for (k, g) in douts.iter().enumerate() {
+                    if let Some(g) = g {
+                        dx.iter_mut().zip(g.data().iter()).for_each(|(d, &g)| *d += (k + 1) as f32 * g);
+                    }
+                }
+                Ok(vec![Some(Tensor::new(dx, self.0.shape())?)])
+            }
+        }
+        let two = |x: &Tensor, calls: &Calls| {
+            let outs = vec![x.detach().deep_clone(), mul(x, &Tensor::scalar(2.0)).unwrap().detach()];
+            record_multi(outs, Two(x.clone(), calls.clone()))
+        };
+        let x = leaf(&[1.0, 2.0]);
+        let calls: Calls = Arc::default();
+        let o = two(&x, &calls);
+        assert_eq!(o[1].grad_fn_name(), Some("two"));
+        // both used, one of them twice and also through x directly: d/dx (o0 + o1 + o1 + x) = 1 + 2 + 2 + 1
+        let y = sum_all(&add(&add(&add(&o[0], &o[1]).unwrap(), &o[1]).unwrap(), &x).unwrap()).unwrap();
+        y.backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![6.0, 6.0]);
+        assert_eq!(*calls.lock().unwrap(), vec![vec![true, true]]);
+        // only the second used: one call, the first gradient absent
+        x.zero_grad();
+        let o = two(&x, &calls);
+        sum_all(&o[1]).unwrap().backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![2.0, 2.0]);
+        assert_eq!(calls.lock().unwrap()[1], vec![false, true]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::{Linear, Module};
 use crate::autograd::will_record;
 use crate::error::{Error, Result};
 use crate::ops::attention::{KvView, attend_kv_cache, scaled_dot_product_attention};
+use crate::ops::heads::{merge_heads, split_heads};
 use crate::ops::rope::{RopeLayout, rope};
 use crate::ops::{dropout, view};
 use crate::tensor::{Tensor, alloc_zeros, checked_numel};
@@ -103,19 +104,6 @@ impl LayerCache {
     }
 }
 
-/// (B, T, H*D) → (B, H, T, D)
-fn split_heads(x: &Tensor, h: usize, d: usize) -> Result<Tensor> {
-    let (b, t) = (x.shape()[0], x.shape()[1]);
-    view::permute(&view::reshape(x, &[b as isize, t as isize, h as isize, d as isize])?, &[0, 2, 1, 3])
-}
-
-/// (B, H, T, D) → (B, T, H*D)
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let s = x.shape().to_vec();
-    let y = view::permute(x, &[0, 2, 1, 3])?;
-    view::reshape(&y, &[s[0] as isize, s[2] as isize, (s[1] * s[3]) as isize])
-}
-
 /// GPT-2 attention: `c_attn` (3C, C) makes q, k, v at once; `c_proj` (C, C) mixes the heads back.
 pub struct GptAttention {
     pub c_attn: Linear,
@@ -127,18 +115,15 @@ pub struct GptAttention {
 impl GptAttention {
     /// x (B, T, C) → (B, T, C). With a cache, x holds only the new positions.
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, training: bool) -> Result<Tensor> {
-        let c = x.shape()[2];
-        let (h, d) = (self.n_head, c / self.n_head);
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
-        let q = split_heads(&view::narrow(&qkv, 2, 0, c)?, h, d)?;
-        let k = split_heads(&view::narrow(&qkv, 2, c, c)?, h, d)?;
-        let v = split_heads(&view::narrow(&qkv, 2, 2 * c, c)?, h, d)?;
+        let parts = split_heads(&qkv, 3, self.n_head)?; // q, k, v: (B, H, T, D) each, one pass
+        let (q, k, v) = (&parts[0], &parts[1], &parts[2]);
         let y = match cache {
             Some(cache) => {
-                cache.append(&k, &v)?;
-                cache.attend(&q)?
+                cache.append(k, v)?;
+                cache.attend(q)?
             }
-            None => scaled_dot_product_attention(&q, &k, &v, true, None)?, // (B, H, T, D)
+            None => scaled_dot_product_attention(q, k, v, true, None)?, // (B, H, T, D)
         };
         let y = self.c_proj.forward(&merge_heads(&y)?)?;
         dropout::dropout(&y, self.dropout, training)

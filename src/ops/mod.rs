@@ -16,6 +16,8 @@
 //! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index), token_logprobs
 //! - `norm`       layer_norm, rms_norm (per-row mean/rstd cached for backward)
 //! - `rope`       rotary position embedding, interleaved or half-split pairs (backward = inverse rotation)
+//! - `heads`      split_heads (B,T,P·H·D) → P × (B,H,T,D) in one pass, one multi-output backward node;
+//!                merge_heads (B,H,T,D) → (B,T,H·D)
 //! - `attention`  scaled_dot_product_attention (flash-style; causal, GQA, KV cache), attention_weights
 
 pub mod binary;
@@ -29,4 +31,5 @@ pub mod activation;
 pub mod softmax;
 pub mod norm;
 pub mod rope;
+pub mod heads;
 pub mod attention;
