@@ -36,6 +36,11 @@ const MAX_TILE_FLOPS: usize = 1 << 30;
 const ALIGN: usize = 16;
 /// Below this much total work everything runs on the calling thread (a rayon fork costs microseconds).
 const SERIAL_FLOPS: usize = 1 << 21;
+/// A single matrix-vector product (decode) streams its matrix through the caches: it is split over the
+/// threads once the matrix is ≥ 512 KB (2·K·N flops ≥ this), since two cores stream about twice as fast as
+/// one (measured here: 10 → 21 GB/s from memory); smaller ones, which live in cache and take a few µs,
+/// stay on one thread (a hand-off costs more than they do: `examples/decode_gemv.rs`).
+const GEMV_SPLIT_FLOPS: usize = 1 << 18;
 /// Tiles run in groups of about this much work (~45 ms on two cores); Ctrl-C is checked between groups.
 const GROUP_FLOPS: usize = 1 << 33;
 
@@ -179,6 +184,12 @@ fn round_up(x: usize, to: usize) -> usize {
 /// tiles; short matrices (few rows, e.g. M = 1 decode) are cut along columns instead. Depends only
 /// on the shapes.
 fn tile_shape(count: usize, m: usize, k: usize, n: usize) -> (usize, usize) {
+    if count == 1 && m == 1 {
+        if 2 * k * n < GEMV_SPLIT_FLOPS {
+            return (1, n.max(1));
+        }
+        return (1, round_up(n.div_ceil(TARGET_TILES), ALIGN).min(n).max(1));
+    }
     // a matrix-vector product (M = 1 or N = 1) runs at memory speed, ~4× slower per flop than sgemm
     let per_matrix = 2 * m * k * n * if m == 1 || n == 1 { 4 } else { 1 };
     if per_matrix.saturating_mul(count) <= 2 * SERIAL_FLOPS || count >= 2 * TARGET_TILES && per_matrix <= MAX_TILE_FLOPS
@@ -337,7 +348,9 @@ impl<'a> Gemm<'a> {
                 end += 1;
             }
             let group = &tiles[start..end];
-            if group.len() == 1 || work <= SERIAL_FLOPS {
+            // (a split matrix-vector product is worth the threads whatever its flop count)
+            let split_gemv = self.m == 1 && self.count() == 1;
+            if group.len() == 1 || work <= SERIAL_FLOPS && !split_gemv {
                 for t in group {
                     // SAFETY: tiles are disjoint and `out` lives through this call.
                     unsafe { self.run_tile(t, ptr) };
@@ -345,7 +358,7 @@ impl<'a> Gemm<'a> {
             } else {
                 // many tiny tiles (small batched matmuls) are handed out in runs of ~SERIAL_FLOPS
                 let per_tile = (work / group.len()).max(1);
-                let min_len = (SERIAL_FLOPS / per_tile).max(1);
+                let min_len = if split_gemv { 1 } else { (SERIAL_FLOPS / per_tile).max(1) };
                 install(|| {
                     group.par_iter().with_min_len(min_len).for_each(|t| {
                         // SAFETY: tiles are disjoint and `out` lives until `install` returns.
@@ -1105,6 +1118,20 @@ mod tests {
     }
 
     #[test]
+    fn linear_decode_row_split_over_threads_matches_f64() {
+        // (1, 512) @ (600, 512)ᵀ: big enough that the matrix-vector product is cut into column tiles
+        assert!(tile_shape(1, 1, 512, 600).1 < 600, "the decode product should be split");
+        manual_seed(7);
+        let (x, w, b) = (p(&[1, 512]), p(&[600, 512]), p(&[600]));
+        let got = linear(&x, &w, Some(&b)).unwrap().to_vec();
+        let (xv, wv, bv) = (x.to_vec(), w.to_vec(), b.to_vec());
+        let want: Vec<f64> = (0..600)
+            .map(|o| bv[o] as f64 + (0..512).map(|k| xv[k] as f64 * wv[o * 512 + k] as f64).sum::<f64>())
+            .collect();
+        assert_close("decode linear", &got, &want, 512);
+    }
+
+    #[test]
     fn linear_gradcheck() {
         manual_seed(11);
         assert_gradcheck(|t| linear(&t[0], &t[1], Some(&t[2])), &[p(&[2, 3, 4]), p(&[5, 4]), p(&[5])]);
@@ -1205,7 +1232,9 @@ mod tests {
             let dy = Tensor::new((0..out.numel()).map(|i| (i % 7) as f32 - 3.0).collect(), out.shape()).unwrap();
             out.backward(Some(&dy), false).unwrap();
             let dec = linear(&x1, &w, Some(&b)).unwrap();
-            for t in [out, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap(), dec] {
+            // a decode row against a matrix big enough to be split over the threads (GEMV_SPLIT_FLOPS)
+            let big = linear(&local(&[1, 512]), &local(&[600, 512]), None).unwrap();
+            for t in [out, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap(), dec, big] {
                 bits.push(t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
             }
             bits
