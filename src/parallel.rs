@@ -1,16 +1,28 @@
-//! How work runs: a process-local rayon pool and the Ctrl-C hook.
+//! How work runs: a process-local rayon pool, whole calls handed to it, and the Ctrl-C hook.
 //!
 //! The pool is ours, not rayon's global one, because a `fork`ed child (multiprocessing's default on Linux)
 //! inherits a global pool whose threads do not exist in it, and hangs on first use. We remember which pid
 //! built the pool; a child builds a fresh one and leaks the parent's (never drop threads that are not there).
 //! Size: `set_num_threads(n)`, else `NANOFRONTIER_NUM_THREADS`, else all cores (0 also means all cores).
 //!
+//! Whole calls on a worker: `install` from a thread outside the pool injects a job, wakes a worker and puts
+//! the caller to sleep until it is done, every time. A model forward or a backward pass makes hundreds of
+//! such calls. `run_on_worker` runs the whole call on a pool worker instead, where each `install` is a plain
+//! call and each `par_iter` a work-stealing join; the caller waits, polling for Ctrl-C. It costs one
+//! hand-off (10–50 µs on a VM), so it is for calls with many parallel steps, not for a single small op.
+//! One such call is on the pool at a time; a concurrent one runs inline on its own thread (see `OneCall`).
+//!
 //! Ctrl-C: the bindings install a hook that asks Python whether SIGINT arrived. Long loops call
-//! `check_interrupt()` between chunks of work on the calling thread; it costs one clock read.
+//! `check_interrupt()` between chunks of work. Inline (on the thread that entered the core) it asks the
+//! hook at most every 50 ms; inside `run_on_worker` it reads the call's stop flag, which the waiting caller
+//! sets when its own polls of the hook see SIGINT.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rayon::ThreadPool;
 
@@ -100,7 +112,9 @@ where
 static INTERRUPT_HOOK: OnceLock<fn() -> bool> = OnceLock::new();
 
 thread_local! {
-    static LAST_CHECK: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    static LAST_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The stop flag of the `run_on_worker` call this thread is running (None: not in one).
+    static CALL_STOP: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
 }
 
 /// Install the function that says "the user pressed Ctrl-C" (the Python bindings do this once).
@@ -108,9 +122,17 @@ pub fn set_interrupt_hook(f: fn() -> bool) {
     let _ = INTERRUPT_HOOK.set(f);
 }
 
-/// `Err(Interrupted)` if Ctrl-C was pressed. Asks the hook at most every 50 ms, so it is cheap to call often.
-/// Call it only from the thread that entered the core (never from inside a rayon task).
+/// `Err(Interrupted)` if Ctrl-C was pressed. Cheap to call often: inside `run_on_worker` it reads one
+/// atomic; on the thread that entered the core it asks the hook at most every 50 ms. Call it from the
+/// code of the call itself, between chunks of work: inside a rayon task it always says Ok (the task's
+/// caller checks).
 pub fn check_interrupt() -> Result<()> {
+    if let Some(stop) = CALL_STOP.with_borrow(|s| s.as_ref().map(|s| s.load(Ordering::Relaxed))) {
+        return if stop { Err(Error::Interrupted) } else { Ok(()) };
+    }
+    if rayon::current_thread_index().is_some() {
+        return Ok(());
+    }
     let Some(hook) = INTERRUPT_HOOK.get() else { return Ok(()) };
     let now = Instant::now();
     let due = LAST_CHECK.with(|c| match c.get() {
@@ -123,9 +145,143 @@ pub fn check_interrupt() -> Result<()> {
     if due && hook() { Err(Error::Interrupted) } else { Ok(()) }
 }
 
+// ---- whole calls on a worker ----
+
+/// How often a caller waiting for `run_on_worker` asks the hook about Ctrl-C.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The per-thread state a call carries onto the worker (grad mode, its stop flag), restored on drop, also
+/// when the call panics. Restoring matters: a worker waiting inside one call can pick up another.
+struct OnWorker {
+    grad: bool,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl OnWorker {
+    fn enter(grad: bool, stop: Arc<AtomicBool>) -> OnWorker {
+        let grad = crate::autograd::grad_mode::set_grad_enabled(grad);
+        let stop = CALL_STOP.with_borrow_mut(|s| s.replace(stop));
+        OnWorker { grad, stop }
+    }
+}
+
+impl Drop for OnWorker {
+    fn drop(&mut self) {
+        crate::autograd::grad_mode::set_grad_enabled(self.grad);
+        CALL_STOP.with_borrow_mut(|s| *s = self.stop.take());
+    }
+}
+
+/// At most one `run_on_worker` call runs on the pool at a time; a second one, from another thread, runs
+/// inline on its caller instead. Otherwise a worker waiting inside one call (for a stolen half of a join)
+/// could pick up another call whole, and that one would wait forever for a lock (say, on a tensor's
+/// storage) held lower on the same worker's stack. Inline, each call keeps its own thread, as before.
+static CALL_ON_POOL: AtomicBool = AtomicBool::new(false);
+
+struct OneCall;
+
+impl OneCall {
+    fn enter() -> Option<OneCall> {
+        CALL_ON_POOL.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| OneCall)
+    }
+}
+
+impl Drop for OneCall {
+    fn drop(&mut self) {
+        CALL_ON_POOL.store(false, Ordering::Release);
+    }
+}
+
+type Outcome<R> = std::thread::Result<Result<R>>;
+
+/// Owns the receiving end while the job may still run; if the caller unwinds early, dropping it waits
+/// for the job, so nothing the job borrows goes away under it.
+struct Waiter<R> {
+    rx: Receiver<Outcome<R>>,
+    done: bool,
+}
+
+impl<R> Drop for Waiter<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.rx.recv(); // Err only once the job (and its sender) is gone
+        }
+    }
+}
+
+/// Run the whole call `f` on a pool worker and return its result here, as if it ran on this thread: the
+/// caller's grad mode is in force for `f`, a panic in `f` resumes here, and Ctrl-C (seen by the hook,
+/// polled every 50 ms while waiting) makes the call return `Err(Interrupted)` at its next
+/// `check_interrupt()` (or when it ends, if it ends first: the hook has consumed the signal). Called on
+/// a rayon worker (nested), or while another thread's call is on the pool, it runs `f` in place.
+pub fn run_on_worker<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    run_on_worker_polling(f, || INTERRUPT_HOOK.get().is_some_and(|hook| hook()))
+}
+
+/// `run_on_worker` with the Ctrl-C question as an argument (`interrupted_now`, asked on this thread between
+/// waits), so tests can press Ctrl-C without installing a process-wide hook.
+fn run_on_worker_polling<R: Send>(
+    f: impl FnOnce() -> Result<R> + Send,
+    mut interrupted_now: impl FnMut() -> bool,
+) -> Result<R> {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let Some(_one_call) = OneCall::enter() else { return f() };
+    let grad = crate::autograd::is_grad_enabled();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = sync_channel::<Outcome<R>>(1);
+    let job_stop = stop.clone();
+    let job = move || {
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            let _state = OnWorker::enter(grad, job_stop);
+            f()
+        }));
+        let _ = tx.send(out); // the last use of anything borrowed: after it the caller may return
+    };
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(job);
+    // SAFETY: rayon's `spawn` wants 'static, but this job borrows from the caller (through `f` and `R`).
+    // The caller does not return or unwind before the job has sent its result or been dropped:
+    // `waiter` waits on every path, including a panic in the hook. A rayon job is run once or dropped
+    // (our pools are never shut down), and either ends its use of the borrows. The job catches panics,
+    // so none reaches rayon (whose handler would abort).
+    let job: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(job) };
+    let mut waiter = Waiter { rx, done: false };
+    pool().spawn(job);
+    let mut interrupted = false;
+    let out = loop {
+        match waiter.rx.recv_timeout(POLL) {
+            Ok(out) => break out,
+            Err(RecvTimeoutError::Timeout) => {
+                if !interrupted && interrupted_now() {
+                    interrupted = true;
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                waiter.done = true;
+                panic!("nanofrontier: the thread pool dropped a call without running it");
+            }
+        }
+    };
+    waiter.done = true;
+    match out {
+        Err(panic) => resume_unwind(panic),
+        Ok(_) if interrupted => Err(Error::Interrupted),
+        Ok(r) => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tests of `run_on_worker` take this: only one call is on the pool at a time, so a test running
+    /// alongside another could see its call run inline.
+    static ONE_TEST: Mutex<()> = Mutex::new(());
+    fn one_test() -> std::sync::MutexGuard<'static, ()> {
+        ONE_TEST.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     #[test]
     fn resizing_the_pool_takes_effect() {
@@ -134,5 +290,165 @@ mod tests {
         set_num_threads(2);
         assert_eq!(install(rayon::current_num_threads), 2);
         set_num_threads(0);
+    }
+
+    #[test]
+    fn a_call_runs_on_a_worker_and_returns_here() {
+        let _serial = one_test();
+        let data = [1.0f32, 2.0, 3.0]; // borrowed by the call
+        let (sum, on_worker) =
+            run_on_worker(|| Ok((data.iter().sum::<f32>(), rayon::current_thread_index().is_some())))
+                .expect("no error");
+        assert_eq!(sum, 6.0);
+        assert!(on_worker, "the call ran on the calling thread, not on a pool worker");
+        let e = run_on_worker::<()>(|| Err(Error::value("t", "bad"))).unwrap_err();
+        assert_eq!(e, Error::value("t", "bad"));
+    }
+
+    #[test]
+    fn the_callers_grad_mode_holds_on_the_worker_and_is_restored_after() {
+        let _serial = one_test();
+        use crate::autograd::grad_mode::{is_grad_enabled, set_grad_enabled};
+        for mode in [false, true, false] {
+            let prev = set_grad_enabled(mode);
+            let seen = run_on_worker(|| Ok(is_grad_enabled())).unwrap();
+            set_grad_enabled(prev);
+            assert_eq!(seen, mode, "caller had grad mode {mode}, the worker saw {seen}");
+        }
+        // every worker is back to the default (recording) once no call runs on it
+        let n = num_threads();
+        let modes: Vec<bool> = install(|| {
+            use rayon::prelude::*;
+            (0..64 * n).into_par_iter().map(|_| is_grad_enabled()).collect()
+        });
+        assert!(modes.iter().all(|&m| m), "a worker kept a call's grad mode after the call");
+    }
+
+    #[test]
+    fn nested_calls_and_installs_run_in_place() {
+        let _serial = one_test();
+        let r = run_on_worker(|| {
+            let inner = run_on_worker(|| Ok(install(|| run_on_worker(|| Ok(7)))))?;
+            let mut v = vec![0.0f32; 4 * GRAIN];
+            for_each_chunk(&mut v, GRAIN, |s, c| c.iter_mut().enumerate().for_each(|(i, x)| *x = (s + i) as f32));
+            Ok(inner? + v[3 * GRAIN] as usize)
+        })
+        .unwrap();
+        assert_eq!(r, 7 + 3 * GRAIN);
+    }
+
+    #[test]
+    fn a_panic_in_the_call_resumes_on_the_caller_and_the_pool_still_works() {
+        let _serial = one_test();
+        let caught = std::panic::catch_unwind(|| run_on_worker::<()>(|| panic!("boom in a call")));
+        let msg = caught.expect_err("the panic did not reach the caller");
+        assert_eq!(msg.downcast_ref::<&str>().copied(), Some("boom in a call"));
+        assert_eq!(run_on_worker(|| Ok(1 + 1)).unwrap(), 2);
+    }
+
+    #[test]
+    fn ctrl_c_while_waiting_stops_the_call_at_its_next_check() {
+        let _serial = one_test();
+        let started = Instant::now();
+        let polls = std::cell::Cell::new(0);
+        let r = run_on_worker_polling(
+            || {
+                for _ in 0..10_000 {
+                    check_interrupt()?; // reads the call's flag (never the process-wide hook)
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            },
+            || {
+                polls.set(polls.get() + 1);
+                polls.get() == 2 // Ctrl-C seen on the second poll
+            },
+        );
+        assert_eq!(r, Err(Error::Interrupted));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "took {took:?} to stop (the call alone runs ≥ 10 s)");
+        assert_eq!(polls.get(), 2, "the caller kept polling after Ctrl-C was seen");
+    }
+
+    #[test]
+    fn ctrl_c_seen_as_the_call_ends_still_interrupts() {
+        let _serial = one_test();
+        // the hook consumed the signal, so a result that arrives anyway must not hide it
+        let r = run_on_worker_polling(
+            || {
+                std::thread::sleep(POLL * 3);
+                Ok(5)
+            },
+            || true,
+        );
+        assert_eq!(r, Err(Error::Interrupted));
+        assert_eq!(run_on_worker_polling(|| Ok(5), || false), Ok(5));
+    }
+
+    #[test]
+    fn concurrent_calls_holding_locks_across_parallel_steps_do_not_deadlock() {
+        let _serial = one_test();
+        // A call holds a read lock while its parallel steps run; another thread's call wants the write
+        // lock. If a worker waiting inside the first call picked up the second call whole, the second would
+        // wait forever for a lock held lower on its own stack.
+        use rayon::prelude::*;
+        use std::sync::RwLock;
+        let shared = Arc::new(RwLock::new(vec![1.0f32; 1 << 16]));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for k in 0..2 {
+            let (shared, done_tx) = (shared.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if k == 0 {
+                        run_on_worker(|| {
+                            let d = shared.read().unwrap_or_else(|e| e.into_inner());
+                            for _ in 0..20 {
+                                let s: f64 = install(|| {
+                                    d.par_chunks(256).map(|c| c.iter().map(|&x| x as f64).sum::<f64>()).sum()
+                                });
+                                assert!(s > 0.0);
+                            }
+                            Ok(())
+                        })
+                        .unwrap();
+                    } else {
+                        run_on_worker(|| {
+                            shared.write().unwrap_or_else(|e| e.into_inner())[0] = 1.0;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                }
+                let _ = done_tx.send(k);
+            });
+        }
+        for _ in 0..2 {
+            done_rx.recv_timeout(Duration::from_secs(60)).expect("concurrent calls deadlocked");
+        }
+    }
+
+    #[test]
+    fn a_second_concurrent_call_runs_inline_on_its_caller() {
+        let _serial = one_test();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = std::thread::spawn(move || {
+            run_on_worker(move || {
+                entered_tx.send(()).unwrap();
+                release_rx.recv_timeout(Duration::from_secs(30)).ok();
+                Ok(rayon::current_thread_index().is_some())
+            })
+        });
+        entered_rx.recv_timeout(Duration::from_secs(30)).expect("the first call never started");
+        let second_on_worker = run_on_worker(|| Ok(rayon::current_thread_index().is_some())).unwrap();
+        release_tx.send(()).unwrap();
+        assert_eq!(first.join().unwrap(), Ok(true), "the first call did not run on the pool");
+        assert!(!second_on_worker, "a second call ran on the pool while the first was there");
+        assert_eq!(run_on_worker(|| Ok(rayon::current_thread_index().is_some())), Ok(true), "the gate stayed shut");
+    }
+
+    #[test]
+    fn check_interrupt_in_a_pool_task_outside_a_call_is_ok() {
+        assert_eq!(install(check_interrupt), Ok(()));
     }
 }

@@ -8,7 +8,7 @@ use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::errors::run;
+use super::errors::{large_model_call, run, run_on_pool};
 use super::tensor::{PyTensor, to_indices, to_tensor};
 use crate::models::generate::{SampleOptions, generate};
 use crate::models::gpt::{Gpt, GptConfig};
@@ -154,8 +154,10 @@ impl PyModel {
             Some(o) if !o.is_none() => Some(batch_ids(py, o)?.0),
             _ => None,
         };
+        let large = large_model_call(b * t, self.inner.n_embd());
         let m = self.inner.clone();
-        let (logits, loss) = run(py, move || models::forward(&*m, &ids, b, t, tg.as_deref(), ignore_index, training))?;
+        let (logits, loss) =
+            run_on_pool(py, large, move || models::forward(&*m, &ids, b, t, tg.as_deref(), ignore_index, training))?;
         Ok((PyTensor::wrap(logits), loss.map(PyTensor::wrap)))
     }
 
@@ -163,8 +165,9 @@ impl PyModel {
     #[pyo3(signature = (idx, training = false))]
     fn hidden(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, training: bool) -> PyResult<PyTensor> {
         let (ids, b, t) = batch_ids(py, idx)?;
+        let large = large_model_call(b * t, self.inner.n_embd());
         let m = self.inner.clone();
-        Ok(PyTensor::wrap(run(py, move || {
+        Ok(PyTensor::wrap(run_on_pool(py, large, move || {
             models::check_batch(&*m, &ids, b, t, 0)?;
             m.hidden(&ids, b, t, None, training)
         })?))
@@ -188,8 +191,9 @@ impl PyModel {
     ) -> PyResult<PyTensor> {
         let (ids, b, t) = batch_ids(py, idx)?;
         let (tg, _, _) = batch_ids(py, targets)?;
+        let large = large_model_call(b * t, self.inner.n_embd());
         let m = self.inner.clone();
-        Ok(PyTensor::wrap(run(py, move || models::token_logprobs(&*m, &ids, b, t, &tg, ignore_index))?))
+        Ok(PyTensor::wrap(run_on_pool(py, large, move || models::token_logprobs(&*m, &ids, b, t, &tg, ignore_index))?))
     }
 
     /// Continue each prompt (a list of id lists). Returns (new tokens per prompt, their log-probs).
@@ -214,8 +218,11 @@ impl PyModel {
             seed,
             stop_tokens: stop_tokens.unwrap_or_default(),
         };
+        // the KV cache grows to every prompt's length + max_new_tokens positions
+        let rows = prompts.iter().map(|p| p.len().saturating_add(max_new_tokens)).fold(0usize, usize::saturating_add);
+        let large = large_model_call(rows, self.inner.n_embd());
         let m = self.inner.clone();
-        let g = run(py, move || generate(&*m, &prompts, &opt))?;
+        let g = run_on_pool(py, large, move || generate(&*m, &prompts, &opt))?;
         Ok((g.tokens, g.logprobs))
     }
 

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyEllipsis, PySlice, PySliceMethods, PyTuple};
 
-use super::errors::{OutOfRangeError, run};
+use super::errors::{OutOfRangeError, large_backward, run, run_on_pool};
 use crate::ops::{activation, binary, matmul, reduce, softmax, unary, view};
 use crate::tensor::Tensor;
 
@@ -251,7 +251,7 @@ impl PyTensor {
             _ => None,
         };
         let t = self.t.clone();
-        run(py, move || t.backward(g.as_ref(), retain_graph))
+        run_on_pool(py, large_backward(&t), move || t.backward(g.as_ref(), retain_graph))
     }
     /// Drop the accumulated gradient (`.grad` becomes None).
     fn zero_grad(&self) {
