@@ -6,13 +6,16 @@
 Configs (from the engine issue): tiny = vocab 65, 4 layers, 4 heads, 128 wide, block 128, batch 16;
 small = vocab 65, 6 layers, 6 heads, 384 wide, block 256, batch 8. One step = forward + loss + backward +
 AdamW. We report the median step time after warm-up, as tokens/s (batch × block / step time), the
-achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs), and each side's peak memory (max RSS):
-every (library, config) pair runs in its own subprocess, so neither sees the other's memory or spinning
-threads. torch is optional: without it only nanofrontier's column is printed. The torch model below is written here for the comparison (GPT-2
-architecture, same sizes, same fused attention call), so both sides do the same work.
+achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs), and each side's peak memory (max RSS).
+Every measurement runs in its own subprocess, so neither side sees the other's memory or spinning threads,
+and the sides alternate over --rounds processes each (the median is reported), so a drift in the machine's
+speed hits both alike. torch is optional: without it only nanofrontier's column is printed. The torch model
+below is written here for the comparison (GPT-2 architecture, same sizes, same fused attention call), so
+both sides do the same work.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -33,6 +36,7 @@ def parse():
     p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="processes per (library, config) cell")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--side", choices=["nf", "torch"], help=argparse.SUPPRESS)  # internal: one run per process
     return p.parse_args()
@@ -129,6 +133,11 @@ def bench_torch(cfg, args):
     return time_steps(step, args.warmup, args.steps)
 
 
+def median_run(runs):
+    """The run with the median tokens/s (its other numbers come with it)."""
+    return sorted(runs, key=lambda r: r["tps"])[len(runs) // 2]
+
+
 def run_side(args, side, name):
     """One (library, config) measurement in a fresh process; returns its JSON result."""
     cmd = [sys.executable, __file__, "--side", side, "--config", name, "--steps", str(args.steps),
@@ -151,20 +160,22 @@ def main():
         print(json.dumps({**res, "peak_mb": peak_mb()}))
         return
     names = ["tiny", "small"] if args.config == "all" else [args.config]
-    have_torch = False
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-
-            have_torch = True
-        except ImportError:
-            print("(torch is not installed: nanofrontier only)")
+    # find torch without importing it: a child's max RSS starts from its parent's RSS at fork, so a parent
+    # holding torch's libraries would inflate every peak-memory number
+    have_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not args.no_torch and not have_torch:
+        print("(torch is not installed: nanofrontier only)")
     rows = []
     for name in names:
-        ours = run_side(args, "nf", name)
-        theirs = run_side(args, "torch", name) if have_torch else None
-        rows.append((name, ours, theirs))
-    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps, one process per cell\n")
+        # alternate the sides over the rounds, so a drift in the machine's speed hits both alike
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(run_side(args, "nf", name))
+            if have_torch:
+                theirs.append(run_side(args, "torch", name))
+        rows.append((name, median_run(ours), median_run(theirs) if theirs else None))
+    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps per process, "
+          f"median of {args.rounds} processes per cell (alternating sides)\n")
     print("| config | nanofrontier tokens/s | GFLOP/s | peak MB | torch tokens/s | torch peak MB | nf / torch |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, o, t in rows:
