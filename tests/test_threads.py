@@ -13,6 +13,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import nanofrontier as nf
 
@@ -64,14 +65,6 @@ def _train(threads):
         nf.set_num_threads(0)
 
 
-def test_one_and_two_threads_give_identical_results():
-    l1, p1 = _train(1)
-    l2, p2 = _train(2)
-    assert l1 == l2
-    for a, b in zip(p1, p2):
-        np.testing.assert_array_equal(a, b)
-
-
 # Model calls run on the pool once batch × length × n_embd reaches the parallel grain (16384), and
 # backward once the logits do: these defaults (4 × 64 × 64, logits 4 × 64 × 65) are just over both.
 def _tiny_gpt(block_size=64, n_layer=2):
@@ -102,9 +95,10 @@ def _train_gpt(threads):
         nf.set_num_threads(0)
 
 
-def test_one_and_two_threads_give_identical_results_for_calls_on_the_pool():
-    l1, p1 = _train_gpt(1)
-    l2, p2 = _train_gpt(2)
+@pytest.mark.parametrize("train", [_train, _train_gpt], ids=["mlp-ops", "gpt-calls-on-the-pool"])
+def test_one_and_two_threads_give_identical_results(train):
+    l1, p1 = train(1)
+    l2, p2 = train(2)
     assert l1 == l2
     for a, b in zip(p1, p2):
         np.testing.assert_array_equal(a, b)

@@ -477,8 +477,14 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
     for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
         acc[l] += xv * yv;
     }
-    // pairwise, fixed order
-    let mut w = L;
+    lanes_sum(acc)
+}
+
+/// The 16 lanes of a dot product added pairwise in a fixed order (so the result does not depend on the
+/// vector width the loops above were compiled for).
+#[inline(always)]
+fn lanes_sum(mut acc: [f32; 16]) -> f32 {
+    let mut w = acc.len();
     while w > 1 {
         w /= 2;
         for l in 0..w {
@@ -510,16 +516,7 @@ fn dot4(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
             a[l] += xv * yv;
         }
     }
-    acc.map(|mut a| {
-        let mut w = L;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                a[l] += a[l + w];
-            }
-        }
-        a[0]
-    })
+    acc.map(lanes_sum)
 }
 
 /// `dot4` with AVX2 intrinsics, bit for bit: lane l of the 16 (two 8-wide registers per dot) sums
@@ -558,16 +555,7 @@ unsafe fn dot4_avx2(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
             a[l] += xv * yv;
         }
     }
-    acc.map(|mut a| {
-        let mut w = L;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                a[l] += a[l + w];
-            }
-        }
-        a[0]
-    })
+    acc.map(lanes_sum)
 }
 
 /// Row-major (rows, cols) matrices, or their transposes read in place through swapped strides.
