@@ -65,6 +65,17 @@ def _train(threads):
         nf.set_num_threads(0)
 
 
+def _run_threads(work, n, errors, hung):
+    """Run work(0..n) on n Python threads; fail if one hangs (2 min) or any raised (collected in errors)."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), hung
+    assert not errors, errors
+
+
 # Model calls run on the pool once batch × length × n_embd reaches the parallel grain (16384), and
 # backward once the logits do: these defaults (4 × 64 × 64, logits 4 × 64 × 65) are just over both.
 def _tiny_gpt(block_size=64, n_layer=2):
@@ -195,13 +206,7 @@ def test_concurrent_python_threads_calling_the_pool_get_their_own_results():
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    assert not errors, errors
+    _run_threads(work, 4, errors, "a thread hung")
     for i, ((wl, wg), (gl, gg)) in enumerate(zip(want, got)):
         assert wl == gl, f"thread {i}: loss {gl} != {wl}"
         for a, b in zip(wg, gg):
@@ -223,13 +228,7 @@ def test_threads_sharing_one_model_do_not_deadlock():
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "threads sharing a model deadlocked"
-    assert not errors, errors
+    _run_threads(work, 3, errors, "threads sharing a model deadlocked")
     assert all(np.isfinite(p.grad.numpy()).all() for p in model.parameters())
 
 

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Backward, record, will_record};
 use crate::error::{Error, Result, fmt_shape};
+use crate::ops::lanes_sum;
 use crate::ops::unary::exp_f32;
 use crate::parallel::{check_interrupt, install};
 use crate::tensor::{Tensor, alloc_zeros, checked_numel};
@@ -392,18 +393,6 @@ fn transpose_one_body<const ISA: Isa>(x: &[f32], t: usize, c: usize, out: &mut [
 /// Lanes for the row reductions below: the sums run in this many independent lanes (so loops vectorize),
 /// then the lanes are added in a fixed order, so the result does not depend on the CPU's vector width.
 const L: usize = 16;
-
-#[inline(always)]
-fn lanes_sum(mut acc: [f32; L]) -> f32 {
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-    }
-    acc[0]
-}
 
 // The row loops below run whole L-wide chunks; a ragged tail (common on the causal diagonal) is padded
 // into one more chunk, so it is vectorized too instead of falling back to a scalar loop.

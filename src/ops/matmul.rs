@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Backward, record, will_record};
 use crate::error::{Error, Result, fmt_shape};
+use crate::ops::lanes_sum;
 use crate::parallel::{check_interrupt, install};
 use crate::tensor::shape::broadcast_strides;
 use crate::tensor::{Tensor, alloc_zeros, checked_numel, numel, strides};
@@ -478,20 +479,6 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
         acc[l] += xv * yv;
     }
     lanes_sum(acc)
-}
-
-/// The 16 lanes of a dot product added pairwise in a fixed order (so the result does not depend on the
-/// vector width the loops above were compiled for).
-#[inline(always)]
-fn lanes_sum(mut acc: [f32; 16]) -> f32 {
-    let mut w = acc.len();
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-    }
-    acc[0]
 }
 
 /// Four dot products with one x: `[dot(x, ys[0]), .., dot(x, ys[3])]`, bit for bit (same lanes, same order).

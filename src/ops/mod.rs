@@ -33,3 +33,18 @@ pub mod norm;
 pub mod rope;
 pub mod heads;
 pub mod attention;
+
+/// 16 partial sums (the lanes a vectorized loop accumulates in) added pairwise in a fixed order, so a
+/// reduction gives the same bits whatever vector width its loop was compiled for. Shared by the dot
+/// products of `matmul` and the row reductions of `attention`.
+#[inline(always)]
+pub(crate) fn lanes_sum(mut acc: [f32; 16]) -> f32 {
+    let mut w = acc.len();
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
