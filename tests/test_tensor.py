@@ -361,7 +361,7 @@ def test_T_transposes_2d_and_refuses_more_dims():
     assert nf.tensor([1.0, 2.0]).T.tolist() == [1.0, 2.0]  # 1-D and 0-D: unchanged, as in torch
     assert nf.tensor(3.0).T.shape == ()
     with pytest.raises(nf.ShapeError, match=r"\.mT"):
-        nf.zeros(2, 3, 4).T
+        _ = nf.zeros(2, 3, 4).T
 
 
 def test_mT_swaps_the_last_two_dims_with_gradient():
@@ -374,4 +374,4 @@ def test_mT_swaps_the_last_two_dims_with_gradient():
     (B.mT * nf.tensor(w)).sum().backward()
     assert_close(B.grad, w.swapaxes(-1, -2))
     with pytest.raises(nf.ShapeError, match=r"mT: needs a tensor of at least 2 dims"):
-        nf.tensor([1.0, 2.0]).mT
+        _ = nf.tensor([1.0, 2.0]).mT

@@ -41,8 +41,9 @@ def from_hf(arch, hf_config, hf_state):
     if arch == "gpt2":
         config = hf.gpt2_config_from_hf(hf_config)
         state = hf.gpt2_state_from_hf(hf_state)
-        hf.check_state(hf.gpt2_expected_shapes(config), state, "GPT-2 state")
-        return config, state
+        expected = hf.gpt2_expected_shapes(config)
+        hf.check_state(expected, state, "GPT-2 state")
+        return config, {k: state[k] for k in expected}  # in model order, as for Llama
     config = hf.llama_config_from_hf(hf_config)
     return config, hf.llama_state_from_hf(hf_state, config)
 
