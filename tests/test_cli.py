@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nanofrontier import cli
+from nanofrontier import tour as cli
 
 DATA = Path(__file__).resolve().parent / "data"
 OK_LINE = re.compile(r"^01_tiny_ok\s+OK\s+\d+\.\d+s\s+(?P<headline>.*)$", re.M)
@@ -222,7 +222,7 @@ def test_ctrl_c_shuts_kernel_down_and_returns_130(notebooks, tmp_path):
     )
     nbformat.write(slow, str(notebooks / "03_slow.ipynb"))
     env = dict(os.environ)
-    package_parent = str(Path(cli.__file__).resolve().parents[1])
+    package_parent = str(Path(cli.__file__).resolve().parents[2])  # python/nanofrontier/tour/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "nanofrontier", "tour", "--notebooks", str(notebooks),
@@ -321,19 +321,25 @@ def test_result_headline_takes_last_stdout_result_line():
 
 
 def test_cli_module_imports_only_stdlib_at_top_level():
-    """cli.py must not import the compiled extension (nor anything heavy) at import time."""
-    tree = ast.parse(Path(cli.__file__).read_text())
-    top_level = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top_level.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports in cli.py"
-            top_level.add((node.module or "").split(".")[0])
+    """The tour package must not import the compiled extension (nor anything heavy) at import time:
+    each of its modules imports the standard library and, relatively, its sibling modules only."""
+    package = Path(cli.__file__).resolve().parent
+    siblings = {p.stem for p in package.glob("*.py")}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    assert top_level <= stdlib, top_level - stdlib
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and not (node.module or "").startswith("nanofrontier")
-        if isinstance(node, ast.Import):
-            assert not any(a.name.startswith("nanofrontier") for a in node.names)
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top_level.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert node.level == 1 and node.module in siblings, (path.name, node.module)
+                else:
+                    top_level.add((node.module or "").split(".")[0])
+        assert top_level <= stdlib, (path.name, top_level - stdlib)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("nanofrontier"), (path.name, node.module)
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("nanofrontier") for a in node.names), path.name

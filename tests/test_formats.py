@@ -669,6 +669,31 @@ def test_gpt2_state_to_and_from_hf():
     assert "lm_head.weight" in hf.gpt2_state_from_hf(hf.gpt2_state_to_hf(untied))
 
 
+def test_pretrained_directory_round_trip_without_a_model(tmp_path):
+    """formats.save_pretrained / load_pretrained: what the models' save_pretrained/from_pretrained call."""
+    c = gpt2_config()
+    ours = random_state(hf.gpt2_expected_shapes(c))
+    nf.formats.save_pretrained(tmp_path / "d", "gpt2", c, ours)
+    on_disk = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert on_disk["model_type"] == "gpt2" and on_disk["n_positions"] == 6
+    assert not list((tmp_path / "d").glob("*.tmp"))  # atomic writes leave no temporary file
+    config, state = nf.formats.load_pretrained(tmp_path / "d", "gpt2")
+    assert {k: config[k] for k in c} == c
+    assert_same_arrays(state, ours, "GPT-2 directory round trip")
+    # the architecture is checked, and so is every name and shape
+    with pytest.raises(InvalidArgumentError, match="model_type is 'gpt2', expected 'llama'"):
+        nf.formats.load_pretrained(tmp_path / "d", "llama")
+    with pytest.raises(InvalidArgumentError, match="arch must be one of"):
+        nf.formats.load_pretrained(tmp_path / "d", "bert")
+    with pytest.raises(InvalidArgumentError, match="arch must be one of"):
+        nf.formats.save_pretrained(tmp_path / "e", "gpt", c, ours)
+    nf.formats.save_pretrained(tmp_path / "bad", "gpt2", c, {k: v for k, v in ours.items() if k != "wpe.weight"})
+    with pytest.raises(hf.StateMismatchError, match="missing"):
+        nf.formats.load_pretrained(tmp_path / "bad", "gpt2")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        nf.formats.load_pretrained(tmp_path / "nowhere", "gpt2")
+
+
 def test_check_state_lists_every_problem():
     expected = {"a.weight": (2, 3), "b.weight": (4,), "c.bias": (5,)}
     got = {"a.weight": np.zeros((3, 2)), "b.weight": np.zeros(4), "d.weight": np.zeros(1)}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nanofrontier import cli
+from nanofrontier import tour as cli
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))

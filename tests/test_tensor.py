@@ -118,7 +118,8 @@ def test_methods_match_numpy():
     assert_close(X.reshape((4, 6)), x.reshape(4, 6))
     assert_close(X.permute(2, 0, 1), x.transpose(2, 0, 1))
     assert_close(X.transpose(0, 2), x.swapaxes(0, 2))
-    assert_close(X.T, x.T)
+    assert_close(X.mT, x.swapaxes(-1, -2))
+    assert_close(X[0].T, x[0].T)
     assert_close(X.narrow(2, 1, 2), x[:, :, 1:3])
     assert_close(X.unsqueeze(1), x[:, None])
     assert_close(X.unsqueeze(-1), x[..., None])
@@ -264,3 +265,113 @@ def test_in_place_copy_for_state_loading():
         p.copy_(np.ones(3))
     with pytest.raises(nf.GradError):
         (p * 2).copy_(np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------- errors that teach (issue 8)
+def test_reading_grad_of_a_non_leaf_warns_and_says_why():
+    w = nf.tensor([1.0, -2.0], requires_grad=True)
+    (w * w).sum().backward()
+    w -= 0.1 * w.grad  # outside no_grad: w is now the result of an op, not the parameter
+    assert not w.is_leaf
+    with pytest.warns(UserWarning, match=r"not a leaf.*w -= lr \* w\.grad.*no_grad"):
+        assert w.grad is None
+
+
+def test_reading_grad_of_a_leaf_does_not_warn():
+    import warnings
+
+    w = nf.tensor([1.0, -2.0], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert w.grad is None  # a leaf before backward: None, silently, as in torch
+        (w * w).sum().backward()
+        assert_close(w.grad, [2.0, -4.0])
+        with nf.no_grad():
+            w.copy_(w - 0.1 * w.grad)  # the in-place update the warning recommends
+        assert w.is_leaf and w.grad is not None
+
+
+def test_float_targets_name_the_call():
+    logits = nf.randn(2, 3)
+    with pytest.raises(TypeError, match=r"^cross_entropy: targets: indices must be integers"):
+        nf.functional.cross_entropy(logits, np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match=r"^cross_entropy: targets: indices must be whole numbers"):
+        nf.functional.cross_entropy(logits, nf.tensor([0.5, 1.0]))
+    with pytest.raises(TypeError, match=r"^embedding: ids: "):
+        nf.functional.embedding(nf.randn(4, 2), np.array([0.5]))
+    with pytest.raises(TypeError, match=r"^token_logprobs: targets: "):
+        nf.functional.token_logprobs(logits, np.array([0.5, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [np.array([True, False]), [True, False], True, "compare2d"],
+    ids=["numpy-bool", "list-bool", "python-bool", "comparison-2d"],
+)
+def test_boolean_masks_are_refused_with_what_to_use_instead(key):
+    x = nf.tensor([[1.0, -2.0], [-3.0, 4.0]])
+    if isinstance(key, str):
+        key = x > 0  # a 2-D 0/1 tensor: what `x[x > 0]` passes
+    with pytest.raises(TypeError, match=r"boolean masks are not supported as indices") as info:
+        x[key]
+    assert "nf.where" in str(info.value) and "flatnonzero" in str(info.value)
+    assert "index arrays must be 1-D" not in str(info.value) or "mask" in str(info.value)
+
+
+def test_negative_thread_count_is_a_value_error():
+    n = nf.get_num_threads()
+    with pytest.raises(ValueError, match=r"set_num_threads: n must be >= 0.*got -2"):
+        nf.set_num_threads(-2)
+    assert nf.get_num_threads() == n  # refused, so nothing changed
+
+
+@pytest.mark.parametrize("make, name", [(nf.zeros, "zeros"), (nf.ones, "ones")])
+def test_huge_zeros_and_ones_name_themselves(make, name):
+    with pytest.raises(nf.AllocationError, match=rf"^{name}: cannot allocate"):
+        make(2**62)
+    with pytest.raises(nf.AllocationError, match=rf"^{name}: "):
+        make(2**40, 2**30)  # element count overflows
+
+
+def test_argmax_returns_a_tensor():
+    x = np.array([[0.1, 3.0, -1.0], [5.0, 2.0, 5.0]], dtype=np.float32)
+    X = nf.tensor(x)
+    a = X.argmax(-1)
+    assert isinstance(a, nf.Tensor) and a.shape == (2,)
+    assert a.tolist() == [1.0, 0.0]  # first maximum on ties, as numpy and torch
+    k = X.argmax(0, keepdim=True)
+    assert isinstance(k, nf.Tensor) and k.shape == (1, 3) and k.tolist() == [[1.0, 0.0, 1.0]]
+    flat = X.argmax()
+    assert isinstance(flat, nf.Tensor) and flat.shape == ()
+    assert int(flat) == 3 and isinstance(int(flat), int)
+    assert not a.requires_grad
+
+
+def test_int_of_a_tensor():
+    assert int(nf.tensor(2.9)) == 2 and int(nf.tensor([-2.9])) == -2
+    with pytest.raises(ValueError):
+        int(nf.tensor(float("nan")))
+    with pytest.raises(ValueError):
+        int(nf.tensor([1.0, 2.0]))
+
+
+def test_T_transposes_2d_and_refuses_more_dims():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert_close(nf.tensor(a).T, a.T)
+    assert nf.tensor([1.0, 2.0]).T.tolist() == [1.0, 2.0]  # 1-D and 0-D: unchanged, as in torch
+    assert nf.tensor(3.0).T.shape == ()
+    with pytest.raises(nf.ShapeError, match=r"\.mT"):
+        _ = nf.zeros(2, 3, 4).T
+
+
+def test_mT_swaps_the_last_two_dims_with_gradient():
+    b = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    B = nf.tensor(b, requires_grad=True)
+    assert B.mT.shape == (2, 4, 3)
+    assert_close(B.mT, b.swapaxes(-1, -2))
+    assert_close(nf.tensor(b[0]).mT, b[0].T)
+    w = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 4, 3)
+    (B.mT * nf.tensor(w)).sum().backward()
+    assert_close(B.grad, w.swapaxes(-1, -2))
+    with pytest.raises(nf.ShapeError, match=r"mT: needs a tensor of at least 2 dims"):
+        _ = nf.tensor([1.0, 2.0]).mT

@@ -1,8 +1,8 @@
-"""``python -m nanofrontier ...`` runs the command line (see nanofrontier.cli)."""
+"""``python -m nanofrontier ...`` runs the command line (see nanofrontier.tour.cli)."""
 
 import sys
 
-from nanofrontier.cli import main
+from nanofrontier.tour.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,20 +32,34 @@ def to_f32_array(data):
         return np.asarray(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
 
 
-def to_index_array(data):
+_BOOL_INDEX = (
+    "boolean masks are not supported as indices; use nf.where(mask, x, other) or "
+    "nf.functional.masked_fill(x, mask, value) to act on the masked entries, or integer positions such as "
+    "numpy.flatnonzero(mask)"
+)
+
+
+def to_index_array(data, what=None):
+    """``data`` as a C-ordered int64 array; every error message starts with ``what`` (e.g.
+    ``"cross_entropy: targets"``) when given, so it names the call."""
+    pre = f"{what}: " if what else ""
     if hasattr(data, "numpy") and type(data).__name__ == "Tensor":
         vals = data.numpy()
         if not np.all(np.isfinite(vals)) or not np.all(vals == np.round(vals)):
-            raise TypeError("indices must be whole numbers; this tensor holds fractional or non-finite values")
+            raise TypeError(
+                f"{pre}indices must be whole numbers; this tensor holds fractional or non-finite values"
+            )
         return vals.astype(np.int64)
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError) as e:
-        raise TypeError(f"cannot read indices from {type(data).__name__}: {e}") from None
+        raise TypeError(f"{pre}cannot read indices from {type(data).__name__}: {e}") from None
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{pre}indices must be integers, got a bool array of shape {arr.shape}: {_BOOL_INDEX}")
     if arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
             return arr.astype(np.int64)
-        raise TypeError(f"indices must be integers, got an array of dtype {arr.dtype}")
+        raise TypeError(f"{pre}indices must be integers, got an array of dtype {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-        raise TypeError("index values do not fit in int64")
+        raise TypeError(f"{pre}index values do not fit in int64")
     return np.asarray(arr, dtype=np.int64, order="C")

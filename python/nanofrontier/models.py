@@ -15,11 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-import json
-import os
-from pathlib import Path
-
-from . import _core
+from . import _core, formats
 from .nn import Module
 
 
@@ -165,37 +161,25 @@ class _CausalLM(Module):
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())
 
-    # ---- Hugging Face layout: config.json + model.safetensors ----
+    # ---- loading and saving: the formats live in nf.formats; these are one call each ----
     def save_pretrained(self, directory):
         """Write ``config.json`` and ``model.safetensors`` in the Hugging Face layout of this architecture
         (``GPT2LMHeadModel`` / ``LlamaForCausalLM``), so ``transformers`` loads the directory unchanged.
-        Each file is written atomically."""
-        from .formats import save_safetensors
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        hf_config, hf_state = self._to_hf()
-        save_safetensors(str(d / "model.safetensors"), hf_state, {"format": "pt"})
-        tmp = d / "config.json.tmp"
-        tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
-        os.replace(tmp, d / "config.json")
+        Each file is written atomically (:func:`nanofrontier.formats.save_pretrained`)."""
+        formats.save_pretrained(directory, self._ARCH, asdict(self.config), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory):
         """Load a directory written by ``save_pretrained`` or by ``transformers`` (float32/16/bf16 weights).
         Every name and shape is checked; the error lists what is missing, unexpected or mismatched."""
-        from .formats import load_safetensors
-
-        d = Path(directory)
-        if not (d / "config.json").exists():
-            raise FileNotFoundError(f"{d / 'config.json'} not found (expected a Hugging Face model directory)")
-        state, _ = load_safetensors(str(d / "model.safetensors"))
-        state = {k: v.numpy() for k, v in state.items()}
-        return cls._from_hf(json.loads((d / "config.json").read_text()), state)
+        return cls._from_state(*formats.load_pretrained(directory, cls._ARCH))
 
     @classmethod
-    def _build(cls, config, state):
-        """A model with ``config`` holding exactly ``state`` (the global generator is left untouched)."""
+    def _from_state(cls, cfg, state):
+        """A model with config dict ``cfg`` (keys our config lacks are dropped) holding exactly ``state``.
+        The global generator is left untouched."""
+        fields = cls._CONFIG.__dataclass_fields__
+        config = cls._CONFIG(**{k: v for k, v in cfg.items() if k in fields})
         rng = _core.get_rng_state()
         try:
             model = cls(config)
@@ -213,20 +197,8 @@ class GPT(_CausalLM):
     """GPT-2 architecture: learned positions, LayerNorm, GELU MLP, head tied to the token embedding.
     Initialised as nanoGPT does, from the global seeded generator."""
 
-    def _to_hf(self):
-        from .formats import hf
-
-        return hf.gpt2_config_to_hf(asdict(self.config)), hf.gpt2_state_to_hf(self.state_dict())
-
-    @classmethod
-    def _from_hf(cls, hf_config, hf_state):
-        from .formats import hf
-
-        cfg = hf.gpt2_config_from_hf(hf_config)
-        config = GPTConfig(**{k: v for k, v in cfg.items() if k in GPTConfig.__dataclass_fields__})
-        state = hf.gpt2_state_from_hf(hf_state)
-        hf.check_state(hf.gpt2_expected_shapes(cfg), state, "GPT-2 state")
-        return cls._build(config, state)
+    _ARCH = "gpt2"
+    _CONFIG = GPTConfig
 
     def __init__(self, config=None, **kw):
         config = replace(config or GPTConfig(), **kw)
@@ -242,40 +214,18 @@ class GPT(_CausalLM):
 class Llama(_CausalLM):
     """Llama architecture: RoPE, RMSNorm, SwiGLU, grouped-query attention, HF parameter names."""
 
-    def _to_hf(self):
-        from .formats import hf
-
-        cfg = asdict(self.config)
-        state = self.state_dict()
-        if cfg["tie_word_embeddings"]:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        return hf.llama_config_to_hf(cfg), hf.llama_state_to_hf(state, cfg)  # q/k rows → HF's "half" order
-
-    @classmethod
-    def _from_hf(cls, hf_config, hf_state):
-        from .formats import hf
-
-        cfg = hf.llama_config_from_hf(hf_config)
-        return cls._from_state(cfg, hf.llama_state_from_hf(hf_state, cfg))
-
-    @classmethod
-    def _from_state(cls, cfg, state):
-        config = LlamaConfig(**{k: v for k, v in cfg.items() if k in LlamaConfig.__dataclass_fields__})
-        return cls._build(config, state)
+    _ARCH = "llama"
+    _CONFIG = LlamaConfig
 
     @classmethod
     def from_gguf(cls, path):
         """Load a Llama-architecture GGUF file (F32/F16 tensors), e.g. stories260K.gguf."""
-        from .formats import load_gguf
-
-        return cls._from_state(*load_gguf(str(path)))
+        return cls._from_state(*formats.load_gguf(str(path)))
 
     @classmethod
     def from_llama2c(cls, path):
         """Load a llama2.c ``.bin`` checkpoint (legacy v0 format), e.g. stories260K.bin."""
-        from .formats import load_llama2c
-
-        return cls._from_state(*load_llama2c(str(path)))
+        return cls._from_state(*formats.load_llama2c(str(path)))
 
     def __init__(self, config=None, **kw):
         config = replace(config or LlamaConfig(), **kw)

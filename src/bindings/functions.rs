@@ -9,7 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::errors::run;
-use super::tensor::{PyTensor, to_indices, to_tensor};
+use super::tensor::{PyTensor, to_indices_for, to_tensor};
+use crate::error::Error;
 use crate::ops::{activation, dropout, index, matmul, softmax, view};
 use crate::tensor::{Tensor, random};
 
@@ -29,6 +30,17 @@ fn int_array<'py>(py: Python<'py>, v: Vec<i64>, shape: &[usize]) -> PyResult<Bou
     Ok(arr.into_pyarray(py))
 }
 
+/// The same error reported under `op`: `zeros` and `ones` are `full` inside the core.
+fn as_op(e: Error, op: &'static str) -> Error {
+    match e {
+        Error::Shape { msg, .. } => Error::Shape { op, msg },
+        Error::Index { msg, .. } => Error::Index { op, msg },
+        Error::Value { msg, .. } => Error::Value { op, msg },
+        Error::Alloc { numel, .. } => Error::Alloc { op, numel },
+        e => e,
+    }
+}
+
 fn tensors(py: Python<'_>, xs: &Bound<'_, PyAny>) -> PyResult<Vec<Tensor>> {
     xs.try_iter()?.map(|x| to_tensor(py, &x?)).collect()
 }
@@ -38,13 +50,15 @@ fn tensors(py: Python<'_>, xs: &Bound<'_, PyAny>) -> PyResult<Vec<Tensor>> {
 #[pyfunction]
 #[pyo3(signature = (*shape, requires_grad = false))]
 pub fn zeros(shape: &Bound<'_, PyTuple>, requires_grad: bool) -> PyResult<PyTensor> {
-    Ok(PyTensor::wrap(Tensor::zeros(&shape_of(shape)?)?.requires_grad_(requires_grad)))
+    let t = Tensor::zeros(&shape_of(shape)?).map_err(|e| as_op(e, "zeros"))?;
+    Ok(PyTensor::wrap(t.requires_grad_(requires_grad)))
 }
 /// Tensor of ones.
 #[pyfunction]
 #[pyo3(signature = (*shape, requires_grad = false))]
 pub fn ones(shape: &Bound<'_, PyTuple>, requires_grad: bool) -> PyResult<PyTensor> {
-    Ok(PyTensor::wrap(Tensor::ones(&shape_of(shape)?)?.requires_grad_(requires_grad)))
+    let t = Tensor::ones(&shape_of(shape)?).map_err(|e| as_op(e, "ones"))?;
+    Ok(PyTensor::wrap(t.requires_grad_(requires_grad)))
 }
 /// Tensor filled with `value`.
 #[pyfunction]
@@ -122,10 +136,16 @@ pub fn set_rng_state(state: (u64, u64, u64, u64, Option<f64>)) {
 }
 
 // ---- threads and grad mode ----
-/// Use `n` threads for parallel ops (0 = NANOFRONTIER_NUM_THREADS or all cores).
+/// Use `n` threads for parallel ops (0 = NANOFRONTIER_NUM_THREADS or all cores); negative n is refused.
 #[pyfunction]
-pub fn set_num_threads(n: usize) {
-    crate::parallel::set_num_threads(n)
+pub fn set_num_threads(n: i64) -> PyResult<()> {
+    let n = usize::try_from(n).map_err(|_| {
+        super::errors::InvalidArgumentError::new_err(format!(
+            "set_num_threads: n must be >= 0 (0 = NANOFRONTIER_NUM_THREADS or all cores), got {n}"
+        ))
+    })?;
+    crate::parallel::set_num_threads(n);
+    Ok(())
 }
 /// Threads parallel ops use.
 #[pyfunction]
@@ -161,14 +181,14 @@ pub fn cross_entropy(
     ignore_index: Option<i64>,
 ) -> PyResult<PyTensor> {
     let x = to_tensor(py, logits)?;
-    let (t, _) = to_indices(py, targets)?;
+    let (t, _) = to_indices_for(py, targets, Some("cross_entropy: targets"))?;
     Ok(PyTensor::wrap(run(py, || softmax::cross_entropy(&x, &t, ignore_index))?))
 }
 /// Rows of `weight` (V, C) picked by integer `ids`: output ids.shape + (C,).
 #[pyfunction]
 pub fn embedding(py: Python<'_>, weight: &Bound<'_, PyAny>, ids: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
     let w = to_tensor(py, weight)?;
-    let (ids, shape) = to_indices(py, ids)?;
+    let (ids, shape) = to_indices_for(py, ids, Some("embedding: ids"))?;
     Ok(PyTensor::wrap(run(py, || index::embedding(&w, &ids, &shape))?))
 }
 /// Entries of `x` along `dim` at integer `indices`.
@@ -180,7 +200,7 @@ pub fn index_select(
     indices: &Bound<'_, PyAny>,
 ) -> PyResult<PyTensor> {
     let x = to_tensor(py, x)?;
-    let (idx, _) = to_indices(py, indices)?;
+    let (idx, _) = to_indices_for(py, indices, Some("index_select: indices"))?;
     Ok(PyTensor::wrap(run(py, || index::index_select(&x, dim, &idx))?))
 }
 /// `value` where `mask` is nonzero/True, else `x` (mask broadcasts to x).
@@ -351,6 +371,6 @@ pub fn token_logprobs(
     ignore_index: Option<i64>,
 ) -> PyResult<PyTensor> {
     let x = to_tensor(py, logits)?;
-    let (t, _) = to_indices(py, targets)?;
+    let (t, _) = to_indices_for(py, targets, Some("token_logprobs: targets"))?;
     Ok(PyTensor::wrap(run(py, || softmax::token_logprobs(&x, &t, ignore_index))?))
 }

@@ -13,6 +13,15 @@ use super::errors::{OutOfRangeError, large_backward, run, run_on_pool};
 use crate::ops::{activation, binary, matmul, reduce, softmax, unary, view};
 use crate::tensor::Tensor;
 
+const NON_LEAF_GRAD: &std::ffi::CStr = c"reading .grad of a tensor that is not a leaf: backward() fills .grad only \
+for leaves (tensors not made by a recorded op, such as parameters), so it is None. A common cause: `w -= lr * w.grad` \
+outside `with nf.no_grad():` rebinds w to the result of an op. Update in place instead: \
+`with nf.no_grad(): w.copy_(w - lr * w.grad)`, or use an optimizer from nf.optim.";
+/// How a boolean index is refused (numpy masks, Python bools, and comparison results such as `x > 0`).
+const BOOL_INDEX: &str = "boolean masks are not supported as indices; use nf.where(mask, x, other) or \
+nf.functional.masked_fill(x, mask, value) to act on the masked entries, or integer positions such as \
+numpy.flatnonzero(mask)";
+
 /// A float32 tensor that records the ops applied to it for backpropagation (when `requires_grad`).
 /// Create one with `nanofrontier.tensor(data, requires_grad=False)`.
 #[pyclass(frozen, name = "Tensor", module = "nanofrontier")]
@@ -71,9 +80,14 @@ fn operand(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
 
 /// Integer indices (ids, targets) → (values, shape) via `_convert.to_index_array` (TypeError for floats).
 pub fn to_indices(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<i64>, Vec<usize>)> {
+    to_indices_for(py, obj, None)
+}
+
+/// `to_indices` whose errors start with `what` (e.g. "cross_entropy: targets"), so they name the call.
+pub fn to_indices_for(py: Python<'_>, obj: &Bound<'_, PyAny>, what: Option<&str>) -> PyResult<(Vec<i64>, Vec<usize>)> {
     let arr = match obj.extract::<PyReadonlyArrayDyn<'_, i64>>() {
         Ok(a) => a,
-        Err(_) => py.import("nanofrontier._convert")?.getattr("to_index_array")?.call1((obj,))?.extract()?,
+        Err(_) => py.import("nanofrontier._convert")?.getattr("to_index_array")?.call1((obj, what))?.extract()?,
     };
     let shape = arr.shape().to_vec();
     Ok((arr.as_array().iter().copied().collect(), shape))
@@ -190,6 +204,14 @@ impl PyTensor {
     fn __float__(&self) -> PyResult<f64> {
         self.item()
     }
+    /// `int(t)` of a one-element tensor: its value truncated toward zero (e.g. `int(logits.argmax())`).
+    fn __int__(&self) -> PyResult<i64> {
+        let v = self.t.item()?;
+        if !v.is_finite() {
+            return Err(PyValueError::new_err(format!("cannot convert a tensor holding {v} to an int")));
+        }
+        Ok(v.trunc() as i64)
+    }
     fn __bool__(&self) -> PyResult<bool> {
         if self.t.numel() != 1 {
             return Err(PyValueError::new_err("the truth value of a tensor with more than one element is ambiguous"));
@@ -230,9 +252,16 @@ impl PyTensor {
         self.t.grad_fn_name()
     }
     /// d(loss)/d(this tensor) after `loss.backward()`, accumulated across calls until `zero_grad()`.
+    /// Only leaves get one: reading it on a non-leaf that has none warns (as torch does), since that is
+    /// how `w -= lr * w.grad` outside `no_grad` shows up (w became the result of an op).
     #[getter]
-    fn get_grad(&self) -> Option<PyTensor> {
-        self.t.grad().map(PyTensor::wrap)
+    fn get_grad(&self, py: Python<'_>) -> PyResult<Option<PyTensor>> {
+        let g = self.t.grad();
+        if g.is_none() && !self.t.is_leaf() {
+            let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+            PyErr::warn(py, &category, NON_LEAF_GRAD, 1)?;
+        }
+        Ok(g.map(PyTensor::wrap))
     }
     #[setter]
     fn set_grad(&self, py: Python<'_>, g: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -428,16 +457,22 @@ impl PyTensor {
     fn max(&self, py: Python<'_>, dim: Option<isize>, keepdim: bool) -> PyResult<PyTensor> {
         wrap(run(py, || reduce::max(&self.t, dim, keepdim)))
     }
-    /// Index of the largest value over `dim` (or of the flattened tensor) as a numpy int64 array
-    /// (a Python int when the result has no dims).
+    /// Index of the largest value over `dim` (or of the flattened tensor) as a Tensor (0-d without
+    /// `dim`), like torch. Its values are whole numbers held in float32, exact below 2**24; a longer dim is
+    /// refused rather than rounded. `int(t.argmax())` gives a Python int.
     #[pyo3(signature = (dim = None, keepdim = false))]
-    fn argmax<'py>(&self, py: Python<'py>, dim: Option<isize>, keepdim: bool) -> PyResult<Bound<'py, PyAny>> {
-        let (idx, shape) = run(py, || reduce::argmax(&self.t, dim, keepdim))?;
-        if shape.is_empty() {
-            return Ok(idx[0].into_pyobject(py)?.into_any());
+    fn argmax(&self, py: Python<'_>, dim: Option<isize>, keepdim: bool) -> PyResult<PyTensor> {
+        let len = match dim {
+            None => self.t.numel(),
+            Some(d) => self.t.dim(d)?,
+        };
+        if len > 1 << 24 {
+            return Err(super::errors::InvalidArgumentError::new_err(format!(
+                "argmax: {len} positions, more than float32 holds exactly (2**24); use t.numpy().argmax()"
+            )));
         }
-        let arr = ArrayD::from_shape_vec(IxDyn(&shape), idx).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(arr.into_pyarray(py).into_any())
+        let (idx, shape) = run(py, || reduce::argmax(&self.t, dim, keepdim))?;
+        Ok(PyTensor::wrap(Tensor::new(idx.into_iter().map(|i| i as f32).collect(), &shape)?))
     }
 
     // ---- softmax family ----
@@ -475,11 +510,31 @@ impl PyTensor {
     fn transpose(&self, py: Python<'_>, dim0: isize, dim1: isize) -> PyResult<PyTensor> {
         wrap(run(py, || view::transpose(&self.t, dim0, dim1)))
     }
-    /// The transpose of a 2-D tensor (reverses all dims in general, like numpy).
+    /// The transpose of a 2-D tensor (0-D and 1-D: unchanged). Refused for more dims, where torch has
+    /// deprecated it: `.mT` swaps the last two dims, `permute(...)` reverses them all.
     #[getter(T)]
     fn t_(&self, py: Python<'_>) -> PyResult<PyTensor> {
-        let d: Vec<isize> = (0..self.t.ndim() as isize).rev().collect();
+        let nd = self.t.ndim();
+        if nd > 2 {
+            return Err(super::errors::ShapeError::new_err(format!(
+                "T: .T is for tensors of at most 2 dims, this one has shape {}; use .mT to transpose the last \
+                 two dims (batched matrices) or permute(...) to reorder all of them",
+                crate::error::fmt_shape(self.t.shape())
+            )));
+        }
+        let d: Vec<isize> = (0..nd as isize).rev().collect();
         wrap(run(py, || view::permute(&self.t, &d)))
+    }
+    /// The last two dims swapped (a batch of matrices transposed), like torch's `.mT`; needs >= 2 dims.
+    #[getter(mT)]
+    fn mt_(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        if self.t.ndim() < 2 {
+            return Err(super::errors::ShapeError::new_err(format!(
+                "mT: needs a tensor of at least 2 dims, this one has shape {}",
+                crate::error::fmt_shape(self.t.shape())
+            )));
+        }
+        wrap(run(py, || view::transpose(&self.t, -2, -1)))
     }
     /// `length` entries of `dim` starting at `start`.
     fn narrow(&self, py: Python<'_>, dim: isize, start: usize, length: usize) -> PyResult<PyTensor> {
@@ -560,13 +615,19 @@ impl PyTensor {
                 let dim = d as isize;
                 x = run(py, || view::slice(&x, dim, ind.start, ind.stop, ind.step))?;
                 d += 1;
+            } else if k.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(PyTypeError::new_err(format!("tensor[{}]: {BOOL_INDEX}", k.repr()?)));
             } else if let Ok(i) = k.extract::<isize>() {
                 let dim = d as isize;
                 x = run(py, || view::select(&x, dim, i))?;
             } else {
-                let (idx, shape) = to_indices(py, k)?;
+                let (idx, shape) = to_indices_for(py, k, Some("tensor indexing"))?;
                 if shape.len() != 1 {
-                    return Err(PyTypeError::new_err("index arrays must be 1-D"));
+                    return Err(PyTypeError::new_err(format!(
+                        "tensor indexing: index arrays must be 1-D, got shape {}. If this is a mask (e.g. \
+                         `x > 0`): {BOOL_INDEX}",
+                        crate::error::fmt_shape(&shape)
+                    )));
                 }
                 let dim = d as isize;
                 x = run(py, || crate::ops::index::index_select(&x, dim, &idx))?;

@@ -6,6 +6,8 @@
 * :func:`load_gguf` — llama.cpp's GGUF, ``llama`` architecture, F32/F16 (needs ``pip install 'nanofrontier[formats]'``).
 * :mod:`.hf` — Hugging Face config.json and state-dict layouts for Llama and GPT-2, RoPE q/k row orders,
   and :func:`check_state`.
+* :func:`save_pretrained` / :func:`load_pretrained` — a Hugging Face model directory (config.json +
+  model.safetensors) ⇄ our ``(config, state)``; what the models' ``save_pretrained``/``from_pretrained`` call.
 
 Both Llama loaders return HF Llama names and the same config keys, with ``rope_layout="interleaved"``::
 
@@ -32,6 +34,7 @@ from .hf import (
     permute_rope_qk,
 )
 from .llama2c import load_llama2c, read_llama2c_config
+from .pretrained import load_pretrained, save_pretrained
 
 __all__ = [
     "save_safetensors",
@@ -40,6 +43,8 @@ __all__ = [
     "read_llama2c_config",
     "load_gguf",
     "read_gguf_metadata",
+    "save_pretrained",
+    "load_pretrained",
     "hf",
     "StateMismatchError",
     "check_state",
