@@ -641,7 +641,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
         else:
-            print(f"step {row['step'] + 1}: {text}", flush=True)
+            print(f"step {row['step']}: {text}", flush=True)
 
     def write(self, text):
         if not self.enabled:
