@@ -4,7 +4,6 @@ a custom loss, progress output, and the errors for arguments that would have no 
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -83,7 +82,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
     assert_same_run(a, b)
     # the history has what was promised: evaluations at 0, 4, 8 and after the last step; lr, loss, grad_norm
     assert [r["step"] for r in a.history if "val_loss" in r] == [0, 4, 8, 12]
-    assert all({"lr", "loss", "grad_norm", "tokens", "time", "tokens_per_sec"} <= set(r) for r in a.history[:12])
+    keys = {"lr", "loss", "grad_norm", "tokens", "time", "tokens_per_sec"}
+    assert all(keys <= set(r) for r in a.history[:12])
     assert a.history[-1]["val_loss"] < a.history[0]["val_loss"]  # and it learned something
 
 
@@ -160,7 +160,8 @@ def test_two_half_batches_equal_one_full_batch():
         t.fit()
         runs[k] = t
     start = make(cfg=cfg)[0]
-    moved = max(np.abs(p.numpy() - q.numpy()).max() for p, q in zip(runs[1].model.parameters(), start.parameters()))
+    moved = max(np.abs(p.numpy() - q.numpy()).max()
+                for p, q in zip(runs[1].model.parameters(), start.parameters()))
     assert moved > 1e-3  # the steps did something
     for k in (2, 4):
         for (n, p), q in zip(runs[1].model.named_parameters(), runs[k].model.parameters()):
@@ -241,7 +242,7 @@ def test_max_seconds_stops_the_run():
     h = t.fit()
     assert h.stop_reason == "max_seconds"
     assert 2 <= t.step < 100 and t.elapsed >= 0.25
-    assert h[t.step - 1]["time"] >= 0.25 > h[t.step - 2]["time"]  # it stopped at the first step past the budget
+    assert h[t.step - 1]["time"] >= 0.25 > h[t.step - 2]["time"]  # stopped at the first step past the budget
     assert "val_loss" in h[-1] and h[-1]["step"] == t.step  # and still evaluated at the end
     # a time budget alone: a constant schedule needs no length, a decaying one must be told its length
     t = make_trainer(*make(), max_steps=None, max_seconds=0.05, schedule="constant", eval_batches=None,
@@ -266,10 +267,15 @@ def test_evaluation_uses_the_same_fixed_batches_and_does_not_change_training():
     with nf.no_grad():
         want = float(np.mean([t.model(x, y)[1].item() for x, y in evals]))
     assert abs(vals[0] - want) < 1e-6
-    # evaluating every step or only at the ends gives the same training run (dropout on: random state kept)
-    a = make_trainer(*make(), eval_every=1)
+    # evaluating every step or only at the ends gives the same training run, even with a loss_fn that draws
+    # from the global generator, which dropout in training also uses (the random state is put back after eval)
+    def drawing_loss(model, batch):
+        nf.rand(3)
+        return lm_loss(model, batch)
+
+    a = make_trainer(*make(), eval_every=1, loss_fn=drawing_loss)
     a.fit()
-    b = make_trainer(*make(), eval_every=None)
+    b = make_trainer(*make(), eval_every=None, loss_fn=drawing_loss)
     b.fit()
     assert [r["loss"] for r in a.history if "loss" in r] == [r["loss"] for r in b.history if "loss" in r]
     assert sum("val_loss" in r for r in a.history) == 13 and sum("val_loss" in r for r in b.history) == 2
@@ -302,7 +308,7 @@ def test_custom_loss_fn_with_masks_metrics_and_accumulation():
     t = Trainer(model, opt, train, loss_fn=masked_loss, eval_batches=evals, max_steps=4, grad_accum=2,
                 progress=False)
     h = t.fit()
-    assert [r["answer_tokens"] for r in h if "loss" in r] == [10.0] * 4  # mean over the two micro-batches of 2 rows
+    assert [r["answer_tokens"] for r in h if "loss" in r] == [10.0] * 4  # mean of two micro-batches of 2 rows
     assert h[0]["tokens"] == 20 and t.tokens == 80 and h[-1]["val_answer_tokens"] == 20.0
     # row 0's loss: loss_fn on the two halves of batch 0 at the initial weights (train mode, seed 0), averaged
     ref, _ = make()
@@ -359,7 +365,8 @@ def test_history_is_a_list_of_dicts_with_a_dataframe(monkeypatch):
 def test_history_to_pandas():
     pd = pytest.importorskip("pandas")
     df = make_trainer(*make(), max_steps=4).fit().to_pandas()
-    assert isinstance(df, pd.DataFrame) and len(df) == 5 and {"step", "loss", "lr", "val_loss"} <= set(df.columns)
+    assert isinstance(df, pd.DataFrame) and len(df) == 5
+    assert {"step", "loss", "lr", "val_loss"} <= set(df.columns)
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -415,7 +422,8 @@ def test_bad_fit_arguments_and_batches_are_refused(tmp_path):
     with pytest.raises(nf.InvalidArgumentError, match="must divide the batch size 4"):
         make_trainer(model, opt, grad_accum=3).fit()
     with pytest.raises(TypeError, match="splits each batch along its first axis"):
-        make_trainer(model, opt, batches=["not arrays"], grad_accum=2, eval_batches=None, eval_every=None).fit()
+        make_trainer(model, opt, batches=["not arrays"], grad_accum=2, eval_batches=None,
+                     eval_every=None).fit()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         make_trainer(model, opt).fit(resume=tmp_path / "missing.safetensors")
     # a plain checkpoint (no trainer state) is refused before anything is loaded
@@ -436,7 +444,8 @@ def test_checkpoint_of_another_model_shape_names_the_mismatch(tmp_path, change, 
     model, opt = make(cfg=other)
     before = model.state_dict()
     key, value = next(iter(change.items()))
-    with pytest.raises(nf.ShapeError, match=rf"saved from GPT with {named}; this model: GPT with {key}={value}") as e:
+    want = rf"saved from GPT with {named}; this model: GPT with {key}={value}"
+    with pytest.raises(nf.ShapeError, match=want) as e:
         make_trainer(model, opt, max_steps=4).fit(resume=ckpt)
     assert str(ckpt) in str(e.value)
     assert ("wte.weight has shape (17, 16) in the state dict but (17, 32)" in str(e.value)

@@ -70,7 +70,8 @@ def load(path, model, optimizer=None, restore_rng=True, check_extra=None):
         model.load_state_dict(state, strict=True)
     except (KeyError, ShapeError) as e:
         why = e.args[0] if e.args else str(e)
-        raise ShapeError(f"checkpoint {path} does not fit this model{_model_diff(meta, model)}: {why}") from None
+        diff = _model_diff(meta, model)
+        raise ShapeError(f"checkpoint {path} does not fit this model{diff}: {why}") from None
     if optimizer is not None:
         if "optimizer" not in meta:
             raise KeyError(f"{path} holds no optimizer state")

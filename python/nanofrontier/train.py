@@ -14,20 +14,20 @@ One optimizer step is the loop every notebook writes by hand, nanoGPT style::
         opt.step()                                              # 5. step
         print(step, loss.item(), lr)                            # 6. log
 
-:meth:`Trainer.train_step` is these lines (plus gradient accumulation). :meth:`Trainer.fit` runs it with what a
-real run needs: a tqdm bar (loss, learning rate, tokens/s; plain prints without tqdm), evaluation on a fixed set
-of held-out batches, a step budget and a wall-clock budget, atomic checkpoints, exact resume, Ctrl-C that stops
-after the current step, and the metrics history as a list of dicts::
+:meth:`Trainer.train_step` is these lines (plus gradient accumulation). :meth:`Trainer.fit` runs it with what
+a real run needs: a tqdm bar (loss, learning rate, tokens/s; plain prints without tqdm), evaluation on a fixed
+set of held-out batches, a step budget and a wall-clock budget, atomic checkpoints, exact resume, Ctrl-C that
+stops after the current step, and the metrics history as a list of dicts::
 
     history = nf.train.fit(model, opt, train_ids, val_ids, batch_size=12, block_size=64, max_steps=2000,
                            lr=1e-3, warmup_steps=100, checkpoint="ckpt.safetensors", checkpoint_every=500)
-    history = nf.train.fit(model, opt, train_ids, val_ids, ..., resume="ckpt.safetensors")  # same run, continued
+    history = nf.train.fit(model, opt, train_ids, val_ids, ..., resume="ckpt.safetensors")  # the same run, on
 
-What plugs in (for SFT, reward models, DPO, ...): ``loss_fn(model, batch) -> loss`` or ``(loss, metrics)``, and
-``batches``, any iterator of batches; with ``state_dict()`` / ``load_state_dict()`` its position is saved in the
-checkpoint, so a resumed run sees the same batches. Not here: the models, optimizers, schedules, clipping and the
-checkpoint format (``nf.models``, ``nf.optim``, ``nf.checkpoint``), which this module only calls.
-Reference: karpathy/nanoGPT ``train.py`` (the loop, the schedule, ``estimate_loss``).
+What plugs in (for SFT, reward models, DPO, ...): ``loss_fn(model, batch) -> loss`` or ``(loss, metrics)``,
+and ``batches``, any iterator of batches; with ``state_dict()`` / ``load_state_dict()`` its position is saved
+in the checkpoint, so a resumed run sees the same batches. Not here: the models, optimizers, schedules,
+clipping and the checkpoint format (``nf.models``, ``nf.optim``, ``nf.checkpoint``), which this module only
+calls. Reference: karpathy/nanoGPT ``train.py`` (the loop, the schedule, ``estimate_loss``).
 """
 
 import json
@@ -76,7 +76,8 @@ class RandomBatches:
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self):
-        return f"RandomBatches({len(self.ids)} tokens, batch_size={self.batch_size}, block_size={self.block_size})"
+        return (f"RandomBatches({len(self.ids)} tokens, batch_size={self.batch_size}, "
+                f"block_size={self.block_size})")
 
 
 class ListBatches:
@@ -129,10 +130,10 @@ class History(list):
     Row ``s`` describes the model after ``s`` optimizer steps: ``loss`` is the training loss of step ``s``
     (the batch it was computed on then moved the weights), ``val_loss`` (on evaluation steps) the loss on the
     fixed evaluation batches. A final evaluation after the last step gets a row of its own. ``time`` (seconds
-    since the run started, across resumes) and ``tokens_per_sec`` are clock readings (:attr:`TIME_KEYS`); every
-    other value is the same on every run with the same seed. ``stop_reason`` says why the run ended:
-    ``"max_steps"``, ``"max_seconds"``, ``"interrupted"`` (Ctrl-C), ``"callback"`` or ``"data"``
-    (the batches ran out)."""
+    since the run started, across resumes) and ``tokens_per_sec`` are clock readings (:attr:`TIME_KEYS`);
+    every other value is the same on every run with the same seed. ``stop_reason`` says why the run ended:
+    ``"max_steps"``, ``"max_seconds"``, ``"interrupted"`` (Ctrl-C), ``"callback"`` or ``"data"`` (the batches
+    ran out)."""
 
     TIME_KEYS = ("time", "tokens_per_sec")
 
@@ -141,7 +142,8 @@ class History(list):
         self.stop_reason = None
 
     def column(self, key):
-        """``(steps, values)``: two numpy arrays over the rows that hold ``key`` (e.g. to plot ``val_loss``)."""
+        """``(steps, values)``: two numpy arrays over the rows that hold ``key`` (e.g. to plot
+        ``val_loss``)."""
         rows = [r for r in self if key in r]
         return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
 
@@ -168,6 +170,7 @@ class History(list):
 
 # ------------------------------------------------------------------------------------------- trainer
 
+_END = object()  # next(batches, _END): the batches ran out
 _SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": None}
 _RESERVED = {"step", "lr", "loss", "grad_norm", "tokens", "time", "tokens_per_sec"}
 
@@ -177,40 +180,44 @@ class Trainer:
 
     Arguments (each one takes effect, or is refused with an error that says why):
 
-    - ``model``, ``optimizer``: an ``nf`` model (or any Module) and an ``nf.optim`` optimizer over its parameters.
+    - ``model``, ``optimizer``: an ``nf`` model (or any Module) and an ``nf.optim`` optimizer over its
+      parameters.
     - ``batches``: an iterator of training batches (``next(batches)`` gives one optimizer step's batch), e.g.
       :class:`RandomBatches`; a list is cycled through (:class:`ListBatches`). Checkpoints need
-      ``batches.state_dict()`` / ``load_state_dict()`` (JSON-serialisable), so a resumed run sees the same batches.
-    - ``loss_fn(model, batch)`` → a scalar loss Tensor, or ``(loss, metrics)`` with ``metrics`` a dict of numbers
-      that goes into the history (``metrics["tokens"]``, if given, is the token count for tokens/s). Default
-      :func:`lm_loss`.
-    - ``eval_batches``: a fixed list of held-out batches; every evaluation averages ``loss_fn`` over exactly these
-      (``val_loss``, ``val_<metric>``), in eval mode and without gradients. Evaluations run at step 0, every
-      ``eval_every`` steps, and after the last step. They leave the random state untouched, so how often you
-      evaluate never changes the training run.
+      ``batches.state_dict()`` / ``load_state_dict()`` (JSON-serialisable), so a resumed run sees the same
+      batches.
+    - ``loss_fn(model, batch)`` → a scalar loss Tensor, or ``(loss, metrics)`` with ``metrics`` a dict of
+      numbers that goes into the history (``metrics["tokens"]``, if given, is the token count for tokens/s).
+      Default :func:`lm_loss`.
+    - ``eval_batches``: a fixed list of held-out batches; every evaluation averages ``loss_fn`` over exactly
+      these (``val_loss``, ``val_<metric>``), in eval mode and without gradients. Evaluations run at step 0,
+      every ``eval_every`` steps, and after the last step. They leave the random state untouched, so how often
+      you evaluate never changes the training run.
     - ``max_steps`` and/or ``max_seconds``: stop after this many optimizer steps / once this much wall time
       (training and evaluations, summed across resumes) has passed; the step in progress always finishes.
-    - The learning rate, set on every parameter group before each step: ``schedule="cosine"`` (linear warmup over
-      ``warmup_steps``, then cosine decay to ``min_lr_ratio`` × peak at ``decay_steps``, default ``max_steps``;
-      :func:`nanofrontier.optim.warmup_cosine`), ``"linear"`` (:func:`~nanofrontier.optim.warmup_linear`),
-      ``"constant"`` (warmup, then flat), or a function ``step -> lr``. The peak is ``lr``, or each group's own
-      ``lr`` when ``lr`` is not given. Defaults: no warmup, ``min_lr_ratio=0.1`` (nanoGPT's 1e-3 → 1e-4).
-    - ``grad_clip``: clip the global gradient norm to this (default 1.0; ``None``: no clipping). The norm before
-      clipping is logged as ``grad_norm``.
-    - ``grad_accum``: split each batch along its first axis into this many micro-batches, run forward and backward
-      on each and step once. Each micro-batch loss is divided by ``grad_accum`` before its backward, so the
-      gradient is that of the *mean of the micro-batch mean losses*: the same as the whole batch's mean loss
-      when every micro-batch has the same number of loss terms (plain language modelling; not when masks leave
-      different numbers of tokens per micro-batch). The logged ``loss`` is the same mean.
-    - ``checkpoint``: a path; the trainer writes it atomically every ``checkpoint_every`` steps (if given), after
-      the last step and on Ctrl-C. It holds weights, optimizer state, random state, step, the batches' position,
-      the history and the elapsed time. ``fit(resume=path)`` continues from such a file bit-identically.
+    - The learning rate, set on every parameter group before each step: ``schedule="cosine"`` (linear warmup
+      over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` × peak at ``decay_steps``, default
+      ``max_steps``; :func:`nanofrontier.optim.warmup_cosine`), ``"linear"``
+      (:func:`~nanofrontier.optim.warmup_linear`), ``"constant"`` (warmup, then flat), or a function
+      ``step -> lr``. The peak is ``lr``, or each group's own ``lr`` when ``lr`` is not given. Defaults: no
+      warmup, ``min_lr_ratio=0.1`` (nanoGPT's 1e-3 → 1e-4).
+    - ``grad_clip``: clip the global gradient norm to this (default 1.0; ``None``: no clipping). The norm
+      before clipping is logged as ``grad_norm``.
+    - ``grad_accum``: split each batch along its first axis into this many micro-batches, run forward and
+      backward on each and step once. Each micro-batch loss is divided by ``grad_accum`` before its backward,
+      so the gradient is that of the *mean of the micro-batch mean losses*: the same as the whole batch's mean
+      loss when every micro-batch has the same number of loss terms (plain language modelling; not when masks
+      leave different numbers of tokens per micro-batch). The logged ``loss`` is the same mean.
+    - ``checkpoint``: a path; the trainer writes it atomically every ``checkpoint_every`` steps (if given),
+      after the last step and on Ctrl-C. It holds weights, optimizer state, random state, step, the batches'
+      position, the history and the elapsed time. ``fit(resume=path)`` continues from such a file
+      bit-identically.
     - ``progress``: a tqdm bar (loss, lr, tokens/s, refreshed every ``log_every`` steps) and one line per
       evaluation; without tqdm, a printed line every ``log_every`` steps. ``False``: silent.
     - ``seed``: seeds the global generator (dropout, anything ``loss_fn`` draws) when a fresh run starts; a
       resumed run takes the checkpoint's state instead. ``None``: leave it alone.
-    - ``callbacks``: functions ``f(trainer, row)`` called after each step with that step's history row; one that
-      returns ``True`` stops the run (``stop_reason="callback"``) after that step.
+    - ``callbacks``: functions ``f(trainer, row)`` called after each step with that step's history row; one
+      that returns ``True`` stops the run (``stop_reason="callback"``) after that step.
 
     Ctrl-C (SIGINT, from the main thread) stops after the current step, writes the checkpoint (when a path was
     given) and returns the history; a second Ctrl-C aborts at once, without a checkpoint.
@@ -236,13 +243,15 @@ class Trainer:
         self._init_schedule(lr, schedule, warmup_steps, decay_steps, min_lr_ratio)
 
         if grad_clip is not None and not (_is_number(grad_clip) and 0 < grad_clip < math.inf):
-            raise InvalidArgumentError(f"grad_clip must be a finite number > 0 (None turns clipping off), got {grad_clip!r}")
+            raise InvalidArgumentError(
+                f"grad_clip must be a finite number > 0 (None turns clipping off), got {grad_clip!r}"
+            )
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.grad_accum = _positive_int("grad_accum", grad_accum)
 
         # data
         if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be a function (model, batch) -> loss, got {type(loss_fn).__name__}")
+            raise TypeError(f"loss_fn must be a function (model, batch) -> loss; got {type(loss_fn).__name__}")
         self.loss_fn = loss_fn or lm_loss
         self.batches = _as_batches(batches)
         if eval_batches is not None:
@@ -256,14 +265,19 @@ class Trainer:
                 raise InvalidArgumentError("eval_batches is empty")
         self.eval_batches = eval_batches
         if eval_every is not None and eval_batches is None:
-            raise InvalidArgumentError(f"eval_every={eval_every} needs held-out data: pass eval_batches (or val to fit)")
+            raise InvalidArgumentError(
+                f"eval_every={eval_every} needs held-out data: pass eval_batches (or val to fit)"
+            )
         self.eval_every = None if eval_every is None else _positive_int("eval_every", eval_every)
 
         # checkpoints
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         if checkpoint_every is not None and checkpoint is None:
-            raise InvalidArgumentError(f"checkpoint_every={checkpoint_every} needs a checkpoint path (checkpoint=...)")
-        self.checkpoint_every = None if checkpoint_every is None else _positive_int("checkpoint_every", checkpoint_every)
+            raise InvalidArgumentError(
+                f"checkpoint_every={checkpoint_every} needs a checkpoint path (checkpoint=...)"
+            )
+        self.checkpoint_every = (None if checkpoint_every is None
+                                 else _positive_int("checkpoint_every", checkpoint_every))
         if self.checkpoint is not None:
             _require_state_dict(self.batches, "checkpoints")
 
@@ -338,7 +352,8 @@ class Trainer:
 
     # ---- one step ----
     def train_step(self, batch):
-        """One optimizer step on ``batch``; returns its metrics (``lr``, ``loss``, ``grad_norm``, ``loss_fn``'s)."""
+        """One optimizer step on ``batch``; returns its metrics (``lr``, ``loss``, ``grad_norm``,
+        ``loss_fn``'s)."""
         lrs = self.lr_at(self.step)
         for g, lr in zip(self.optimizer.param_groups, lrs):  # 1. schedule
             g["lr"] = lr
@@ -378,9 +393,9 @@ class Trainer:
         return loss, metrics
 
     def evaluate(self):
-        """``{"val_loss": ..., "val_<metric>": ...}``: ``loss_fn`` averaged over the fixed ``eval_batches``
-        (a plain mean of the per-batch values), in eval mode, without gradients. The random state and the
-        model's train/eval mode are restored afterwards."""
+        """``{"val_loss": ..., "val_<metric>": ...}``: ``loss_fn`` averaged over the fixed ``eval_batches`` (a
+        plain mean of the per-batch values), in eval mode, without gradients. The random state and the model's
+        train/eval mode are restored afterwards."""
         if self.eval_batches is None:
             raise InvalidArgumentError("evaluate: this trainer has no eval_batches")
         rng = _core.get_rng_state()
@@ -404,7 +419,8 @@ class Trainer:
 
         ``resume``: a checkpoint written by a Trainer; its weights, optimizer state, random state, batches
         position, history and clock replace this trainer's, and the run continues exactly where it stopped.
-        Calling ``fit()`` again on the same trainer also continues (e.g. after Ctrl-C or with a larger budget)."""
+        Calling ``fit()`` again on the same trainer also continues (e.g. after Ctrl-C or with a larger
+        budget)."""
         if resume is not None:
             self.load(resume)
         if not self._seeded and self.step == 0 and self.seed is not None:
@@ -413,51 +429,35 @@ class Trainer:
         _set_mode(self.model, True)
         progress = _Progress(self.progress, self.max_steps, self.step, self.log_every)
         start, base = time.perf_counter(), self.elapsed
-        reason = None
-        self._stop_requested = False
+
+        def clock():  # seconds of this run, across resumes
+            return base + time.perf_counter() - start
+
+        reason, self._stop_requested = None, False
         try:
             with _StopOnCtrlC(self):
-                while True:
-                    self.elapsed = base + time.perf_counter() - start
-                    if self.max_steps is not None and self.step >= self.max_steps:
-                        reason = "max_steps"
-                        break
-                    if self.max_seconds is not None and self.elapsed >= self.max_seconds:
-                        reason = "max_seconds"
+                while reason is None:
+                    self.elapsed = clock()
+                    reason = self._budget_spent()
+                    if reason is not None:
                         break
                     if self._eval_due():
                         self._record_eval(progress)
-                    try:
-                        batch = next(self.batches)
-                    except StopIteration:
+                    batch = next(self.batches, _END)
+                    if batch is _END:
                         reason = "data"
                         break
-                    t = time.perf_counter()
-                    metrics = self.train_step(batch)
-                    step_time = time.perf_counter() - t
-                    row = self._row(self.step)
-                    row.update(metrics)
-                    tokens = row.pop("tokens", None)
-                    if tokens is not None:
-                        self.tokens += int(tokens)
-                        row["tokens"] = self.tokens
-                        row["tokens_per_sec"] = tokens / step_time if step_time > 0 else math.inf
-                    self.step += 1
-                    self.elapsed = base + time.perf_counter() - start
-                    row["time"] = self.elapsed
-                    progress.update(row, tokens, step_time)
-                    if any([cb(self, row) is True for cb in self.callbacks]):
+                    row = self._record_step(batch, progress, clock)
+                    if any([cb(self, row) is True for cb in self.callbacks]):  # all of them run
                         reason = "callback"
-                    if (self.checkpoint_every and self.step % self.checkpoint_every == 0
-                            and self.step != self.max_steps and reason is None and not self._stop_requested):
-                        self.save()
                     if self._stop_requested:
                         reason = "interrupted"
-                    if reason is not None:
-                        break
-                if reason != "interrupted" and self.eval_batches is not None and "val_loss" not in self._row_at(self.step):
-                    self._record_eval(progress)
-                    self.elapsed = base + time.perf_counter() - start
+                    elif reason is None and self._checkpoint_due():
+                        self.save()
+                if reason != "interrupted" and self.eval_batches is not None \
+                        and "val_loss" not in self._row_at(self.step):
+                    self._record_eval(progress)  # the model as the run leaves it
+                    self.elapsed = clock()
                 if self.checkpoint is not None:
                     self.save()
         finally:
@@ -467,6 +467,34 @@ class Trainer:
             where = f"; checkpoint {self.checkpoint}" if self.checkpoint is not None else ""
             print(f"stopped by Ctrl-C after step {self.step}{where}", file=sys.stderr)
         return self.history
+
+    def _record_step(self, batch, progress, clock):
+        """Run one training step and put its metrics in the history row of this step."""
+        t = time.perf_counter()
+        metrics = self.train_step(batch)
+        step_time = time.perf_counter() - t
+        row = self._row(self.step)
+        row.update(metrics)
+        tokens = row.pop("tokens", None)
+        if tokens is not None:
+            self.tokens += int(tokens)
+            row["tokens"] = self.tokens  # cumulative
+            row["tokens_per_sec"] = tokens / step_time if step_time > 0 else math.inf
+        self.step += 1
+        self.elapsed = row["time"] = clock()
+        progress.update(row, tokens, step_time)
+        return row
+
+    def _budget_spent(self):
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return "max_steps"
+        if self.max_seconds is not None and self.elapsed >= self.max_seconds:
+            return "max_seconds"
+        return None
+
+    def _checkpoint_due(self):  # the last step's checkpoint is written after the final evaluation
+        every = self.checkpoint_every
+        return every is not None and self.step % every == 0 and self.step != self.max_steps
 
     def _eval_due(self):
         if self.eval_batches is None or "val_loss" in self._row_at(self.step):
@@ -502,14 +530,16 @@ class Trainer:
         try:
             json.dumps(state)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"the trainer state must be JSON-serialisable (check batches.state_dict()): {e}") from None
+            raise TypeError(
+                f"the trainer state must be JSON-serialisable (check batches.state_dict()): {e}"
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         _checkpoint.save(path, self.model, self.optimizer, step=self.step, extra={"trainer": state})
 
     def load(self, path):
-        """Restore a checkpoint written by :meth:`save` (weights, optimizer, random state, batches, history).
-        A checkpoint of another model shape raises ``ShapeError`` naming the difference; nothing is changed
-        when a check fails."""
+        """Restore a checkpoint written by :meth:`save` (weights, optimizer, random state, batches,
+        history). A checkpoint of another model shape raises ``ShapeError`` naming the difference; nothing is
+        changed when a check fails."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"resume: checkpoint {path} does not exist")
@@ -519,8 +549,9 @@ class Trainer:
             state = extra.get("trainer")
             if state is None:
                 raise InvalidArgumentError(
-                    f"{path} holds no trainer state (it was written by nf.checkpoint.save, not by a Trainer), so "
-                    "the run cannot continue from it exactly; load its weights with nf.checkpoint.load instead"
+                    f"{path} holds no trainer state (it was written by nf.checkpoint.save, not by a "
+                    "Trainer), so the run cannot continue from it exactly; load its weights with "
+                    "nf.checkpoint.load instead"
                 )
             if state["batches_class"] != type(self.batches).__name__:
                 raise InvalidArgumentError(
@@ -531,7 +562,8 @@ class Trainer:
         info = _checkpoint.load(path, self.model, self.optimizer, check_extra=check)
         state = info["extra"]["trainer"]
         self.batches.load_state_dict(state["batches"])
-        self.step, self.elapsed, self.tokens = int(state["step"]), float(state["elapsed"]), int(state["tokens"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.tokens = int(state["tokens"])
         self.history = History(state["history"])
         self._seeded = True
         return info
@@ -539,12 +571,12 @@ class Trainer:
 
 def fit(model, optimizer, train, val=None, *, batch_size=None, block_size=None, eval_iters=None, eval_seed=0,
         resume=None, **kwargs):
-    """Train ``model`` with ``optimizer``; returns the :class:`History` (see :class:`Trainer` for the options).
+    """Train ``model`` with ``optimizer``; returns the :class:`History` (:class:`Trainer` has the options).
 
     ``train``: token ids (a 1-D int array; random windows of ``block_size``, default the model's context
     length, ``batch_size`` per step, drawn by :class:`RandomBatches` seeded with ``seed``) or a batches
-    iterator/list as :class:`Trainer` takes. ``val``: token ids (``eval_iters`` batches, default 20, drawn once
-    with ``eval_seed``, the same in every evaluation and every run) or a list of batches."""
+    iterator/list as :class:`Trainer` takes. ``val``: token ids (``eval_iters`` batches, default 20, drawn
+    once with ``eval_seed``, the same in every evaluation and every run) or a list of batches."""
     seed = kwargs.get("seed", 0)
     if _is_token_array(train):
         if batch_size is None:
@@ -555,8 +587,8 @@ def fit(model, optimizer, train, val=None, *, batch_size=None, block_size=None, 
         accum = kwargs.get("grad_accum", 1)
         if isinstance(accum, int) and accum >= 1 and batch_size % accum:
             raise InvalidArgumentError(
-                f"fit: grad_accum={accum} must divide batch_size={batch_size} (each step's batch is split into "
-                f"{accum} equal micro-batches)"
+                f"fit: grad_accum={accum} must divide batch_size={batch_size} (each step's batch is split "
+                f"into {accum} equal micro-batches)"
             )
         batches = RandomBatches(train, batch_size, block_size, seed=0 if seed is None else seed)
     else:
@@ -570,8 +602,11 @@ def fit(model, optimizer, train, val=None, *, batch_size=None, block_size=None, 
         eval_batches = None
     elif _is_token_array(val):
         if batch_size is None or block_size is None:
-            raise InvalidArgumentError("fit: val as token ids needs batch_size and block_size (or pass a list of batches)")
-        eval_batches = fixed_batches(val, 20 if eval_iters is None else eval_iters, batch_size, block_size, eval_seed)
+            raise InvalidArgumentError(
+                "fit: val as token ids needs batch_size and block_size (or pass a list of batches)"
+            )
+        n = 20 if eval_iters is None else eval_iters
+        eval_batches = fixed_batches(val, n, batch_size, block_size, eval_seed)
     else:
         if eval_iters is not None:
             raise InvalidArgumentError("fit: eval_iters only applies when val is an array of token ids")
@@ -596,7 +631,8 @@ class _StopOnCtrlC:
         if self.trainer._stop_requested:
             raise KeyboardInterrupt
         self.trainer._stop_requested = True
-        print("\nCtrl-C: stopping after this step (press again to abort without a checkpoint)", file=sys.stderr)
+        print("\nCtrl-C: stopping after this step (press again to abort without a checkpoint)",
+              file=sys.stderr)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -612,7 +648,8 @@ class _StopOnCtrlC:
 
 
 class _Progress:
-    """A tqdm bar (loss, lr, tokens/s in its postfix) or, without tqdm, a printed line every ``log_every`` steps."""
+    """A tqdm bar (loss, lr, tokens/s in its postfix) or, without tqdm, a printed line every ``log_every``
+    steps."""
 
     def __init__(self, enabled, total, initial, log_every):
         self.enabled, self.log_every, self.bar = enabled, log_every, None
@@ -682,7 +719,9 @@ def _split(batch, k):
 
     lead(batch)
     if len(sizes) != 1:
-        raise InvalidArgumentError(f"grad_accum={k}: the arrays in a batch have different first sizes {sorted(sizes)}")
+        raise InvalidArgumentError(
+            f"grad_accum={k}: the arrays in a batch have different first sizes {sorted(sizes)}"
+        )
     n = sizes.pop()
     if n % k:
         raise InvalidArgumentError(f"grad_accum={k} must divide the batch size {n} (micro-batches are equal)")
@@ -711,8 +750,9 @@ def _mean_metrics(metrics):
 
 def _batch_tokens(batch):
     """Tokens in a ``(x, y)`` batch of int arrays (``x.size``); None for other batch shapes."""
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], np.ndarray) and batch[0].dtype.kind in "iu":
-        return int(batch[0].size)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], np.ndarray):
+        if batch[0].dtype.kind in "iu":
+            return int(batch[0].size)
     return None
 
 
@@ -722,15 +762,17 @@ def _as_batches(batches):
     if isinstance(batches, (list, tuple)):
         return ListBatches(batches)
     raise TypeError(
-        f"batches must be an iterator of batches (e.g. nf.train.RandomBatches) or a list, got {type(batches).__name__}"
+        "batches must be an iterator of batches (e.g. nf.train.RandomBatches) or a list, got "
+        f"{type(batches).__name__}"
     )
 
 
 def _require_state_dict(batches, what):
     if not (hasattr(batches, "state_dict") and hasattr(batches, "load_state_dict")):
         raise InvalidArgumentError(
-            f"{what} need the batches' position: {type(batches).__name__} has no state_dict()/load_state_dict(), so "
-            "a resumed run could not see the same batches; use nf.train.RandomBatches, a list, or add those methods"
+            f"{what} need the batches' position: {type(batches).__name__} has no "
+            "state_dict()/load_state_dict(), so a resumed run could not see the same batches; use "
+            "nf.train.RandomBatches, a list, or add those methods"
         )
 
 
@@ -750,7 +792,8 @@ def _is_token_array(x):
 
 
 def _is_number(x):
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and not math.isnan(x)
+    number = isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    return number and not math.isnan(x)
 
 
 def _positive_int(name, v):
@@ -765,4 +808,4 @@ def _nonneg_int(name, v):
     return int(v)
 
 
-__all__ = ["Trainer", "fit", "History", "RandomBatches", "ListBatches", "fixed_batches", "lm_loss"]
+__all__ = ["History", "ListBatches", "RandomBatches", "Trainer", "fit", "fixed_batches", "lm_loss"]
