@@ -397,7 +397,7 @@ def _gen():
     (dict(lr=-1.0), nf.InvalidArgumentError, "lr must be a finite number > 0"),
     (dict(log_every=5), nf.InvalidArgumentError, "log_every has no effect with progress=False"),
     (dict(progress="yes"), nf.InvalidArgumentError, "progress must be True or False"),
-    (dict(loss_fn="ce"), TypeError, "loss_fn must be a function"),
+    (dict(loss_fn="ce"), TypeError, "loss_fn must be a function .* not str"),
     (dict(batches=42), TypeError, "batches must be an iterator"),
     (dict(callbacks=[1]), TypeError, "callbacks must be functions"),
     (dict(seed=1.5), TypeError, "seed must be an int or None"),

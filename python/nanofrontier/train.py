@@ -251,7 +251,8 @@ class Trainer:
 
         # data
         if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be a function (model, batch) -> loss; got {type(loss_fn).__name__}")
+            got = type(loss_fn).__name__
+            raise TypeError(f"loss_fn must be a function (model, batch) -> loss, not {got}")
         self.loss_fn = loss_fn or lm_loss
         self.batches = _as_batches(batches)
         if eval_batches is not None:
