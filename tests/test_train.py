@@ -322,6 +322,21 @@ def test_custom_loss_fn_with_masks_metrics_and_accumulation():
     assert t.fit().stop_reason == "callback" and t.step == 2
 
 
+def test_train_step_can_be_overridden():
+    """A step that is not one loss (e.g. several optimisation passes on one batch, as GRPO does)."""
+
+    class TwoPasses(Trainer):
+        def train_step(self, batch):
+            first = super().train_step(batch)
+            second = super().train_step(batch)
+            return {**second, "first_loss": first["loss"]}
+
+    t = TwoPasses(*make(), RandomBatches(TRAIN, 4, 8), max_steps=3, progress=False)
+    h = t.fit()
+    assert t.step == 3 and t.optimizer.state_dict()["state"][0][2] == 6  # 6 Adam updates in 3 trainer steps
+    assert all(r["loss"] < r["first_loss"] for r in h)  # the second pass on the same batch fits it better
+
+
 def test_loss_fn_mistakes_are_named():
     def vector_loss(model, batch):
         logits, _ = model(*batch)
