@@ -87,7 +87,7 @@ def smoke_mode():
 
 
 from . import functional, models, nn, optim, testing  # noqa: E402  (they import the names above)
-from . import checkpoint, data, formats, tokenizer  # noqa: E402
+from . import checkpoint, data, formats, tokenizer, train  # noqa: E402
 
 __all__ = [
     "Tensor",

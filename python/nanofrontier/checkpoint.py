@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from . import _core
+from .exceptions import ShapeError
 from .formats import load_safetensors, save_safetensors
 
 FORMAT = "nanofrontier-checkpoint-v1"
@@ -51,17 +52,26 @@ def save(path, model, optimizer=None, step=0, extra=None):
     save_safetensors(str(path), tensors, meta)
 
 
-def load(path, model, optimizer=None, restore_rng=True):
+def load(path, model, optimizer=None, restore_rng=True, check_extra=None):
     """Load what ``save`` wrote into ``model`` (and ``optimizer``), restore the RNG state, and return
     ``{"step": int, "extra": dict, "config": dict or None}``. Names and shapes are checked first, so a
-    mismatched model leaves everything unchanged."""
+    mismatched model leaves everything unchanged; the ``ShapeError`` names the differing config fields and
+    the first mismatched tensor. ``check_extra(extra)``, if given, runs before anything is loaded (it may
+    raise to refuse the file)."""
     tensors, meta = load_safetensors(str(path))
     if meta.get("format") != FORMAT:
         from .exceptions import FileFormatError
 
         raise FileFormatError(f"{path} is not a nanofrontier checkpoint (format {meta.get('format')!r})")
+    if check_extra is not None:
+        check_extra(json.loads(meta["extra"]))
     state = {k[len("model."):]: v.numpy() for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (KeyError, ShapeError) as e:
+        why = e.args[0] if e.args else str(e)
+        diff = _model_diff(meta, model)
+        raise ShapeError(f"checkpoint {path} does not fit this model{diff}: {why}") from None
     if optimizer is not None:
         if "optimizer" not in meta:
             raise KeyError(f"{path} holds no optimizer state")
@@ -83,6 +93,26 @@ def load(path, model, optimizer=None, restore_rng=True):
         _core.set_rng_state(tuple(json.loads(meta["rng"])))
     return {"step": int(meta["step"]), "extra": json.loads(meta["extra"]),
             "config": json.loads(meta["config"]) if "config" in meta else None}
+
+
+def _model_diff(meta, model):
+    """" (saved from GPT with n_embd=32; this model: GPT with n_embd=16)", or "" when nothing is known."""
+    saved_class, own_class = meta.get("model_class"), type(model).__name__
+    saved = json.loads(meta["config"]) if "config" in meta else None
+    config = getattr(model, "config", None)
+    own = None
+    if config is not None and hasattr(config, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        own = asdict(config)
+    keys = [] if saved is None or own is None else [k for k in {**saved, **own} if saved.get(k) != own.get(k)]
+    if saved_class == own_class and not keys:
+        return ""
+
+    def describe(cls, cfg):
+        return f"{cls} with " + ", ".join(f"{k}={cfg.get(k)!r}" for k in keys) if keys else str(cls)
+
+    return f" (saved from {describe(saved_class, saved)}; this model: {describe(own_class, own)})"
 
 
 __all__ = ["save", "load"]
