@@ -3,16 +3,17 @@
 //! reference (an f64 formula, or for a fused op a composite of primitives).
 //!
 //! Primitives:
-//! - `binary`     add sub mul div pow (broadcasting; scalar forms), comparisons (no grad)
-//! - `unary`      neg exp log sqrt tanh relu sigmoid abs
+//! - `binary`     add sub mul div pow minimum maximum (broadcasting; scalar forms), comparisons (no grad)
+//! - `unary`      neg exp log sqrt tanh relu sigmoid abs clamp
 //! - `reduce`     sum mean max argmax over dims (keepdim), sum_all, mean_all
-//! - `view`       reshape (zero-copy) permute transpose narrow slice select cat stack expand
+//! - `view`       reshape (zero-copy) unsqueeze squeeze flatten permute transpose narrow slice select cat
+//!                stack expand, copy_ (in-place load into a leaf)
 //! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool; linear (x@Wᵀ+b)
 //! - `index`      embedding gather and index_select (scatter-add backward), masked_fill, where
 //! - `dropout`    inverted dropout with a seeded mask
 //!
 //! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):
-//! - `activation` gelu (tanh form), silu, swiglu
+//! - `activation` gelu (tanh form), silu, swiglu, softplus (torch's beta/threshold), log_sigmoid (stable)
 //! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index), token_logprobs
 //! - `norm`       layer_norm, rms_norm (per-row mean/rstd cached for backward)
 //! - `rope`       rotary position embedding, interleaved or half-split pairs (backward = inverse rotation)
