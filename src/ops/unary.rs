@@ -11,6 +11,7 @@
 
 use crate::autograd::{Backward, record};
 use crate::error::{Error, Result, fmt_shape};
+use crate::ops::simd::{Isa, dispatch_simd};
 use crate::parallel::{GRAIN, for_each_chunk};
 use crate::tensor::{Tensor, alloc_zeros};
 
@@ -56,67 +57,33 @@ where
     Ok(Tensor::from_vec_unchecked(out, a.shape().to_vec()))
 }
 
-// The two elementwise loops, compiled again for AVX-512 and AVX2 and picked at run time (16 or 8 lanes
-// instead of SSE2's 4: GELU's forward measured 1.8 → 0.5 ms on (2048, 512)). Only the vector width changes: Rust never fuses a·b + c into an
-// FMA on its own, so every lane rounds as the scalar code does and results are bit-identical either way.
+// The two elementwise loops, compiled again for AVX-512 and AVX2 and picked at run time by
+// `simd::dispatch_simd!` (16 or 8 lanes instead of SSE2's 4: GELU's forward measured 1.8 → 0.5 ms on
+// (2048, 512)). Only the vector width changes: Rust never fuses a·b + c into an FMA on its own, so every
+// lane rounds as the scalar code does and results are bit-identical either way.
 #[inline(always)]
-fn map_loop<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
-    #[inline(always)]
-    fn body<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o = f(v);
-        }
+fn map_loop(out: &mut [f32], src: &[f32], f: &impl Fn(f32) -> f32) {
+    dispatch_simd!(map_body, map_avx512, map_avx2, (out: &mut [f32], src: &[f32], f: &impl Fn(f32) -> f32));
+}
+#[inline(always)]
+fn map_body<const ISA: Isa>(out: &mut [f32], src: &[f32], f: &impl Fn(f32) -> f32) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f(v);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
-            body(out, src, f)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<F: Fn(f32) -> f32>(out: &mut [f32], src: &[f32], f: &F) {
-            body(out, src, f)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(out, src, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(out, src, f) };
-        }
-    }
-    body(out, src, f)
 }
 
 #[inline(always)]
-fn zip_loop<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
-    #[inline(always)]
-    fn body<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+fn zip_loop(out: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    dispatch_simd!(
+        zip_body, zip_avx512, zip_avx2,
+        (out: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32)
+    );
+}
+#[inline(always)]
+fn zip_body<const ISA: Isa>(out: &mut [f32], a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
-            body(out, a, b, f)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<F: Fn(f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
-            body(out, a, b, f)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(out, a, b, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { avx2(out, a, b, f) };
-        }
-    }
-    body(out, a, b, f)
 }
 
 // ---- scalar kernels without libm calls, so loops over them vectorize ----
