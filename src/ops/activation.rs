@@ -277,11 +277,7 @@ mod tests {
     use crate::error::Error;
     use crate::ops::reduce::sum_all;
     use crate::tensor::random::{manual_seed, randn};
-
-    /// Within an absolute `tol` (the crate's one comparison helper).
-    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-        crate::testutil::assert_close(what, got, want, tol as f64, 0.0);
-    }
+    use crate::testutil::assert_close;
 
     type Op = fn(&Tensor) -> Result<Tensor>;
     /// name, fused op, its reference, and the f64 formula
@@ -302,14 +298,14 @@ mod tests {
                 let x = randn(shape, 0.0, 3.0).unwrap().requires_grad_(true);
                 let xr = x.detach().deep_clone().requires_grad_(true);
                 let (y, yr) = (fused(&x).unwrap(), reference(&xr).unwrap());
-                assert_close(&format!("{name} {shape:?} forward"), &y.data(), &yr.data(), 1e-5);
+                assert_close(&format!("{name} {shape:?} forward"), &y.data(), &yr.data(), 1e-5, 0.0);
                 let want: Vec<f32> = x.data().iter().map(|&v| f(v as f64) as f32).collect();
-                assert_close(&format!("{name} {shape:?} vs f64 formula"), &y.data(), &want, 1e-5);
+                assert_close(&format!("{name} {shape:?} vs f64 formula"), &y.data(), &want, 1e-5, 0.0);
                 let g = randn(shape, 0.0, 1.0).unwrap();
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
                 let (dx, dxr) = (x.grad().unwrap(), xr.grad().unwrap());
-                assert_close(&format!("{name} {shape:?} backward"), &dx.data(), &dxr.data(), 1e-5);
+                assert_close(&format!("{name} {shape:?} backward"), &dx.data(), &dxr.data(), 1e-5, 0.0);
             }
         }
     }
@@ -365,21 +361,21 @@ mod tests {
                 (gate.detach().deep_clone().requires_grad_(true), up.detach().deep_clone().requires_grad_(true));
             let (y, yr) = (swiglu(&gate, &up).unwrap(), swiglu_reference(&gr, &ur).unwrap());
             assert_eq!(y.shape(), shape);
-            assert_close(&format!("swiglu {shape:?} forward"), &y.data(), &yr.data(), 0.0);
+            assert_close(&format!("swiglu {shape:?} forward"), &y.data(), &yr.data(), 0.0, 0.0);
             let want: Vec<f32> = gate
                 .data()
                 .iter()
                 .zip(up.data().iter())
                 .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
                 .collect();
-            assert_close(&format!("swiglu {shape:?} vs f64 formula"), &y.data(), &want, 1e-5);
+            assert_close(&format!("swiglu {shape:?} vs f64 formula"), &y.data(), &want, 1e-5, 0.0);
             let g = randn(shape, 0.0, 1.0).unwrap();
             y.backward(Some(&g), false).unwrap();
             yr.backward(Some(&g), false).unwrap();
             let (dg, dgr) = (gate.grad().unwrap(), gr.grad().unwrap());
-            assert_close(&format!("swiglu {shape:?} dgate"), &dg.data(), &dgr.data(), 1e-5);
+            assert_close(&format!("swiglu {shape:?} dgate"), &dg.data(), &dgr.data(), 1e-5, 0.0);
             let (du, dur) = (up.grad().unwrap(), ur.grad().unwrap());
-            assert_close(&format!("swiglu {shape:?} dup"), &du.data(), &dur.data(), 1e-5);
+            assert_close(&format!("swiglu {shape:?} dup"), &du.data(), &dur.data(), 1e-5, 0.0);
         }
     }
 
@@ -394,7 +390,7 @@ mod tests {
         up.zero_grad();
         sum_all(&swiglu(&gate, &up).unwrap()).unwrap().backward(None, false).unwrap();
         assert!(gate.grad().is_none());
-        assert_close("dup", &up.grad().unwrap().data(), &silu(&gate).unwrap().data(), 0.0);
+        assert_close("dup", &up.grad().unwrap().data(), &silu(&gate).unwrap().data(), 0.0, 0.0);
     }
 
     #[test]
@@ -433,29 +429,42 @@ mod tests {
                 let what = format!("softplus {shape:?} beta {beta} threshold {threshold}");
                 x.zero_grad();
                 let xr = x.detach().deep_clone().requires_grad_(true);
-                let (y, yr) = (softplus(&x, beta, threshold).unwrap(), softplus_reference(&xr, beta, threshold).unwrap());
+                let (y, yr) =
+                    (softplus(&x, beta, threshold).unwrap(), softplus_reference(&xr, beta, threshold).unwrap());
                 assert_eq!(y.shape(), shape);
                 let want: Vec<f64> =
                     x.data().iter().map(|&v| softplus_f64(v as f64, beta as f64, threshold as f64)).collect();
-                crate::testutil::assert_close(&what, &y.data(), &want, 1e-6, 1e-6);
-                crate::testutil::assert_close(&what, &y.data(), &yr.data(), 1e-5, 1e-5);
+                assert_close(&what, &y.data(), &want, 1e-6, 1e-6);
+                assert_close(&what, &y.data(), &yr.data(), 1e-5, 1e-5);
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
-                assert_close(&format!("{what} backward"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-5);
+                assert_close(
+                    &format!("{what} backward"),
+                    &x.grad().unwrap().data(),
+                    &xr.grad().unwrap().data(),
+                    1e-5,
+                    0.0,
+                );
             }
             x.zero_grad();
             let xr = x.detach().deep_clone().requires_grad_(true);
             let (y, yr) = (log_sigmoid(&x).unwrap(), log_sigmoid_reference(&xr).unwrap());
             let want: Vec<f64> = x.data().iter().map(|&v| log_sigmoid_f64(v as f64)).collect();
-            crate::testutil::assert_close(&format!("log_sigmoid {shape:?}"), &y.data(), &want, 1e-6, 1e-6);
-            crate::testutil::assert_close(&format!("log_sigmoid {shape:?}"), &y.data(), &yr.data(), 1e-5, 1e-5);
+            assert_close(&format!("log_sigmoid {shape:?}"), &y.data(), &want, 1e-6, 1e-6);
+            assert_close(&format!("log_sigmoid {shape:?}"), &y.data(), &yr.data(), 1e-5, 1e-5);
             y.backward(Some(&g), false).unwrap();
             yr.backward(Some(&g), false).unwrap();
             // against the f64 derivative σ(−x) too
             let dwant: Vec<f64> =
                 x.data().iter().zip(g.data().iter()).map(|(&v, &gv)| gv as f64 / (1.0 + (v as f64).exp())).collect();
-            crate::testutil::assert_close("log_sigmoid backward", &x.grad().unwrap().data(), &dwant, 1e-6, 1e-6);
-            assert_close("log_sigmoid backward vs reference", &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-5);
+            assert_close("log_sigmoid backward", &x.grad().unwrap().data(), &dwant, 1e-6, 1e-6);
+            assert_close(
+                "log_sigmoid backward vs reference",
+                &x.grad().unwrap().data(),
+                &xr.grad().unwrap().data(),
+                1e-5,
+                0.0,
+            );
         }
     }
 

@@ -494,7 +494,13 @@ mod tests {
                 let (a, b) = (apart(sa, false), apart(sb, true));
                 let out = op(&a, &b).unwrap();
                 assert_eq!(out.shape(), &broadcast_shapes("t", sa, sb).unwrap()[..], "{name} {sa:?} {sb:?}");
-                crate::testutil::assert_close(&format!("{name} {sa:?} {sb:?}"), &out.data(), &reference(&a, &b, f), 0.0, 0.0);
+                crate::testutil::assert_close(
+                    &format!("{name} {sa:?} {sb:?}"),
+                    &out.data(),
+                    &reference(&a, &b, f),
+                    0.0,
+                    0.0,
+                );
                 assert_gradcheck(|xs| op(&xs[0], &xs[1]), &[a.clone(), b.clone()]);
                 // arguments swapped: same values
                 assert_eq!(op(&b, &a).unwrap().to_vec(), out.to_vec(), "{name} is symmetric");

@@ -766,10 +766,10 @@ mod tests {
     }
 
     /// Max |got − want| relative to the scale of the terms (k·max|a|·max|b| would be loose; use √k).
-    /// Within 4e-5·√k of the f64 result, relative to 1 + |want| (a k-term f32 sum's rounding grows like √k).
-    fn assert_close_k(what: &str, got: &[f32], want: &[f64], k: usize) {
-        let tol = 1e-5 * (k.max(1) as f64).sqrt() * 4.0;
-        assert_close(what, got, want, tol, tol);
+    /// The tolerance (atol and rtol, i.e. relative to 1 + |want|) for k-term f32 sums against f64: their
+    /// rounding grows like √k.
+    fn tol_k(k: usize) -> f64 {
+        1e-5 * (k.max(1) as f64).sqrt() * 4.0
     }
 
     fn check_forward(sa: &[usize], sb: &[usize]) {
@@ -778,7 +778,7 @@ mod tests {
         let (shape, want) = reference(&a, &b);
         assert_eq!(out.shape(), &shape[..], "{sa:?} @ {sb:?}: shape");
         let k = *sa.last().unwrap();
-        assert_close_k(&format!("{sa:?} @ {sb:?}"), &out.to_vec(), &want, k);
+        assert_close(&format!("{sa:?} @ {sb:?}"), &out.to_vec(), &want, tol_k(k), tol_k(k));
     }
 
     // (a shape, b shape): every promotion and broadcast path, small enough to gradcheck
@@ -862,9 +862,21 @@ mod tests {
                 }
             }
             let batch_sum = numel(&dims.batch) / numel(&dims.a_batch).max(1);
-            assert_close_k(&format!("dA of {sa:?} @ {sb:?}"), &a.grad().unwrap().to_vec(), &da, n * batch_sum);
+            assert_close(
+                &format!("dA of {sa:?} @ {sb:?}"),
+                &a.grad().unwrap().to_vec(),
+                &da,
+                tol_k(n * batch_sum),
+                tol_k(n * batch_sum),
+            );
             let batch_sum = numel(&dims.batch) / numel(&dims.b_batch).max(1);
-            assert_close_k(&format!("dB of {sa:?} @ {sb:?}"), &b.grad().unwrap().to_vec(), &db, m * batch_sum);
+            assert_close(
+                &format!("dB of {sa:?} @ {sb:?}"),
+                &b.grad().unwrap().to_vec(),
+                &db,
+                tol_k(m * batch_sum),
+                tol_k(m * batch_sum),
+            );
         }
     }
 
@@ -992,7 +1004,7 @@ mod tests {
         let want: Vec<f64> = (0..600)
             .map(|o| bv[o] as f64 + (0..512).map(|k| xv[k] as f64 * wv[o * 512 + k] as f64).sum::<f64>())
             .collect();
-        assert_close_k("decode linear", &got, &want, 512);
+        assert_close("decode linear", &got, &want, tol_k(512), tol_k(512));
     }
 
     #[test]

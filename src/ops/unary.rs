@@ -352,7 +352,15 @@ pub fn clamp(x: &Tensor, min: Option<f32>, max: Option<f32>) -> Result<Tensor> {
         return Err(Error::value(OP, format!("min ({lo}) must not be greater than max ({hi})")));
     }
     // selects, not f32::clamp/max/min: those would turn a nan input into a bound
-    let out = map(OP, x, move |v| if v < lo { lo } else if v > hi { hi } else { v })?;
+    let out = map(OP, x, move |v| {
+        if v < lo {
+            lo
+        } else if v > hi {
+            hi
+        } else {
+            v
+        }
+    })?;
     Ok(record(out, ClampBackward { x: x.clone(), lo, hi }))
 }
 struct ClampBackward {

@@ -1148,7 +1148,9 @@ mod tests {
     #[test]
     fn unsqueeze_inserts_a_dim_anywhere() {
         let x = iota(&[2, 3]);
-        for (dim, want) in [(0, vec![1, 2, 3]), (1, vec![2, 1, 3]), (2, vec![2, 3, 1]), (-1, vec![2, 3, 1]), (-3, vec![1, 2, 3])] {
+        for (dim, want) in
+            [(0, vec![1, 2, 3]), (1, vec![2, 1, 3]), (2, vec![2, 3, 1]), (-1, vec![2, 3, 1]), (-3, vec![1, 2, 3])]
+        {
             let y = unsqueeze(&x, dim).unwrap();
             assert_same(&y, &want, &x.to_vec(), &format!("unsqueeze({dim})"));
             assert!(y.same_storage(&x));
@@ -1158,7 +1160,10 @@ mod tests {
         for dim in [3, -4] {
             let e = unsqueeze(&x, dim).unwrap_err();
             assert!(matches!(e, Error::Index { .. }));
-            assert_eq!(e.to_string(), format!("unsqueeze: dim {dim} is out of range for a tensor with 2 dims (expected -3..=2)"));
+            assert_eq!(
+                e.to_string(),
+                format!("unsqueeze: dim {dim} is out of range for a tensor with 2 dims (expected -3..=2)")
+            );
         }
         assert_gradcheck(|xs| unsqueeze(&xs[0], 1), &[p(&[2, 3])]);
     }
