@@ -31,5 +31,8 @@ pub mod io;
 /// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 
+/// Tests only (`#![cfg(test)]` inside): the one `assert_close` / `max_abs_diff` the unit tests share.
+mod testutil;
+
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -68,6 +68,22 @@ def _away_from_zero(*shape):
     return np.where(np.abs(x) < 0.2, 0.5, x).astype(np.float32)
 
 
+def _away_from(x, *points):
+    """x with every value within 0.05 of a kink moved 0.1 past it (no finite difference straddles one)."""
+    for p in points:
+        x = np.where(np.abs(x - p) < 0.05, p + 0.1, x)
+    return x.astype(np.float32)
+
+
+def _whole(*shape):
+    """Whole numbers: against half-way numbers every pair is at least 0.5 apart (no ties in a gradcheck)."""
+    return np.round(_u(*shape, lo=-4, hi=4)).astype(np.float32)
+
+
+# the far tails and the middle, for the stable primitives
+_EXTREME = np.array([-100.0, -30.0, -0.3, 0.4, 30.0, 100.0], dtype=np.float32)
+
+
 def _np_softmax(x, d):
     e = np.exp(x - x.max(d, keepdims=True))
     return e / e.sum(d, keepdims=True)
@@ -134,6 +150,22 @@ OPS = {
     "relu": (lambda a: a.relu(), lambda a: np.maximum(a, 0), [_away_from_zero(3, 4)]),
     "sigmoid": (lambda a: a.sigmoid(), lambda a: 1 / (1 + np.exp(-a)), [_u(3, 2)]),
     "abs": (lambda a: abs(a), np.abs, [_away_from_zero(5)]),
+    "clamp": (lambda a: a.clamp(-0.5, 0.7), lambda a: np.clip(a, -0.5, 0.7),
+              [_away_from(_u(3, 4), -0.5, 0.7)]),
+    "clamp_min_only": (lambda a: a.clamp(min=-0.2), lambda a: np.maximum(a, -0.2),
+                       [_away_from(_u(2, 5), -0.2)]),
+    "clamp_max_only": (lambda a: a.clamp(max=0.3), lambda a: np.minimum(a, 0.3), [_away_from(_u(5), 0.3)]),
+    "clamp_extreme": (lambda a: a.clamp(-1.0, 1.0), lambda a: np.clip(a, -1.0, 1.0), [_EXTREME]),
+    "maximum": (lambda a, b: nf.maximum(a, b), np.maximum, [_whole(2, 3), _whole(3) + 0.5]),
+    "minimum": (lambda a, b: nf.minimum(a, b), np.minimum, [_whole(4, 1) + 0.5, _whole(1, 3)]),
+    "maximum_extreme": (lambda a, b: nf.maximum(a, b), np.maximum, [_EXTREME, -_EXTREME[::-1] + 0.5]),
+    "log_sigmoid": (lambda a: F.log_sigmoid(a), lambda a: -np.logaddexp(0, -a), [_u(3, 4, lo=-8, hi=8)]),
+    "log_sigmoid_extreme": (lambda a: F.log_sigmoid(a), lambda a: -np.logaddexp(0, -a), [_EXTREME]),
+    "softplus": (lambda a: F.softplus(a), lambda a: np.logaddexp(0, a), [_u(3, 4, lo=-8, hi=8)]),
+    "softplus_beta_threshold": (lambda a: F.softplus(a, beta=2.0, threshold=3.0),
+                                lambda a: np.where(2 * a > 3, a, np.logaddexp(0, 2 * a) / 2),
+                                [_away_from(_u(2, 5, lo=-3, hi=3), 1.5)]),
+    "softplus_extreme": (lambda a: F.softplus(a), lambda a: np.logaddexp(0, a), [_EXTREME]),
     "sum_all": (lambda a: a.sum(), lambda a: a.sum(), [_u(2, 3)]),
     "sum_dim_keepdim": (lambda a: a.sum(1, keepdim=True), lambda a: a.sum(1, keepdims=True), [_u(2, 3, 2)]),
     "sum_dims": (lambda a: a.sum((0, 2)), lambda a: a.sum((0, 2)), [_u(2, 3, 2)]),
@@ -213,3 +245,69 @@ def test_dropout_gradient_uses_the_same_mask():
     assert_close(F.dropout(x, p=0.3), y)  # same seed, same mask
     assert F.dropout(x, p=0.3, training=False) is not None
     assert_close(F.dropout(x, p=0.3, training=False), x)
+
+
+def test_stable_primitives_follow_ieee_at_inf_and_nan():
+    inf, nan = np.inf, np.nan
+    x = nf.tensor([-inf, -100.0, 100.0, inf, nan], requires_grad=True)
+    ls = F.log_sigmoid(x)
+    # log(sigmoid(x)) is -inf at -100 in float32; the stable form is exact
+    assert np.isneginf(x.sigmoid().log().numpy()[1])
+    np.testing.assert_array_equal(ls.numpy()[:4], np.float32([-inf, -100.0, -np.exp(-100.0), 0.0]))
+    ls.sum().backward()
+    g = x.grad.numpy()
+    # e^-100 is a float32 subnormal (spacing 1.4e-45): within one step of it
+    np.testing.assert_allclose(g[:4], [1.0, 1.0, np.exp(-100.0), 0.0], rtol=0, atol=1.5e-45)
+    assert g[2] > 0
+    assert np.isnan(ls.numpy()[4]) and np.isnan(g[4])
+    sp = F.softplus(x).numpy()
+    np.testing.assert_array_equal(sp[:4], np.float32([0.0, np.exp(-100.0), 100.0, inf]))
+    assert np.isnan(sp[4])
+    c = x.clamp(-1.0, 1.0).numpy()
+    np.testing.assert_array_equal(c[:4], [-1.0, -1.0, 1.0, 1.0])
+    assert np.isnan(c[4])
+    b = nf.tensor([0.0, 0.0, 0.0, 0.0, 0.0])
+    for f, ref in [(nf.maximum, np.maximum), (nf.minimum, np.minimum)]:
+        got, want = f(x, b).numpy(), ref(x.numpy(), b.numpy())
+        np.testing.assert_array_equal(got, want)  # nan where either side is nan, as numpy
+        assert got.shape == want.shape
+
+
+def test_gradients_at_ties_and_clamp_bounds():
+    a, b = nf.tensor([1.0, 2.0, 3.0], requires_grad=True), nf.tensor(2.0, requires_grad=True)
+    nf.maximum(a, b).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [0.0, 0.5, 1.0])  # a tie splits the gradient
+    assert b.grad.numpy().shape == () and float(b.grad.numpy()) == 1.5
+    x = nf.tensor([-1.0, 0.0, 1.0, 1.5], requires_grad=True)
+    x.clamp(-1.0, 1.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0, 1.0, 0.0])  # bounds pass the gradient
+
+
+def test_stable_primitives_refuse_bad_arguments():
+    x = nf.tensor([0.0, 1.0])
+    with pytest.raises(nf.InvalidArgumentError, match="min .* greater than max"):
+        x.clamp(1.0, -1.0)
+    with pytest.raises(nf.InvalidArgumentError, match="min must not be nan"):
+        x.clamp(min=float("nan"))
+    with pytest.raises(nf.InvalidArgumentError, match="at least one of min and max"):
+        x.clamp()
+    with pytest.raises(TypeError):
+        x.clamp(min="0")
+    with pytest.raises(TypeError, match="tensor bounds are not supported"):
+        x.clamp(min=nf.tensor([0.0]))
+    # numpy scalars and ints are numbers
+    np.testing.assert_array_equal(x.clamp(min=np.float64(0.5), max=1).numpy(), [0.5, 1.0])
+    for beta in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(nf.InvalidArgumentError, match="beta must be finite and > 0"):
+            F.softplus(x, beta=beta)
+    with pytest.raises(nf.InvalidArgumentError, match="threshold must not be nan"):
+        F.softplus(x, threshold=float("nan"))
+    with pytest.raises(TypeError):
+        F.softplus(x, beta="2")
+    with pytest.raises(nf.ShapeError, match="maximum: cannot broadcast"):
+        nf.maximum(nf.zeros(2, 3), nf.zeros(4))
+    with pytest.raises(TypeError):
+        nf.minimum(x, "a")
+    # beta and threshold take effect
+    assert not np.allclose(F.softplus(x, beta=2.0).numpy(), F.softplus(x).numpy())
+    assert F.softplus(x, threshold=0.5).numpy()[1] == 1.0

@@ -11,7 +11,7 @@ use pyo3::types::PyTuple;
 use super::errors::run;
 use super::tensor::{PyTensor, to_indices_for, to_tensor};
 use crate::error::Error;
-use crate::ops::{activation, dropout, index, matmul, softmax, view};
+use crate::ops::{activation, binary, dropout, index, matmul, softmax, view};
 use crate::tensor::{Tensor, random};
 
 fn shape_of(args: &Bound<'_, PyTuple>) -> PyResult<Vec<usize>> {
@@ -254,6 +254,31 @@ pub fn dropout_(py: Python<'_>, x: &Bound<'_, PyAny>, p: f32, training: bool) ->
 pub fn gelu(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
     let x = to_tensor(py, x)?;
     Ok(PyTensor::wrap(run(py, || activation::gelu(&x))?))
+}
+/// Elementwise max(a, b), broadcasting; nan if either is nan. At a tie each input gets half the gradient.
+#[pyfunction]
+pub fn maximum(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let (a, b) = (to_tensor(py, a)?, to_tensor(py, b)?);
+    Ok(PyTensor::wrap(run(py, || binary::maximum(&a, &b))?))
+}
+/// Elementwise min(a, b), broadcasting; nan if either is nan. At a tie each input gets half the gradient.
+#[pyfunction]
+pub fn minimum(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let (a, b) = (to_tensor(py, a)?, to_tensor(py, b)?);
+    Ok(PyTensor::wrap(run(py, || binary::minimum(&a, &b))?))
+}
+/// log(sigmoid(x)) computed stably as -softplus(-x): finite wherever the true value is.
+#[pyfunction]
+pub fn log_sigmoid(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || activation::log_sigmoid(&x))?))
+}
+/// log(1 + exp(beta*x))/beta, and x itself where beta*x > threshold (torch's softplus), computed stably.
+#[pyfunction]
+#[pyo3(signature = (x, beta = 1.0, threshold = 20.0))]
+pub fn softplus(py: Python<'_>, x: &Bound<'_, PyAny>, beta: f32, threshold: f32) -> PyResult<PyTensor> {
+    let x = to_tensor(py, x)?;
+    Ok(PyTensor::wrap(run(py, || activation::softplus(&x, beta, threshold))?))
 }
 /// SiLU: x * sigmoid(x).
 #[pyfunction]

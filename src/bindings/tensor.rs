@@ -118,6 +118,22 @@ fn shape_args(args: &Bound<'_, PyTuple>) -> PyResult<Vec<isize>> {
     args.extract::<Vec<isize>>().map_err(|_| PyTypeError::new_err("shape must be ints, or one tuple/list of ints"))
 }
 
+/// A bound of `clamp`: None or a number. A Tensor is refused rather than read as a constant (its
+/// gradient would be dropped without a word).
+fn clamp_bound(name: &str, b: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f32>> {
+    match b {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) if o.cast::<PyTensor>().is_ok() => Err(PyTypeError::new_err(format!(
+            "clamp: {name} must be a number or None (tensor bounds are not supported)"
+        ))),
+        Some(o) => o
+            .extract::<f64>()
+            .map(|v| Some(v as f32))
+            .map_err(|_| PyTypeError::new_err(format!("clamp: {name} must be a number or None"))),
+    }
+}
+
 fn wrap(t: PyResult<Tensor>) -> PyResult<PyTensor> {
     Ok(PyTensor::wrap(t?))
 }
@@ -298,22 +314,8 @@ impl PyTensor {
     /// Overwrite this leaf's data in place with `src` (same shape); not recorded by autograd.
     /// This is how `load_state_dict` fills parameters.
     fn copy_<'py>(slf: Bound<'py, Self>, py: Python<'py>, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Self>> {
-        let t = &slf.get().t;
-        if !t.is_leaf() {
-            return Err(super::errors::GradError::new_err("copy_: only leaf tensors can be overwritten in place"));
-        }
         let s = to_tensor(py, src)?;
-        if s.shape() != t.shape() {
-            return Err(super::errors::ShapeError::new_err(format!(
-                "copy_: source shape {} does not match {}",
-                crate::error::fmt_shape(s.shape()),
-                crate::error::fmt_shape(t.shape())
-            )));
-        }
-        if !s.same_storage(t) {
-            let src = s.data();
-            t.data_mut().copy_from_slice(&src);
-        }
+        view::copy_(&slf.get().t, &s)?;
         Ok(slf)
     }
 
@@ -434,6 +436,28 @@ impl PyTensor {
     fn silu(&self, py: Python<'_>) -> PyResult<PyTensor> {
         wrap(run(py, || activation::silu(&self.t)))
     }
+    /// x limited to [min, max]; either bound may be None, not both. nan stays nan. The gradient is 1
+    /// where min <= x <= max (bounds included, like torch) and 0 outside. InvalidArgumentError for no
+    /// bound, a nan bound, or min > max.
+    #[pyo3(signature = (min = None, max = None))]
+    fn clamp(
+        &self,
+        py: Python<'_>,
+        min: Option<&Bound<'_, PyAny>>,
+        max: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyTensor> {
+        let (min, max) = (clamp_bound("min", min)?, clamp_bound("max", max)?);
+        wrap(run(py, || unary::clamp(&self.t, min, max)))
+    }
+    /// log(sigmoid(x)) computed stably as -softplus(-x) (finite for very negative x).
+    fn log_sigmoid(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        wrap(run(py, || activation::log_sigmoid(&self.t)))
+    }
+    /// log(1 + exp(beta*x))/beta, and x where beta*x > threshold (torch's softplus).
+    #[pyo3(signature = (beta = 1.0, threshold = 20.0))]
+    fn softplus(&self, py: Python<'_>, beta: f32, threshold: f32) -> PyResult<PyTensor> {
+        wrap(run(py, || activation::softplus(&self.t, beta, threshold)))
+    }
     /// x ** exponent
     fn pow(&self, py: Python<'_>, exponent: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
         self.__pow__(py, exponent, None)
@@ -514,69 +538,30 @@ impl PyTensor {
     /// deprecated it: `.mT` swaps the last two dims, `permute(...)` reverses them all.
     #[getter(T)]
     fn t_(&self, py: Python<'_>) -> PyResult<PyTensor> {
-        let nd = self.t.ndim();
-        if nd > 2 {
-            return Err(super::errors::ShapeError::new_err(format!(
-                "T: .T is for tensors of at most 2 dims, this one has shape {}; use .mT to transpose the last \
-                 two dims (batched matrices) or permute(...) to reorder all of them",
-                crate::error::fmt_shape(self.t.shape())
-            )));
-        }
-        let d: Vec<isize> = (0..nd as isize).rev().collect();
-        wrap(run(py, || view::permute(&self.t, &d)))
+        wrap(run(py, || view::t(&self.t)))
     }
     /// The last two dims swapped (a batch of matrices transposed), like torch's `.mT`; needs >= 2 dims.
     #[getter(mT)]
     fn mt_(&self, py: Python<'_>) -> PyResult<PyTensor> {
-        if self.t.ndim() < 2 {
-            return Err(super::errors::ShapeError::new_err(format!(
-                "mT: needs a tensor of at least 2 dims, this one has shape {}",
-                crate::error::fmt_shape(self.t.shape())
-            )));
-        }
-        wrap(run(py, || view::transpose(&self.t, -2, -1)))
+        wrap(run(py, || view::mt(&self.t)))
     }
     /// `length` entries of `dim` starting at `start`.
     fn narrow(&self, py: Python<'_>, dim: isize, start: usize, length: usize) -> PyResult<PyTensor> {
         wrap(run(py, || view::narrow(&self.t, dim, start, length)))
     }
-    /// Insert a size-1 dim at `dim`.
+    /// Insert a size-1 dim at `dim` (-ndim-1..=ndim; -1 appends).
     fn unsqueeze(&self, py: Python<'_>, dim: isize) -> PyResult<PyTensor> {
-        let nd = self.t.ndim() as isize;
-        let d = if dim < 0 { dim + nd + 1 } else { dim };
-        if d < 0 || d > nd {
-            return Err(OutOfRangeError::new_err(format!(
-                "unsqueeze: dim {dim} is out of range for a tensor with {nd} dims"
-            )));
-        }
-        let mut s: Vec<isize> = self.t.shape().iter().map(|&x| x as isize).collect();
-        s.insert(d as usize, 1);
-        wrap(run(py, || view::reshape(&self.t, &s)))
+        wrap(run(py, || view::unsqueeze(&self.t, dim)))
     }
-    /// Remove size-1 dims (all of them, or only `dim`).
+    /// Remove size-1 dims (all of them, or only `dim`; a longer `dim` is left as it is).
     #[pyo3(signature = (dim = None))]
     fn squeeze(&self, py: Python<'_>, dim: Option<isize>) -> PyResult<PyTensor> {
-        let shape = self.t.shape();
-        let s: Vec<isize> = match dim {
-            None => shape.iter().filter(|&&x| x != 1).map(|&x| x as isize).collect(),
-            Some(d) => {
-                let d = crate::tensor::normalize_dim("squeeze", d, shape.len())?;
-                shape.iter().enumerate().filter(|&(i, &x)| !(i == d && x == 1)).map(|(_, &x)| x as isize).collect()
-            }
-        };
-        wrap(run(py, || view::reshape(&self.t, &s)))
+        wrap(run(py, || view::squeeze(&self.t, dim)))
     }
-    /// All dims from `start_dim` on merged into one.
+    /// All dims from `start_dim` on merged into one (a 0-d tensor becomes shape (1,)).
     #[pyo3(signature = (start_dim = 0))]
     fn flatten(&self, py: Python<'_>, start_dim: isize) -> PyResult<PyTensor> {
-        let shape = self.t.shape();
-        if shape.is_empty() {
-            return wrap(run(py, || view::reshape(&self.t, &[1])));
-        }
-        let d = crate::tensor::normalize_dim("flatten", start_dim, shape.len())?;
-        let mut s: Vec<isize> = shape[..d].iter().map(|&x| x as isize).collect();
-        s.push(-1);
-        wrap(run(py, || view::reshape(&self.t, &s)))
+        wrap(run(py, || view::flatten(&self.t, start_dim)))
     }
 
     /// numpy-style indexing: ints, slices (step > 0), None, `...`, and one list/array of ints per dim.
@@ -602,9 +587,8 @@ impl PyTensor {
             if k.is(PyEllipsis::get(py)) {
                 d += nd - n_real;
             } else if k.is_none() {
-                let mut s: Vec<isize> = x.shape().iter().map(|&v| v as isize).collect();
-                s.insert(d, 1);
-                x = run(py, || view::reshape(&x, &s))?;
+                let dim = d as isize;
+                x = run(py, || view::unsqueeze(&x, dim))?;
                 d += 1;
             } else if let Ok(sl) = k.cast::<PySlice>() {
                 let len = x.shape()[d] as isize;

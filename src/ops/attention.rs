@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Backward, record, will_record};
 use crate::error::{Error, Result, fmt_shape};
-use crate::ops::lanes_sum;
+use crate::ops::simd::{Isa, dispatch_simd, dot, lanes_sum, madd};
 use crate::ops::unary::exp_f32;
 use crate::parallel::{check_interrupt, install};
 use crate::tensor::{Tensor, alloc_zeros, checked_numel};
@@ -180,45 +180,8 @@ fn check_shapes(
 
 // ---- small kernels ----
 
-/// Run `body::<ISA>` compiled for the widest vector unit this CPU has (AVX-512, AVX2 + FMA, baseline).
-/// The variants differ only in vector width and FMA use; none depends on the thread count.
-macro_rules! dispatch_simd {
-    ($body:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,fma")]
-        fn $avx512($($arg: $ty),*) {
-            $body::<2>($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        fn $avx2($($arg: $ty),*) {
-            $body::<1>($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX-512F and FMA.
-                return unsafe { $avx512($($arg),*) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA.
-                return unsafe { $avx2($($arg),*) };
-            }
-        }
-        $body::<0>($($arg),*)
-    };
-}
-
-/// Which vector unit a kernel is compiled for: 2 = AVX-512 (with FMA), 1 = AVX2 + FMA, 0 = baseline.
-/// Each body below is generic over it; `dispatch_simd!` picks the variant at run time.
-type Isa = u8;
-
-/// `a·b + c`, fused (one rounding) when the variant has FMA. So results can differ in the last bit
-/// between CPUs with and without FMA, never between thread counts.
-#[inline(always)]
-fn madd<const ISA: Isa>(a: f32, b: f32, c: f32) -> f32 {
-    if ISA >= 1 { a.mul_add(b, c) } else { a * b + c }
-}
+// (`dispatch_simd!`, `Isa` and `madd` come from `ops::simd`: the run-time pick of an AVX-512, AVX2 + FMA
+// or baseline build of each `*_body::<ISA>` below.)
 
 /// The one product shape attention needs, without packing: C (m, n) = alpha·A (m, k)·B (k, n), or
 /// C += alpha·A·B when `add`. A is read element by element through its strides `(data, rs, cs)`, so
@@ -392,7 +355,7 @@ fn transpose_one_body<const ISA: Isa>(x: &[f32], t: usize, c: usize, out: &mut [
 
 /// Lanes for the row reductions below: the sums run in this many independent lanes (so loops vectorize),
 /// then the lanes are added in a fixed order, so the result does not depend on the CPU's vector width.
-const L: usize = 16;
+const L: usize = crate::ops::simd::LANES;
 
 // The row loops below run whole L-wide chunks; a ragged tail (common on the causal diagonal) is padded
 // into one more chunk, so it is vectorized too instead of falling back to a scalar loop.
@@ -471,22 +434,6 @@ fn p_ds(prow: &mut [f32], dsrow: &mut [f32], lse: f32, delta: f32) {
         pr.copy_from_slice(&tp[..pr.len()]);
         gr.copy_from_slice(&tg[..gr.len()]);
     }
-}
-
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; L];
-    let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for l in 0..L {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    for (l, (&a, &b)) in xr.iter().zip(yr).enumerate() {
-        acc[l] += a * b;
-    }
-    lanes_sum(acc)
 }
 
 // ---- forward ----

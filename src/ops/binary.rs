@@ -1,6 +1,6 @@
-//! Binary elementwise ops with numpy broadcasting: add, sub, mul, div, pow; scalar forms are the same
-//! ops with a 0-d tensor. Backward "unbroadcasts": a gradient for a broadcast input is summed over the
-//! dims it was stretched along.
+//! Binary elementwise ops with numpy broadcasting: add, sub, mul, div, pow, minimum, maximum; scalar
+//! forms are the same ops with a 0-d tensor. Backward "unbroadcasts": a gradient for a broadcast input
+//! is summed over the dims it was stretched along.
 
 use crate::autograd::{Backward, record};
 use crate::error::Result;
@@ -249,6 +249,83 @@ impl Backward for PowBackward {
     }
 }
 
+// ---- minimum / maximum ----
+/// The larger of two values, nan if either is nan (numpy's `maximum`, torch's `maximum`).
+#[inline(always)]
+fn max_nan(x: f32, y: f32) -> f32 {
+    // x + y is nan exactly when neither comparison held, i.e. when one of them is nan
+    if x > y {
+        x
+    } else if y >= x {
+        y
+    } else {
+        x + y
+    }
+}
+/// The smaller of two values, nan if either is nan.
+#[inline(always)]
+fn min_nan(x: f32, y: f32) -> f32 {
+    if x < y {
+        x
+    } else if y <= x {
+        y
+    } else {
+        x + y
+    }
+}
+
+/// out = elementwise max(a, b) (broadcasting); nan if either is nan, as in numpy and torch.
+/// NOTE: at a tie (a == b) the gradient is split, dout/2 to each input (torch's rule: the average of
+/// the two one-sided derivatives); where one input is nan both get the whole dout.
+pub fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = zip_broadcast("maximum", a, b, max_nan)?;
+    Ok(record(out, MinMaxBackward { a: a.clone(), b: b.clone(), max: true }))
+}
+/// out = elementwise min(a, b) (broadcasting); nan if either is nan.
+/// NOTE: at a tie the gradient is split dout/2 to each input, as in `maximum`.
+pub fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = zip_broadcast("minimum", a, b, min_nan)?;
+    Ok(record(out, MinMaxBackward { a: a.clone(), b: b.clone(), max: false }))
+}
+struct MinMaxBackward {
+    a: Tensor,
+    b: Tensor,
+    /// maximum (true) or minimum (false)
+    max: bool,
+}
+impl Backward for MinMaxBackward {
+    fn name(&self) -> &'static str {
+        if self.max { "maximum" } else { "minimum" }
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+    // out = a where a wins, b where b wins  so  da = dout·[a wins], db = dout·[b wins], with a tie
+    // giving 1/2 to each; "a loses" is a < b for maximum (a > b for minimum), so a nan never loses
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let op = self.name();
+        let sign = if self.max { 1.0f32 } else { -1.0 };
+        // weight of the first argument x against y: 0 if x loses, 1/2 at a tie, else 1
+        let weight = move |x: f32, y: f32| {
+            if x == y {
+                0.5
+            } else if sign * x < sign * y {
+                0.0
+            } else {
+                1.0
+            }
+        };
+        let grad = |x: &Tensor, y: &Tensor, shape: &[usize]| -> Result<Tensor> {
+            let w = zip_broadcast(op, x, y, weight)?;
+            unbroadcast(&zip_broadcast(op, dout, &w, |g, w| g * w)?, shape)
+        };
+        Ok(vec![
+            if needs[0] { Some(grad(&self.a, &self.b, self.a.shape())?) } else { None },
+            if needs[1] { Some(grad(&self.b, &self.a, self.b.shape())?) } else { None },
+        ])
+    }
+}
+
 // ---- comparisons (no gradient: the result is a 0/1 mask) ----
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Cmp {
@@ -396,5 +473,80 @@ mod tests {
         assert_eq!(unbroadcast(&g, &[3]).unwrap().to_vec(), vec![8.0; 3]);
         assert_eq!(unbroadcast(&g, &[4, 1]).unwrap().to_vec(), vec![6.0; 4]);
         assert_eq!(unbroadcast(&g, &[]).unwrap().to_vec(), vec![24.0]);
+    }
+
+    // ---- minimum / maximum ----
+
+    /// Whole numbers for a, half-way numbers for b: every pair is at least 0.5 apart, so no finite
+    /// difference of the gradcheck crosses a tie.
+    fn apart(shape: &[usize], half: bool) -> Tensor {
+        let x = randn(shape, 0.0, 3.0).unwrap();
+        let v = x.data().iter().map(|&v| v.round() + if half { 0.5 } else { 0.0 }).collect();
+        Tensor::new(v, shape).unwrap().requires_grad_(true)
+    }
+
+    #[test]
+    fn minimum_maximum_match_reference_and_gradcheck_passes() {
+        manual_seed(1);
+        let ops: [(&str, Op, Ref); 2] = [("maximum", maximum, f64::max), ("minimum", minimum, f64::min)];
+        for (name, op, f) in ops {
+            for (sa, sb) in SHAPES {
+                let (a, b) = (apart(sa, false), apart(sb, true));
+                let out = op(&a, &b).unwrap();
+                assert_eq!(out.shape(), &broadcast_shapes("t", sa, sb).unwrap()[..], "{name} {sa:?} {sb:?}");
+                crate::testutil::assert_close(
+                    &format!("{name} {sa:?} {sb:?}"),
+                    &out.data(),
+                    &reference(&a, &b, f),
+                    0.0,
+                    0.0,
+                );
+                assert_gradcheck(|xs| op(&xs[0], &xs[1]), &[a.clone(), b.clone()]);
+                // arguments swapped: same values
+                assert_eq!(op(&b, &a).unwrap().to_vec(), out.to_vec(), "{name} is symmetric");
+            }
+        }
+    }
+
+    #[test]
+    fn minimum_maximum_split_the_gradient_at_ties() {
+        // a = (1, 2, 3) against b = 2 (broadcast): a tie in the middle gives 1/2 to each side, and b's
+        // gradient sums its three uses
+        let a = Tensor::new(vec![1.0, 2.0, 3.0], &[3]).unwrap().requires_grad_(true);
+        let b = Tensor::scalar(2.0).requires_grad_(true);
+        for (op, da, db) in [(maximum as Op, [0.0, 0.5, 1.0], 1.5), (minimum, [1.0, 0.5, 0.0], 1.5)] {
+            a.zero_grad();
+            b.zero_grad();
+            crate::ops::reduce::sum_all(&op(&a, &b).unwrap()).unwrap().backward(None, false).unwrap();
+            assert_eq!(a.grad().unwrap().to_vec(), da.to_vec());
+            assert_eq!(b.grad().unwrap().to_vec(), vec![db]);
+        }
+        // maximum(x, x): the tie everywhere still adds up to the gradient of x itself
+        let x = Tensor::new(vec![-1.0, 4.0], &[2]).unwrap().requires_grad_(true);
+        crate::ops::reduce::sum_all(&maximum(&x, &x).unwrap()).unwrap().backward(None, false).unwrap();
+        assert_eq!(x.grad().unwrap().to_vec(), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn minimum_maximum_extreme_inputs_follow_ieee() {
+        let (inf, nan) = (f32::INFINITY, f32::NAN);
+        let a = Tensor::new(vec![-100.0, 100.0, -inf, inf, nan, 1.0, inf], &[7]).unwrap().requires_grad_(true);
+        let b = Tensor::new(vec![100.0, -100.0, 0.0, 0.0, 1.0, nan, inf], &[7]).unwrap().requires_grad_(true);
+        let mx = maximum(&a, &b).unwrap().to_vec();
+        let mn = minimum(&a, &b).unwrap().to_vec();
+        assert_eq!(&mx[..4], &[100.0, 100.0, 0.0, inf]);
+        assert_eq!(&mn[..4], &[-100.0, -100.0, -inf, 0.0]);
+        assert_eq!((mx[6], mn[6]), (inf, inf));
+        // a nan on either side propagates (np.maximum / torch.maximum), unlike f32::max
+        assert!(mx[4].is_nan() && mx[5].is_nan() && mn[4].is_nan() && mn[5].is_nan(), "{mx:?} {mn:?}");
+        crate::ops::reduce::sum_all(&maximum(&a, &b).unwrap()).unwrap().backward(None, false).unwrap();
+        // a nan pair passes the whole gradient to both sides; inf == inf is a tie
+        assert_eq!(a.grad().unwrap().to_vec(), vec![0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.5]);
+        assert_eq!(b.grad().unwrap().to_vec(), vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.5]);
+        // shape errors name the op
+        let e = maximum(&Tensor::zeros(&[2, 3]).unwrap(), &Tensor::zeros(&[4]).unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "maximum: cannot broadcast (2, 3) with (4,)");
+        let e = minimum(&Tensor::zeros(&[2]).unwrap(), &Tensor::zeros(&[3]).unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "minimum: cannot broadcast (2,) with (3,)");
     }
 }

@@ -388,22 +388,10 @@ mod tests {
     use crate::ops::binary::zip_broadcast;
     use crate::ops::reduce::sum_all;
     use crate::tensor::random::{manual_seed, rand, randint, randn};
+    use crate::testutil::assert_close;
 
     fn p(shape: &[usize]) -> Tensor {
         randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
-    }
-
-    /// Assert |got − want| ≤ tol elementwise, reporting the worst element.
-    fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let (mut worst, mut at) = (0.0f64, 0);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let e = (g as f64 - w).abs();
-            if e > worst {
-                (worst, at) = (e, i);
-            }
-        }
-        assert!(worst <= tol, "{what}: max abs diff {worst:.3e} at element {at} ({} vs {})", got[at], want[at]);
     }
 
     /// Element i of `t` read at the broadcast output position `i` of `shape`.
@@ -423,7 +411,7 @@ mod tests {
         assert_eq!(out.shape(), &[2, 3, 5]);
         let wd = w.to_vec();
         let want: Vec<f64> = (0..30).map(|i| wd[ids[i / 5] as usize * 5 + i % 5] as f64).collect();
-        assert_close(&out.to_vec(), &want, 0.0, "embedding forward");
+        assert_close("embedding forward", &out.to_vec(), &want, 0.0, 0.0);
         // backward with a random dout: dW[v] = Σ over positions with id v of dout[pos], in f64
         let g = randn(&[2, 3, 5], 0.0, 1.0).unwrap();
         out.backward(Some(&g), false).unwrap();
@@ -434,7 +422,7 @@ mod tests {
                 dw[id as usize * 5 + c] += gd[pos * 5 + c] as f64;
             }
         }
-        assert_close(&w.grad().unwrap().to_vec(), &dw, 1e-6, "embedding backward");
+        assert_close("embedding backward", &w.grad().unwrap().to_vec(), &dw, 1e-6, 0.0);
         assert_gradcheck(|xs| embedding(&xs[0], &ids, &[6]), &[p(&[7, 5])]);
         assert_gradcheck(|xs| embedding(&xs[0], &[1, 1, 1, 0], &[2, 2]), &[p(&[2, 3])]);
     }
@@ -463,7 +451,7 @@ mod tests {
                     dw[id as usize * c + k] += gd[pos * c + k] as f64;
                 }
             }
-            assert_close(&one, &dw, 1e-5, &format!("embedding backward V={v}"));
+            assert_close(&format!("embedding backward V={v}"), &one, &dw, 1e-5, 0.0);
         }
     }
 
@@ -522,7 +510,7 @@ mod tests {
                     xd[off] as f64
                 })
                 .collect();
-            assert_close(&out.to_vec(), &want, 0.0, &format!("index_select dim {dim} {indices:?}"));
+            assert_close(&format!("index_select dim {dim} {indices:?}"), &out.to_vec(), &want, 0.0, 0.0);
         }
         // repeated indices accumulate their gradients
         let y = p(&[4, 2]);
@@ -565,7 +553,7 @@ mod tests {
             let want: Vec<f64> = (0..x.numel())
                 .map(|i| if bcast_at(&mask, &shape, i) != 0.0 { f64::NEG_INFINITY } else { x.to_vec()[i] as f64 })
                 .collect();
-            assert_close(&out.to_vec(), &want, 0.0, &format!("masked_fill mask {:?}", mask.shape()));
+            assert_close(&format!("masked_fill mask {:?}", mask.shape()), &out.to_vec(), &want, 0.0, 0.0);
             assert_gradcheck(|xs| masked_fill(&xs[0], &mask, 2.5), &[x]);
         }
         // a mask that requires grad gets none
@@ -627,7 +615,7 @@ mod tests {
                         }
                     })
                     .collect();
-            assert_close(&out.to_vec(), &want, 0.0, &format!("where {sc:?} {sa:?} {sb:?}"));
+            assert_close(&format!("where {sc:?} {sa:?} {sb:?}"), &out.to_vec(), &want, 0.0, 0.0);
             assert_gradcheck(|xs| where_(&cond, &xs[0], &xs[1]), &[a, b]);
         }
         // big enough to run in parallel, cond broadcast from (T, T)
@@ -637,14 +625,14 @@ mod tests {
         let want: Vec<f64> = (0..a.numel())
             .map(|i| if (i % 64) <= (i / 64) % 64 { a.to_vec()[i] as f64 } else { -1e9f32 as f64 })
             .collect();
-        assert_close(&out, &want, 0.0, "where big");
+        assert_close("where big", &out, &want, 0.0, 0.0);
         // a (64, 1) cond is runs of 64 equal values
         let cond = Tensor::new((0..64).map(|i| (i % 3 == 0) as u8 as f32).collect(), &[64, 1]).unwrap();
         let out = where_(&cond, &a, &b).unwrap().to_vec();
         let want: Vec<f64> = (0..a.numel())
             .map(|i| if (i / 64) % 64 % 3 == 0 { a.to_vec()[i] as f64 } else { -1e9f32 as f64 })
             .collect();
-        assert_close(&out, &want, 0.0, "where big, cond (64, 1)");
+        assert_close("where big, cond (64, 1)", &out, &want, 0.0, 0.0);
     }
 
     #[test]

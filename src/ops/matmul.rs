@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Backward, record, will_record};
 use crate::error::{Error, Result, fmt_shape};
-use crate::ops::lanes_sum;
+use crate::ops::simd::{Isa, dispatch_simd, dot, dot4};
 use crate::parallel::{check_interrupt, install};
 use crate::tensor::shape::broadcast_strides;
 use crate::tensor::{Tensor, alloc_zeros, checked_numel, numel, strides};
@@ -380,25 +380,18 @@ impl<'a> Gemm<'a> {
 /// `(data, offset, k-stride, j-stride)`. Overwrites y when `overwrite`, else adds to it. Callers
 /// guarantee w's j-stride is 1 (rows of w contiguous: axpy form) or its k-stride and x's stride are 1
 /// (columns contiguous: dot form). Sums run in a fixed order, independent of threads and of the CPU:
-/// the AVX2 build of the same code uses no FMA, so it rounds exactly like the baseline one.
+/// the AVX-512 and AVX2 builds of the same code (`simd::dispatch_simd!`) use no FMA, so they round exactly
+/// like the baseline one.
 fn gemv(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2.
-        return unsafe { gemv_avx2(y, overwrite, x, w, kk) };
-    }
-    gemv_body::<false>(y, overwrite, x, w, kk)
+    dispatch_simd!(
+        gemv_body, gemv_avx512, gemv_avx2,
+        (y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize)
+    );
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gemv_avx2(y: &mut [f32], overwrite: bool, x: (&[f32], usize, usize), w: (&[f32], usize, usize, usize), kk: usize) {
-    gemv_body::<true>(y, overwrite, x, w, kk)
-}
-
-/// `AVX2`: this copy is compiled into `gemv_avx2` (so the CPU has AVX2) and may use its intrinsics.
+/// Levels `ISA` >= 1 run on CPUs with AVX2 (see `simd::isa`), so they may call its intrinsics (`dot4_avx2`).
 #[inline(always)]
-fn gemv_body<const AVX2: bool>(
+fn gemv_body<const ISA: Isa>(
     y: &mut [f32],
     overwrite: bool,
     x: (&[f32], usize, usize),
@@ -447,8 +440,8 @@ fn gemv_body<const AVX2: bool>(
         while j + 4 <= len {
             let cols = [col(j), col(j + 1), col(j + 2), col(j + 3)];
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 is only true in the copy compiled into `gemv_avx2`, which runs on AVX2 CPUs.
-            let d = if AVX2 { unsafe { dot4_avx2(xv, cols) } } else { dot4(xv, cols) };
+            // SAFETY: levels >= 1 are only dispatched on CPUs with AVX2 (and FMA).
+            let d = if ISA >= 1 { unsafe { crate::ops::simd::dot4_avx2(xv, cols) } } else { dot4(xv, cols) };
             #[cfg(not(target_arch = "x86_64"))]
             let d = dot4(xv, cols);
             for (q, dq) in d.into_iter().enumerate() {
@@ -461,88 +454,6 @@ fn gemv_body<const AVX2: bool>(
             *yj = if overwrite { d } else { *yj + d };
         }
     }
-}
-
-/// Dot product in 16 independent f32 lanes (so it vectorizes), then the lanes summed in a fixed order.
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xa, ya) in xc.zip(yc) {
-        for l in 0..L {
-            acc[l] += xa[l] * ya[l];
-        }
-    }
-    for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
-        acc[l] += xv * yv;
-    }
-    lanes_sum(acc)
-}
-
-/// Four dot products with one x: `[dot(x, ys[0]), .., dot(x, ys[3])]`, bit for bit (same lanes, same order).
-#[inline(always)]
-fn dot4(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
-    const L: usize = 16;
-    let mut acc = [[0f32; L]; 4];
-    let [c0, c1, c2, c3] = ys.map(|y| y.chunks_exact(L));
-    let (r0, r1, r2, r3) = (c0.remainder(), c1.remainder(), c2.remainder(), c3.remainder());
-    let xc = x.chunks_exact(L);
-    let xr = xc.remainder();
-    for ((((xa, a0), a1), a2), a3) in xc.zip(c0).zip(c1).zip(c2).zip(c3) {
-        for l in 0..L {
-            acc[0][l] += xa[l] * a0[l];
-            acc[1][l] += xa[l] * a1[l];
-            acc[2][l] += xa[l] * a2[l];
-            acc[3][l] += xa[l] * a3[l];
-        }
-    }
-    for (a, r) in acc.iter_mut().zip([r0, r1, r2, r3]) {
-        for (l, (&xv, &yv)) in xr.iter().zip(r).enumerate() {
-            a[l] += xv * yv;
-        }
-    }
-    acc.map(lanes_sum)
-}
-
-/// `dot4` with AVX2 intrinsics, bit for bit: lane l of the 16 (two 8-wide registers per dot) sums
-/// x[l + 16i]·y[l + 16i] over i in order, with a separate multiply and add (no FMA), exactly as `dot4`'s
-/// portable loop does; the tail and the pairwise lane sum are `dot4`'s own code.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot4_avx2(x: &[f32], ys: [&[f32]; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    const L: usize = 16;
-    let n = x.len();
-    assert!(ys.iter().all(|y| y.len() == n), "dot4: lengths differ");
-    let full = n / L * L;
-    let mut acc = [[0f32; L]; 4];
-    // SAFETY: every load reads 8 floats at i or i + 8 with i + 16 <= full <= n, inside x and each y.
-    unsafe {
-        let (xp, yp) = (x.as_ptr(), ys.map(|y| y.as_ptr()));
-        let z = _mm256_setzero_ps();
-        let (mut lo, mut hi) = ([z; 4], [z; 4]);
-        let mut i = 0;
-        while i < full {
-            let (xl, xh) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(i + 8)));
-            for r in 0..4 {
-                lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(xl, _mm256_loadu_ps(yp[r].add(i))));
-                hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(xh, _mm256_loadu_ps(yp[r].add(i + 8))));
-            }
-            i += L;
-        }
-        for r in 0..4 {
-            _mm256_storeu_ps(acc[r].as_mut_ptr(), lo[r]);
-            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), hi[r]);
-        }
-    }
-    for (a, y) in acc.iter_mut().zip(ys) {
-        for (l, (&xv, &yv)) in x[full..].iter().zip(&y[full..]).enumerate() {
-            a[l] += xv * yv;
-        }
-    }
-    acc.map(lanes_sum)
 }
 
 /// Row-major (rows, cols) matrices, or their transposes read in place through swapped strides.
@@ -807,6 +718,7 @@ mod tests {
     use crate::autograd::assert_gradcheck;
     use crate::parallel::set_num_threads;
     use crate::tensor::random::{manual_seed, randn};
+    use crate::testutil::assert_close;
 
     fn p(shape: &[usize]) -> Tensor {
         randn(shape, 0.0, 1.0).unwrap().requires_grad_(true)
@@ -854,22 +766,10 @@ mod tests {
     }
 
     /// Max |got − want| relative to the scale of the terms (k·max|a|·max|b| would be loose; use √k).
-    fn assert_close(what: &str, got: &[f32], want: &[f64], k: usize) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let tol = 1e-5 * (k.max(1) as f64).sqrt() * 4.0;
-        let (mut worst, mut at) = (0f64, 0);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g as f64 - w).abs() / (1.0 + w.abs());
-            if d > worst {
-                (worst, at) = (d, i);
-            }
-        }
-        assert!(
-            worst <= tol,
-            "{what}: max rel diff {worst:.2e} > {tol:.2e} at element {at}: {} vs {}",
-            got[at],
-            want[at]
-        );
+    /// The tolerance (atol and rtol, i.e. relative to 1 + |want|) for k-term f32 sums against f64: their
+    /// rounding grows like √k.
+    fn tol_k(k: usize) -> f64 {
+        1e-5 * (k.max(1) as f64).sqrt() * 4.0
     }
 
     fn check_forward(sa: &[usize], sb: &[usize]) {
@@ -878,7 +778,7 @@ mod tests {
         let (shape, want) = reference(&a, &b);
         assert_eq!(out.shape(), &shape[..], "{sa:?} @ {sb:?}: shape");
         let k = *sa.last().unwrap();
-        assert_close(&format!("{sa:?} @ {sb:?}"), &out.to_vec(), &want, k);
+        assert_close(&format!("{sa:?} @ {sb:?}"), &out.to_vec(), &want, tol_k(k), tol_k(k));
     }
 
     // (a shape, b shape): every promotion and broadcast path, small enough to gradcheck
@@ -962,9 +862,21 @@ mod tests {
                 }
             }
             let batch_sum = numel(&dims.batch) / numel(&dims.a_batch).max(1);
-            assert_close(&format!("dA of {sa:?} @ {sb:?}"), &a.grad().unwrap().to_vec(), &da, n * batch_sum);
+            assert_close(
+                &format!("dA of {sa:?} @ {sb:?}"),
+                &a.grad().unwrap().to_vec(),
+                &da,
+                tol_k(n * batch_sum),
+                tol_k(n * batch_sum),
+            );
             let batch_sum = numel(&dims.batch) / numel(&dims.b_batch).max(1);
-            assert_close(&format!("dB of {sa:?} @ {sb:?}"), &b.grad().unwrap().to_vec(), &db, m * batch_sum);
+            assert_close(
+                &format!("dB of {sa:?} @ {sb:?}"),
+                &b.grad().unwrap().to_vec(),
+                &db,
+                tol_k(m * batch_sum),
+                tol_k(m * batch_sum),
+            );
         }
     }
 
@@ -1035,15 +947,6 @@ mod tests {
         }
     }
 
-    /// Largest |got − want| and where.
-    fn max_abs_diff(got: &[f32], want: &[f32]) -> (f32, usize) {
-        assert_eq!(got.len(), want.len(), "length");
-        got.iter().zip(want).enumerate().fold((0f32, 0), |(w, at), (i, (&g, &r))| {
-            let d = (g - r).abs();
-            if d > w || d.is_nan() { (d, i) } else { (w, at) }
-        })
-    }
-
     /// fused linear vs the reference composite: forward and the gradients of x, W, b.
     fn check_linear(xs: &[usize], out_f: usize, with_bias: bool) {
         let in_f = *xs.last().unwrap();
@@ -1070,11 +973,9 @@ mod tests {
         let (rs, refd) = run(linear_reference);
         assert_eq!(fs, rs, "linear {xs:?} -> {out_f}: shape");
         for (what, (g, r)) in ["out", "dx", "dW", "db"].iter().zip(fused.iter().zip(&refd)) {
-            let (d, at) = max_abs_diff(g, r);
             // sums of up to ~max(IN, OUT, rows) products of N(0, 1) terms: f32 error grows like √n
-            let n = in_f.max(out_f).max(numel(&xs[..xs.len() - 1])) as f32;
-            let tol = 2e-6 * n.sqrt() * 10.0;
-            assert!(d <= tol, "linear {xs:?} -> {out_f} {what}: max abs diff {d:.2e} > {tol:.2e} at element {at}");
+            let n = in_f.max(out_f).max(numel(&xs[..xs.len() - 1])) as f64;
+            assert_close(&format!("linear {xs:?} -> {out_f} {what}"), g, r, 2e-6 * n.sqrt() * 10.0, 0.0);
         }
     }
 
@@ -1103,7 +1004,7 @@ mod tests {
         let want: Vec<f64> = (0..600)
             .map(|o| bv[o] as f64 + (0..512).map(|k| xv[k] as f64 * wv[o * 512 + k] as f64).sum::<f64>())
             .collect();
-        assert_close("decode linear", &got, &want, 512);
+        assert_close("decode linear", &got, &want, tol_k(512), tol_k(512));
     }
 
     #[test]
@@ -1151,19 +1052,29 @@ mod tests {
     }
 
     #[test]
-    fn dot4_gives_the_bits_of_four_dots() {
+    fn gemv_gives_the_baseline_bits_at_every_level() {
+        // the dispatched gemv (AVX-512 or AVX2 build where the CPU has one) against the baseline body,
+        // in both forms (axpy: w's rows contiguous; dot: its columns contiguous), overwrite and add
         let mut rng = crate::tensor::random::Rng::new(12);
-        for n in [0, 5, 16, 37, 768] {
-            let mut v = || (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
-            let (x, y0, y1, y2, y3) = (v(), v(), v(), v(), v());
-            let got = dot4(&x, [&y0, &y1, &y2, &y3]);
-            let want = [dot(&x, &y0), dot(&x, &y1), dot(&x, &y2), dot(&x, &y3)];
-            assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "length {n}: {got:?} vs {want:?}");
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2.
-                let simd = unsafe { dot4_avx2(&x, [&y0, &y1, &y2, &y3]) };
-                assert_eq!(simd.map(f32::to_bits), want.map(f32::to_bits), "AVX2, length {n}: {simd:?} vs {want:?}");
+        for (kk, len) in [(0, 3), (1, 1), (5, 9), (16, 16), (37, 33), (768, 70)] {
+            let mut v = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+            let (x, w, y0) = (v(kk), v(kk * len), v(len));
+            for overwrite in [true, false] {
+                // axpy form: w (kk, len) row-major; dot form: w read as (len, kk) columns
+                for (ws, xs) in [((len, 1), 1), ((1, kk), 1)] {
+                    let (mut got, mut want) = (y0.clone(), y0.clone());
+                    gemv(&mut got, overwrite, (&x, 0, xs), (&w, 0, ws.0, ws.1), kk);
+                    gemv_body::<0>(&mut want, overwrite, (&x, 0, xs), (&w, 0, ws.0, ws.1), kk);
+                    let (g, wb): (Vec<u32>, Vec<u32>) =
+                        (got.iter().map(|v| v.to_bits()).collect(), want.iter().map(|v| v.to_bits()).collect());
+                    assert_eq!(g, wb, "k {kk}, len {len}, strides {ws:?}, overwrite {overwrite}: {got:?} vs {want:?}");
+                    // and it is the product: within rounding of the f64 sum
+                    for (j, &gj) in got.iter().enumerate() {
+                        let exact: f64 = (0..kk).map(|k| x[k] as f64 * w[k * ws.0 + j * ws.1] as f64).sum::<f64>()
+                            + if overwrite { 0.0 } else { y0[j] as f64 };
+                        assert!((gj as f64 - exact).abs() < 1e-4 * (1.0 + kk as f64).sqrt(), "{gj} vs {exact}");
+                    }
+                }
             }
         }
     }

@@ -2,17 +2,22 @@
 //! Each op's tests run a finite-difference gradcheck and compare the forward with an independent
 //! reference (an f64 formula, or for a fused op a composite of primitives).
 //!
+//! Shared by the vectorized kernels of `unary`, `matmul` and `attention`:
+//! - `simd`       run-time dispatch to AVX-512 / AVX2 / baseline builds of a kernel, `madd`, the 16-lane
+//!                `dot` / `dot4` and `lanes_sum` (every level gives the baseline's bits unless it uses `madd`)
+//!
 //! Primitives:
-//! - `binary`     add sub mul div pow (broadcasting; scalar forms), comparisons (no grad)
-//! - `unary`      neg exp log sqrt tanh relu sigmoid abs
+//! - `binary`     add sub mul div pow minimum maximum (broadcasting; scalar forms), comparisons (no grad)
+//! - `unary`      neg exp log sqrt tanh relu sigmoid abs clamp
 //! - `reduce`     sum mean max argmax over dims (keepdim), sum_all, mean_all
-//! - `view`       reshape (zero-copy) permute transpose narrow slice select cat stack expand
+//! - `view`       reshape (zero-copy) unsqueeze squeeze flatten permute transpose narrow slice select cat
+//!                stack expand, copy_ (in-place load into a leaf)
 //! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool; linear (x@Wᵀ+b)
 //! - `index`      embedding gather and index_select (scatter-add backward), masked_fill, where
 //! - `dropout`    inverted dropout with a seeded mask
 //!
 //! Fused (each keeps a `*_reference` built from primitives, and its tests compare the two):
-//! - `activation` gelu (tanh form), silu, swiglu
+//! - `activation` gelu (tanh form), silu, swiglu, softplus (torch's beta/threshold), log_sigmoid (stable)
 //! - `softmax`    softmax, log_softmax, cross_entropy (softmax + NLL fused, ignore_index), token_logprobs
 //! - `norm`       layer_norm, rms_norm (per-row mean/rstd cached for backward)
 //! - `rope`       rotary position embedding, interleaved or half-split pairs (backward = inverse rotation)
@@ -20,6 +25,7 @@
 //!                merge_heads (B,H,T,D) → (B,T,H·D)
 //! - `attention`  scaled_dot_product_attention (flash-style; causal, GQA, KV cache), attention_weights
 
+pub mod simd;
 pub mod binary;
 pub mod unary;
 pub mod reduce;
@@ -33,18 +39,3 @@ pub mod norm;
 pub mod rope;
 pub mod heads;
 pub mod attention;
-
-/// 16 partial sums (the lanes a vectorized loop accumulates in) added pairwise in a fixed order, so a
-/// reduction gives the same bits whatever vector width its loop was compiled for. Shared by the dot
-/// products of `matmul` and the row reductions of `attention`.
-#[inline(always)]
-pub(crate) fn lanes_sum(mut acc: [f32; 16]) -> f32 {
-    let mut w = acc.len();
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-    }
-    acc[0]
-}

@@ -475,21 +475,7 @@ mod tests {
     use crate::ops::reduce::sum_all;
     use crate::ops::view::narrow;
     use crate::tensor::random::{manual_seed, randn};
-
-    /// Max abs diff and where, panicking with both values if it exceeds `tol`; returns the max diff.
-    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let mut worst = (0.0f32, 0usize);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g - w).abs();
-            if d > worst.0 || (d.is_nan() && !worst.0.is_nan()) {
-                worst = (d, i);
-            }
-        }
-        let i = worst.1;
-        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
-        worst.0
-    }
+    use crate::testutil::assert_close;
 
     fn leaf(t: &Tensor) -> Tensor {
         t.detach().deep_clone().requires_grad_(true)
@@ -526,26 +512,41 @@ mod tests {
                 let y = layer_norm(&x, wo, bo, 1e-5).unwrap();
                 let yr = layer_norm_reference(&xr, wro, bro, 1e-5).unwrap();
                 let tag = format!("layer_norm {shape:?} w={with_w} b={with_b}");
-                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 1e-5);
+                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 1e-5, 0.0);
                 let (wv, bv) = (with_w.then(|| w.to_vec()), with_b.then(|| b.to_vec()));
                 let want = norm_f64(&x.data(), c, wv.as_deref(), bv.as_deref(), 1e-5, false);
-                assert_close(&format!("{tag} vs f64 loop"), &y.data(), &want, 1e-5);
+                assert_close(&format!("{tag} vs f64 loop"), &y.data(), &want, 1e-5, 0.0);
                 let g = randn(shape, 0.0, 1.0).unwrap();
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
-                let dx =
-                    assert_close(&format!("{tag} dx"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 2e-5);
+                let dx = assert_close(
+                    &format!("{tag} dx"),
+                    &x.grad().unwrap().data(),
+                    &xr.grad().unwrap().data(),
+                    2e-5,
+                    0.0,
+                );
                 let mut msg = format!("{tag}: max abs diff fused vs reference: y {d:.1e}, dx {dx:.1e}");
                 if with_w {
-                    let dw =
-                        assert_close(&format!("{tag} dw"), &w.grad().unwrap().data(), &wr.grad().unwrap().data(), 1e-4);
+                    let dw = assert_close(
+                        &format!("{tag} dw"),
+                        &w.grad().unwrap().data(),
+                        &wr.grad().unwrap().data(),
+                        1e-4,
+                        0.0,
+                    );
                     msg += &format!(", dweight {dw:.1e}");
                 } else {
                     assert!(w.grad().is_none());
                 }
                 if with_b {
-                    let db =
-                        assert_close(&format!("{tag} db"), &b.grad().unwrap().data(), &br.grad().unwrap().data(), 1e-4);
+                    let db = assert_close(
+                        &format!("{tag} db"),
+                        &b.grad().unwrap().data(),
+                        &br.grad().unwrap().data(),
+                        1e-4,
+                        0.0,
+                    );
                     msg += &format!(", dbias {db:.1e}");
                 }
                 println!("{msg}");
@@ -565,18 +566,28 @@ mod tests {
                 let y = rms_norm(&x, with_w.then_some(&w), 1e-5).unwrap();
                 let yr = rms_norm_reference(&xr, with_w.then_some(&wr), 1e-5).unwrap();
                 let tag = format!("rms_norm {shape:?} w={with_w}");
-                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 1e-5);
+                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 1e-5, 0.0);
                 let want = norm_f64(&x.data(), c, with_w.then(|| w.to_vec()).as_deref(), None, 1e-5, true);
-                assert_close(&format!("{tag} vs f64 loop"), &y.data(), &want, 1e-5);
+                assert_close(&format!("{tag} vs f64 loop"), &y.data(), &want, 1e-5, 0.0);
                 let g = randn(shape, 0.0, 1.0).unwrap();
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
-                let dx =
-                    assert_close(&format!("{tag} dx"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 2e-5);
+                let dx = assert_close(
+                    &format!("{tag} dx"),
+                    &x.grad().unwrap().data(),
+                    &xr.grad().unwrap().data(),
+                    2e-5,
+                    0.0,
+                );
                 let mut msg = format!("{tag}: max abs diff fused vs reference: y {d:.1e}, dx {dx:.1e}");
                 if with_w {
-                    let dw =
-                        assert_close(&format!("{tag} dw"), &w.grad().unwrap().data(), &wr.grad().unwrap().data(), 1e-4);
+                    let dw = assert_close(
+                        &format!("{tag} dw"),
+                        &w.grad().unwrap().data(),
+                        &wr.grad().unwrap().data(),
+                        1e-4,
+                        0.0,
+                    );
                     msg += &format!(", dweight {dw:.1e}");
                 }
                 println!("{msg}");
@@ -604,10 +615,16 @@ mod tests {
         let x = Tensor::new(vec![1.0, 2.0, 3.0, 4.0], &[1, 4]).unwrap();
         let y = layer_norm(&x, None, None, 0.0).unwrap().to_vec();
         let want: Vec<f32> = [-1.5f64, -0.5, 0.5, 1.5].iter().map(|v| (v / 1.25f64.sqrt()) as f32).collect();
-        assert_close("layer_norm [1,2,3,4]", &y, &want, 2.5e-7);
+        assert_close("layer_norm [1,2,3,4]", &y, &want, 2.5e-7, 0.0);
         // [3, 4]: mean of squares 12.5
         let y = rms_norm(&Tensor::new(vec![3.0, 4.0], &[2]).unwrap(), None, 0.0).unwrap().to_vec();
-        assert_close("rms_norm [3,4]", &y, &[(3.0 / 12.5f64.sqrt()) as f32, (4.0 / 12.5f64.sqrt()) as f32], 2.5e-7);
+        assert_close(
+            "rms_norm [3,4]",
+            &y,
+            &[(3.0 / 12.5f64.sqrt()) as f32, (4.0 / 12.5f64.sqrt()) as f32],
+            2.5e-7,
+            0.0,
+        );
         // a constant row normalises to 0 (plus bias) when eps > 0, and to nan when eps = 0 (as torch)
         let x = Tensor::full(&[2, 3], 7.0).unwrap();
         let b = Tensor::new(vec![0.1, 0.2, 0.3], &[3]).unwrap();
@@ -621,7 +638,7 @@ mod tests {
             .backward(None, false)
             .unwrap();
         let r = 1.0 / 1e-5f32.sqrt();
-        assert_close("constant-row dx", &x.grad().unwrap().to_vec(), &[-r, 0.0, r, 0.0, 0.0, 0.0], 1e-2);
+        assert_close("constant-row dx", &x.grad().unwrap().to_vec(), &[-r, 0.0, r, 0.0, 0.0, 0.0], 1e-2, 0.0);
     }
 
     #[test]
@@ -631,11 +648,16 @@ mod tests {
         manual_seed(56);
         let x = randn(&[8, 768], 1000.0, 1.0).unwrap();
         let want = norm_f64(&x.data(), 768, None, None, 1e-5, false);
-        let d =
-            assert_close("layer_norm at offset 1000", &layer_norm(&x, None, None, 1e-5).unwrap().data(), &want, 1e-4);
+        let d = assert_close(
+            "layer_norm at offset 1000",
+            &layer_norm(&x, None, None, 1e-5).unwrap().data(),
+            &want,
+            1e-4,
+            0.0,
+        );
         println!("layer_norm at offset 1000: max abs diff vs f64 loop {d:.1e}");
         let want = norm_f64(&x.data(), 768, None, None, 1e-5, true);
-        assert_close("rms_norm at offset 1000", &rms_norm(&x, None, 1e-5).unwrap().data(), &want, 1e-6);
+        assert_close("rms_norm at offset 1000", &rms_norm(&x, None, 1e-5).unwrap().data(), &want, 1e-6, 0.0);
     }
 
     #[test]
@@ -733,7 +755,7 @@ mod tests {
         // Σ_rows Σ_j n·1 = Σ_rows Σ_j n ≈ 0 per row, so dweight_j = Σ_rows n_rj
         let n = layer_norm(&x, None, None, 1e-5).unwrap().to_vec();
         let want: Vec<f32> = (0..6).map(|j| (0..4).map(|r| n[r * 6 + j]).sum()).collect();
-        assert_close("dweight", &w.grad().unwrap().to_vec(), &want, 1e-5);
+        assert_close("dweight", &w.grad().unwrap().to_vec(), &want, 1e-5, 0.0);
     }
 
     /// `cargo test --release -- --ignored --nocapture norm_timing`

@@ -525,6 +525,7 @@ mod tests {
     use crate::autograd::{assert_gradcheck, no_grad};
     use crate::tensor::random::{Rng, manual_seed, randn};
     use crate::tensor::strides;
+    use crate::testutil::assert_close;
 
     /// Reference reduction: for every output index, loop over the reduced dims in f64.
     fn reference_sum(x: &Tensor, mask: &[bool], mean: bool) -> Vec<f64> {
@@ -557,14 +558,6 @@ mod tests {
             .collect()
     }
 
-    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g as f64 - w).abs();
-            assert!(d <= 1e-5 * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w} (diff {d:.2e})");
-        }
-    }
-
     const CASES: [(&[usize], Option<&[isize]>); 10] = [
         (&[2, 3, 4], None),
         (&[2, 3, 4], Some(&[-1])),
@@ -587,9 +580,21 @@ mod tests {
             for keepdim in [false, true] {
                 let s = sum(&x, dims, keepdim).unwrap();
                 assert_eq!(s.shape(), reduced_shape(shape, &mask, keepdim), "sum {shape:?} {dims:?}");
-                assert_close(&format!("sum {shape:?} {dims:?}"), &s.data(), &reference_sum(&x, &mask, false));
+                assert_close(
+                    &format!("sum {shape:?} {dims:?}"),
+                    &s.data(),
+                    &reference_sum(&x, &mask, false),
+                    1e-5,
+                    1e-5,
+                );
                 let m = mean(&x, dims, keepdim).unwrap();
-                assert_close(&format!("mean {shape:?} {dims:?}"), &m.data(), &reference_sum(&x, &mask, true));
+                assert_close(
+                    &format!("mean {shape:?} {dims:?}"),
+                    &m.data(),
+                    &reference_sum(&x, &mask, true),
+                    1e-5,
+                    1e-5,
+                );
                 assert_gradcheck(|xs| sum(&xs[0], dims, keepdim), std::slice::from_ref(&x));
                 assert_gradcheck(|xs| mean(&xs[0], dims, keepdim), std::slice::from_ref(&x));
             }
@@ -618,7 +623,7 @@ mod tests {
             let x = randn(shape, 0.0, 1.0).unwrap().requires_grad_(true);
             let mask = reduced_mask("t", shape, dims).unwrap();
             let m = mean(&x, dims, false).unwrap();
-            assert_close(&format!("mean {shape:?} {dims:?}"), &m.data(), &reference_sum(&x, &mask, true));
+            assert_close(&format!("mean {shape:?} {dims:?}"), &m.data(), &reference_sum(&x, &mask, true), 1e-5, 1e-5);
             // backward of mean: every element gets dout / count
             let count: usize = shape.iter().zip(&mask).filter(|(_, r)| **r).map(|(s, _)| s).product();
             let dout = Tensor::full(m.shape(), 2.0).unwrap();

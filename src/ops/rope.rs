@@ -298,21 +298,8 @@ mod tests {
     use crate::autograd::assert_gradcheck;
     use crate::ops::view::permute;
     use crate::tensor::random::{manual_seed, randn};
+    use crate::testutil::assert_close;
     use RopeLayout::{HalfSplit, Interleaved};
-
-    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let mut worst = (0.0f32, 0usize);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g - w).abs();
-            if d > worst.0 || (d.is_nan() && !worst.0.is_nan()) {
-                worst = (d, i);
-            }
-        }
-        let i = worst.1;
-        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
-        worst.0
-    }
 
     /// The pair partner of feature j, and whether j is the first of its pair, with the pair index.
     fn pair(layout: RopeLayout, d: usize, j: usize) -> (usize, bool, usize) {
@@ -360,7 +347,7 @@ mod tests {
             for layout in [Interleaved, HalfSplit] {
                 let y = rope(&x, seq_dim, off, theta, layout).unwrap();
                 let want = rope_f64(&x, seq, off, theta as f64, layout);
-                let d = assert_close(&format!("rope {layout:?} {shape:?} offset {off}"), &y.data(), &want, 2e-6);
+                let d = assert_close(&format!("rope {layout:?} {shape:?} offset {off}"), &y.data(), &want, 2e-6, 0.0);
                 println!("rope {layout:?} {shape:?} seq_dim {seq_dim} offset {off}: max abs diff vs f64 loop {d:.1e}");
             }
         }
@@ -377,12 +364,17 @@ mod tests {
                 let y = rope(&x, seq_dim, off, 10_000.0, layout).unwrap();
                 let yr = rope_reference(&xr, seq_dim, off, 10_000.0, layout).unwrap();
                 let tag = format!("rope {layout:?} {shape:?}");
-                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 0.0);
+                let d = assert_close(&format!("{tag} forward"), &y.data(), &yr.data(), 0.0, 0.0);
                 let g = randn(shape, 0.0, 1.0).unwrap();
                 y.backward(Some(&g), false).unwrap();
                 yr.backward(Some(&g), false).unwrap();
-                let dx =
-                    assert_close(&format!("{tag} dx"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-6);
+                let dx = assert_close(
+                    &format!("{tag} dx"),
+                    &x.grad().unwrap().data(),
+                    &xr.grad().unwrap().data(),
+                    1e-6,
+                    0.0,
+                );
                 println!("{tag}: max abs diff fused vs reference: y {d:.1e}, dx {dx:.1e}");
             }
         }
@@ -405,7 +397,7 @@ mod tests {
         assert_eq!((px[1], px[d / 2]), (x.data()[2], x.data()[1]), "P moves 2i to i and 2i+1 to i + D/2");
         let lhs = rope(&p(&x), 1, 5, 10_000.0, HalfSplit).unwrap().to_vec();
         let rhs = p(&rope(&x, 1, 5, 10_000.0, Interleaved).unwrap()).to_vec();
-        assert_close("HalfSplit(Px) vs P Interleaved(x)", &lhs, &rhs, 0.0);
+        assert_close("HalfSplit(Px) vs P Interleaved(x)", &lhs, &rhs, 0.0, 0.0);
     }
 
     #[test]
@@ -426,10 +418,10 @@ mod tests {
                     })
                     .collect()
             };
-            assert_close(&format!("{layout:?} pair norms"), &norms(&ys), &norms(&xs), 1e-6);
+            assert_close(&format!("{layout:?} pair norms"), &norms(&ys), &norms(&xs), 1e-6, 0.0);
             // dx = Rᵀ dout, so with dout = y = R x the gradient is x again
             y.backward(Some(&y.detach()), false).unwrap();
-            assert_close(&format!("{layout:?} Rᵀ R x"), &x.grad().unwrap().to_vec(), &xs, 1e-6);
+            assert_close(&format!("{layout:?} Rᵀ R x"), &x.grad().unwrap().to_vec(), &xs, 1e-6, 0.0);
         }
         // position 0 is the identity
         let y = rope(&narrow(&x, 1, 0, 1).unwrap(), 1, 0, 10_000.0, HalfSplit).unwrap();
@@ -450,6 +442,7 @@ mod tests {
                     &format!("{layout:?} offset {t0}"),
                     &part.to_vec(),
                     &narrow(&full, 1, t0, len).unwrap().to_vec(),
+                    0.0,
                     0.0,
                 );
             }
@@ -477,7 +470,7 @@ mod tests {
                 let x = &x;
                 s.spawn(move || {
                     let y = rope(x, 1, k * 37, 1000.0 + (k % 3) as f32, HalfSplit).unwrap();
-                    assert_close(&format!("thread {k}"), &y.to_vec(), want, 2e-6);
+                    assert_close(&format!("thread {k}"), &y.to_vec(), want, 2e-6, 0.0);
                 });
             }
         });

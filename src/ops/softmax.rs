@@ -451,19 +451,7 @@ mod tests {
     use super::*;
     use crate::autograd::assert_gradcheck;
     use crate::tensor::random::{manual_seed, rand, randint, randn};
-
-    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let mut worst = (0.0f32, 0usize);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g - w).abs();
-            if d > worst.0 || (d.is_nan() && !worst.0.is_nan()) {
-                worst = (d, i);
-            }
-        }
-        let i = worst.1;
-        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
-    }
+    use crate::testutil::assert_close;
 
     type Fwd = fn(&Tensor, isize) -> Result<Tensor>;
 
@@ -473,11 +461,11 @@ mod tests {
         let xr = x.detach().deep_clone().requires_grad_(true);
         let (y, yr) = (fused(&x, dim).unwrap(), reference(&xr, dim).unwrap());
         let what = format!("{name} {shape:?} dim {dim}");
-        assert_close(&format!("{what} forward"), &y.data(), &yr.data(), 1e-5);
+        assert_close(&format!("{what} forward"), &y.data(), &yr.data(), 1e-5, 0.0);
         let g = randn(shape, 0.0, 1.0).unwrap();
         y.backward(Some(&g), false).unwrap();
         yr.backward(Some(&g), false).unwrap();
-        assert_close(&format!("{what} backward"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-5);
+        assert_close(&format!("{what} backward"), &x.grad().unwrap().data(), &xr.grad().unwrap().data(), 1e-5, 0.0);
     }
 
     #[test]
@@ -582,13 +570,13 @@ mod tests {
             let (l, lr) =
                 (cross_entropy(&x, &t, Some(-100)).unwrap(), cross_entropy_reference(&xr, &t, Some(-100)).unwrap());
             assert_eq!(l.shape(), &[] as &[usize]);
-            assert_close(&format!("cross_entropy {shape:?} forward"), &l.data(), &lr.data(), 1e-5);
+            assert_close(&format!("cross_entropy {shape:?} forward"), &l.data(), &lr.data(), 1e-5, 0.0);
             // dout = 2 checks the upstream scale is applied
             let two = Tensor::scalar(2.0);
             l.backward(Some(&two), false).unwrap();
             lr.backward(Some(&two), false).unwrap();
             let (g, gr) = (x.grad().unwrap(), xr.grad().unwrap());
-            assert_close(&format!("cross_entropy {shape:?} backward"), &g.data(), &gr.data(), 1e-6);
+            assert_close(&format!("cross_entropy {shape:?} backward"), &g.data(), &gr.data(), 1e-6, 0.0);
             // ignored rows get exactly zero gradient
             if rows > 1 {
                 assert!(g.data()[c..2 * c].iter().all(|&v| v == 0.0), "row 1 is ignored");
@@ -611,7 +599,7 @@ mod tests {
             let (l, lr) =
                 (token_logprobs(&x, &t, Some(-100)).unwrap(), token_logprobs_reference(&xr, &t, Some(-100)).unwrap());
             assert_eq!(l.shape(), &[rows]);
-            assert_close(&format!("token_logprobs {shape:?} forward"), &l.data(), &lr.data(), 1e-5);
+            assert_close(&format!("token_logprobs {shape:?} forward"), &l.data(), &lr.data(), 1e-5, 0.0);
             let w = randn(&[rows], 0.0, 1.0).unwrap();
             l.backward(Some(&w), false).unwrap();
             lr.backward(Some(&w), false).unwrap();
@@ -620,6 +608,7 @@ mod tests {
                 &x.grad().unwrap().data(),
                 &xr.grad().unwrap().data(),
                 1e-6,
+                0.0,
             );
         }
         let t = vec![2, -100, 0];

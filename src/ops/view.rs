@@ -1,5 +1,6 @@
-//! Shape ops: reshape (a zero-copy view), permute/transpose, narrow/slice/select, cat/stack, expand.
-//! Storage is always contiguous, so every op but reshape materialises a copy. permute and expand share one
+//! Shape ops: reshape (a zero-copy view) and the reshapes unsqueeze/squeeze/flatten, permute/transpose,
+//! narrow/slice/select, cat/stack, expand; and copy_, the in-place load into a leaf. Storage is always
+//! contiguous, so every op but the reshapes materialises a copy. permute and expand share one
 //! strided-gather kernel (`gather_strided`) that merges dims, copies whole contiguous runs where it can and
 //! tiles the rest like a matrix transpose, in parallel for large outputs. A copy is exact, so results do not
 //! depend on the thread count. Each backward is the same move in reverse: reshape back, the inverse
@@ -266,6 +267,111 @@ impl Backward for ReshapeBackward {
     fn backward(&self, dout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(dout.view_as_shape(self.x.shape().to_vec()))])
     }
+}
+
+// ---- unsqueeze / squeeze / flatten: reshapes whose new shape is worked out here ----
+
+/// `x` viewed as `shape` (same element count, checked by the caller), recorded like a reshape.
+fn view_shape(x: &Tensor, shape: Vec<usize>) -> Tensor {
+    debug_assert_eq!(numel(&shape), x.numel());
+    record(x.view_as_shape(shape), ReshapeBackward { x: x.clone() })
+}
+
+/// `x` with a size-1 dim inserted at `dim`, a view. `dim` counts positions in the result:
+/// −ndim−1..=ndim, so −1 appends (numpy's `expand_dims`, torch's `unsqueeze`). Errors: Index.
+pub fn unsqueeze(x: &Tensor, dim: isize) -> Result<Tensor> {
+    let nd = x.ndim() as isize;
+    let d = if dim < 0 { dim + nd + 1 } else { dim };
+    if d < 0 || d > nd {
+        return Err(Error::index(
+            "unsqueeze",
+            format!("dim {dim} is out of range for a tensor with {nd} dims (expected {}..={nd})", -nd - 1),
+        ));
+    }
+    let mut shape = x.shape().to_vec();
+    shape.insert(d as usize, 1);
+    Ok(view_shape(x, shape))
+}
+
+/// `x` without its size-1 dims (`dim = None`), or without `dim` if that has size 1 (a no-op for a
+/// longer dim, as in torch), a view. Errors: Index for a dim out of range.
+pub fn squeeze(x: &Tensor, dim: Option<isize>) -> Result<Tensor> {
+    let shape = x.shape();
+    let new_shape: Vec<usize> = match dim {
+        None => shape.iter().copied().filter(|&n| n != 1).collect(),
+        Some(dim) => {
+            let d = normalize_dim("squeeze", dim, shape.len())?;
+            shape.iter().enumerate().filter(|&(i, &n)| !(i == d && n == 1)).map(|(_, &n)| n).collect()
+        }
+    };
+    Ok(view_shape(x, new_shape))
+}
+
+/// `x` with the dims from `start_dim` on merged into one, a view; a 0-d tensor becomes shape (1,) (its
+/// one dim is 0 or −1, as in torch). Errors: Index for a dim out of range.
+pub fn flatten(x: &Tensor, start_dim: isize) -> Result<Tensor> {
+    let shape = x.shape();
+    let d = normalize_dim("flatten", start_dim, shape.len().max(1))?;
+    if shape.is_empty() {
+        return Ok(view_shape(x, vec![1]));
+    }
+    let mut new_shape = shape[..d].to_vec();
+    new_shape.push(numel(&shape[d..]));
+    Ok(view_shape(x, new_shape))
+}
+
+/// `.T`: the transpose of a matrix, a no-op on 0-d and 1-d tensors. Refused for more dims, where
+/// reversing them all (numpy's rule) is rarely what a batch of matrices wants and torch deprecated it:
+/// `mt` swaps the last two dims, `permute` reverses them all. Errors: Shape for > 2 dims.
+pub fn t(x: &Tensor) -> Result<Tensor> {
+    let nd = x.ndim();
+    if nd > 2 {
+        return Err(Error::shape(
+            "T",
+            format!(
+                ".T is for tensors of at most 2 dims, this one has shape {}; use .mT to transpose the last \
+                 two dims (batched matrices) or permute(...) to reorder all of them",
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    let dims: Vec<isize> = (0..nd as isize).rev().collect();
+    permute(x, &dims)
+}
+
+/// `.mT`: the last two dims swapped (a batch of matrices transposed), as torch's `.mT`.
+/// Errors: Shape for fewer than 2 dims.
+pub fn mt(x: &Tensor) -> Result<Tensor> {
+    if x.ndim() < 2 {
+        return Err(Error::shape(
+            "mT",
+            format!("needs a tensor of at least 2 dims, this one has shape {}", fmt_shape(x.shape())),
+        ));
+    }
+    transpose(x, -2, -1)
+}
+
+// ---- copy_ ----
+/// Overwrite the data of the leaf `dst` in place with `src`'s (same shape). Not recorded: this is how
+/// a state dict is loaded into parameters. Copying a tensor onto itself (or onto a view sharing its
+/// storage with the same shape) leaves it as it is. Errors: Grad when `dst` is not a leaf (its graph
+/// would silently go stale), Shape when the shapes differ. Nothing is written on error.
+pub fn copy_(dst: &Tensor, src: &Tensor) -> Result<()> {
+    if !dst.is_leaf() {
+        return Err(Error::Grad("copy_: only leaf tensors can be overwritten in place".to_string()));
+    }
+    if src.shape() != dst.shape() {
+        return Err(Error::shape(
+            "copy_",
+            format!("source shape {} does not match {}", fmt_shape(src.shape()), fmt_shape(dst.shape())),
+        ));
+    }
+    // one storage would be locked twice (read and write); its data is already the same
+    if !src.same_storage(dst) {
+        let s = src.data();
+        dst.data_mut().copy_from_slice(&s);
+    }
+    Ok(())
 }
 
 // ---- permute / transpose ----
@@ -1061,5 +1167,96 @@ mod tests {
         let y = mul_scalar(&x, 2.0).unwrap();
         sum_all(&add(&y, &y).unwrap()).unwrap().backward(None, false).unwrap();
         assert_eq!(x.grad().unwrap().to_vec(), vec![4.0; 4]);
+    }
+
+    // ---- unsqueeze / squeeze / flatten / t / mt / copy_ ----
+    #[test]
+    fn unsqueeze_inserts_a_dim_anywhere() {
+        let x = iota(&[2, 3]);
+        for (dim, want) in
+            [(0, vec![1, 2, 3]), (1, vec![2, 1, 3]), (2, vec![2, 3, 1]), (-1, vec![2, 3, 1]), (-3, vec![1, 2, 3])]
+        {
+            let y = unsqueeze(&x, dim).unwrap();
+            assert_same(&y, &want, &x.to_vec(), &format!("unsqueeze({dim})"));
+            assert!(y.same_storage(&x));
+        }
+        assert_eq!(unsqueeze(&Tensor::scalar(1.0), 0).unwrap().shape(), &[1]);
+        assert_eq!(unsqueeze(&Tensor::scalar(1.0), -1).unwrap().shape(), &[1]);
+        for dim in [3, -4] {
+            let e = unsqueeze(&x, dim).unwrap_err();
+            assert!(matches!(e, Error::Index { .. }));
+            assert_eq!(
+                e.to_string(),
+                format!("unsqueeze: dim {dim} is out of range for a tensor with 2 dims (expected -3..=2)")
+            );
+        }
+        assert_gradcheck(|xs| unsqueeze(&xs[0], 1), &[p(&[2, 3])]);
+    }
+
+    #[test]
+    fn squeeze_removes_size_one_dims() {
+        let x = iota(&[1, 2, 1, 3]);
+        assert_same(&squeeze(&x, None).unwrap(), &[2, 3], &x.to_vec(), "squeeze()");
+        assert_same(&squeeze(&x, Some(2)).unwrap(), &[1, 2, 3], &x.to_vec(), "squeeze(2)");
+        assert_same(&squeeze(&x, Some(-4)).unwrap(), &[2, 1, 3], &x.to_vec(), "squeeze(-4)");
+        // a dim longer than 1 stays (torch)
+        assert_same(&squeeze(&x, Some(1)).unwrap(), &[1, 2, 1, 3], &x.to_vec(), "squeeze(1)");
+        assert_eq!(squeeze(&iota(&[1, 1]), None).unwrap().shape(), &[] as &[usize]);
+        assert_eq!(squeeze(&iota(&[0, 1]), None).unwrap().shape(), &[0]);
+        let e = squeeze(&x, Some(4)).unwrap_err();
+        assert!(matches!(e, Error::Index { .. }) && e.to_string().starts_with("squeeze: dim 4 is out of range"), "{e}");
+        assert_gradcheck(|xs| squeeze(&xs[0], None), &[p(&[2, 1, 3])]);
+    }
+
+    #[test]
+    fn flatten_merges_the_trailing_dims() {
+        let x = iota(&[2, 3, 4]);
+        assert_same(&flatten(&x, 0).unwrap(), &[24], &x.to_vec(), "flatten(0)");
+        assert_same(&flatten(&x, 1).unwrap(), &[2, 12], &x.to_vec(), "flatten(1)");
+        assert_same(&flatten(&x, -1).unwrap(), &[2, 3, 4], &x.to_vec(), "flatten(-1)");
+        assert_eq!(flatten(&Tensor::scalar(2.0), 0).unwrap().shape(), &[1]);
+        assert_eq!(flatten(&Tensor::scalar(2.0), -1).unwrap().shape(), &[1]);
+        // empty tensors: the merged size is 0 (a reshape to (0, -1) could not say so)
+        assert_eq!(flatten(&iota(&[0, 3, 2]), 1).unwrap().shape(), &[0, 6]);
+        assert_eq!(flatten(&iota(&[2, 0, 3]), 1).unwrap().shape(), &[2, 0]);
+        for (t, dim) in [(iota(&[2, 3]), 2), (Tensor::scalar(1.0), 1)] {
+            let e = flatten(&t, dim).unwrap_err();
+            assert!(matches!(e, Error::Index { .. }) && e.to_string().starts_with("flatten: dim"), "{e}");
+        }
+        assert_gradcheck(|xs| flatten(&xs[0], 1), &[p(&[2, 3, 2])]);
+    }
+
+    #[test]
+    fn t_transposes_matrices_and_mt_batches_of_them() {
+        let x = iota(&[3, 4]);
+        let (shape, want) = permute_reference(&x, &[1, 0]);
+        assert_same(&t(&x).unwrap(), &shape, &want, "T");
+        assert_same(&t(&iota(&[3])).unwrap(), &[3], &iota(&[3]).to_vec(), "1-d");
+        assert_eq!(t(&Tensor::scalar(1.0)).unwrap().shape(), &[] as &[usize]);
+        let e = t(&iota(&[2, 3, 4])).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains(".mT"), "{e}");
+        let b = iota(&[2, 3, 4]);
+        let (shape, want) = permute_reference(&b, &[0, 2, 1]);
+        assert_same(&mt(&b).unwrap(), &shape, &want, "mT");
+        assert!(matches!(mt(&iota(&[3])).unwrap_err(), Error::Shape { .. }));
+    }
+
+    #[test]
+    fn copy_overwrites_a_leaf_and_refuses_the_rest() {
+        let dst = Tensor::zeros(&[2, 2]).unwrap().requires_grad_(true);
+        copy_(&dst, &iota(&[2, 2])).unwrap();
+        assert_eq!(dst.to_vec(), iota(&[2, 2]).to_vec());
+        assert!(dst.requires_grad() && dst.is_leaf());
+        // onto itself: no deadlock on the one storage, nothing changes
+        copy_(&dst, &dst.clone()).unwrap();
+        assert_eq!(dst.to_vec(), iota(&[2, 2]).to_vec());
+        let e = copy_(&dst, &Tensor::zeros(&[3]).unwrap()).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(e.to_string(), "copy_: source shape (3,) does not match (2, 2)");
+        let non_leaf = crate::ops::binary::mul_scalar(&dst, 2.0).unwrap();
+        let e = copy_(&non_leaf, &Tensor::zeros(&[2, 2]).unwrap()).unwrap_err();
+        assert!(matches!(e, Error::Grad(_)));
+        assert_eq!(e.to_string(), "copy_: only leaf tensors can be overwritten in place");
+        assert_eq!(dst.to_vec(), iota(&[2, 2]).to_vec(), "nothing written on error");
     }
 }

@@ -192,7 +192,8 @@ mod tests {
     use crate::tensor::Tensor;
     use crate::tensor::random::{manual_seed, randn};
 
-    use crate::optim::test_util::{assert_close, param, set_grad};
+    use crate::optim::test_util::{param, set_grad};
+    use crate::testutil::assert_close;
 
     /// Independent f64 AdamW written straight from the paper/torch docs formula.
     struct RefAdam {
@@ -269,7 +270,7 @@ mod tests {
             }
             opt.step(&groups).unwrap();
             for (i, t) in [&w1, &w2, &b1, &late].iter().enumerate() {
-                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("step {step} tensor {i}"));
+                assert_close(&format!("step {step} tensor {i}"), &t.to_vec(), &refs[i].p, 2e-6, 2e-6);
             }
             assert_eq!(frozen.to_vec(), frozen0, "a parameter without grad moved");
             assert!(opt.state_for(frozen.id()).is_none(), "state created for a parameter without grad");
@@ -281,7 +282,7 @@ mod tests {
         }
         assert_eq!(opt.state_for(w1.id()).unwrap().step, 6);
         let m_ref: Vec<f64> = refs[0].m.clone();
-        assert_close(&opt.state_for(w1.id()).unwrap().m, &m_ref, 1e-6, "first moment");
+        assert_close("first moment", &opt.state_for(w1.id()).unwrap().m, &m_ref, 1e-6, 1e-6);
     }
 
     #[test]

@@ -137,17 +137,6 @@ pub(crate) mod test_util {
     pub fn set_grad(p: &Tensor, g: Vec<f32>) {
         p.set_grad(Some(Tensor::new(g, p.shape()).unwrap())).unwrap();
     }
-    pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let (mut worst, mut at) = (0.0f64, 0);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = (g as f64 - w).abs() / (1.0 + w.abs());
-            if d > worst {
-                (worst, at) = (d, i);
-            }
-        }
-        assert!(worst <= tol, "{what}: max rel diff {worst:.3e} at element {at}: {} vs {}", got[at], want[at]);
-    }
 }
 
 #[cfg(test)]
