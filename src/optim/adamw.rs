@@ -338,7 +338,7 @@ mod tests {
             ParamGroup::new(vec![ps[2].clone()], 1e-2, 0.0).with_eps(0.1),
             ParamGroup::new(vec![ps[3].clone()], 2e-2, 0.05).with_betas(0.5, 0.9).with_eps(1e-3),
         ];
-        let hyper = [(1e-2, 0.1), (3e-2, 0.0), (1e-2, 0.0), (2e-2, 0.05)];
+        let hyper = [(1e-2f32, 0.1f32), (3e-2, 0.0), (1e-2, 0.0), (2e-2, 0.05)];
         let mut refs: Vec<RefAdam> = ps.iter().map(|t| RefAdam::new(&t.to_vec())).collect();
         let mut opt = AdamW::new(0.9, 0.999, 1e-8).unwrap();
         for step in 1..=5 {
