@@ -88,11 +88,6 @@ fn type_name(v: &Bound<'_, PyAny>) -> String {
     v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
-/// The keys an AdamW group takes besides `COMMON`.
-const ADAMW_SETTINGS: [&str; 2] = ["betas", "eps"];
-/// The keys an SGD group takes besides `COMMON`.
-const SGD_SETTINGS: [&str; 3] = ["momentum", "dampening", "nesterov"];
-
 /// AdamW state (moments and step counts per parameter). Use `nanofrontier.optim.AdamW`.
 #[pyclass(name = "AdamW", module = "nanofrontier._core")]
 pub struct PyAdamW {
@@ -108,12 +103,12 @@ impl PyAdamW {
     /// One update of every parameter with a gradient, each with its group's settings. `groups` are
     /// `param_groups` dicts: params, lr, weight_decay and optionally betas, eps (else the constructor's).
     fn step(&self, py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-        let gs = parse_groups("adamw", &groups, &ADAMW_SETTINGS)?;
+        let gs = parse_groups("adamw", &groups, &AdamW::SETTINGS)?;
         run(py, || self.inner.lock().unwrap_or_else(|e| e.into_inner()).step(&gs))
     }
     /// Raise the error `step` would raise for these groups' settings, without stepping.
     fn check_groups(&self, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-        let gs = parse_groups("adamw", &groups, &ADAMW_SETTINGS)?;
+        let gs = parse_groups("adamw", &groups, &AdamW::SETTINGS)?;
         Ok(self.inner.lock().unwrap_or_else(|e| e.into_inner()).check_groups(&gs)?)
     }
     /// Per parameter (in the given order): (m, v, step) as (float32 array, float32 array, int), or None
@@ -182,12 +177,12 @@ impl PySgd {
     /// `param_groups` dicts: params, lr, weight_decay and optionally momentum, dampening, nesterov (else
     /// the constructor's).
     fn step(&self, py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-        let gs = parse_groups("sgd", &groups, &SGD_SETTINGS)?;
+        let gs = parse_groups("sgd", &groups, &Sgd::SETTINGS)?;
         run(py, || self.inner.lock().unwrap_or_else(|e| e.into_inner()).step(&gs))
     }
     /// Raise the error `step` would raise for these groups' settings, without stepping.
     fn check_groups(&self, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-        let gs = parse_groups("sgd", &groups, &SGD_SETTINGS)?;
+        let gs = parse_groups("sgd", &groups, &Sgd::SETTINGS)?;
         Ok(self.inner.lock().unwrap_or_else(|e| e.into_inner()).check_groups(&gs)?)
     }
     /// Per parameter (in the given order): its momentum buffer (float32 array), or None.

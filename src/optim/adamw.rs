@@ -30,9 +30,6 @@ pub struct AdamState {
     pub step: u64,
 }
 
-/// The settings a group may set besides lr and weight_decay.
-const SETTINGS: [&str; 2] = ["betas", "eps"];
-
 /// The optimizer's betas and eps are the defaults of groups that do not set their own.
 #[derive(Clone, Debug)]
 pub struct AdamW {
@@ -97,6 +94,10 @@ fn update(piece: Piece<'_>) {
 }
 
 impl AdamW {
+    /// The settings a group may set besides lr and weight_decay (the keys of a Python `param_groups`
+    /// entry, with "params", "lr" and "weight_decay").
+    pub const SETTINGS: [&'static str; 2] = ["betas", "eps"];
+
     /// torch's defaults are `AdamW::new(0.9, 0.999, 1e-8)`. Errors: a beta outside [0, 1) or eps < 0 (Value).
     pub fn new(beta1: f32, beta2: f32, eps: f32) -> Result<AdamW> {
         let opt = AdamW { beta1, beta2, eps, state: HashMap::new() };
@@ -112,7 +113,7 @@ impl AdamW {
     /// weight_decay, beta or eps, or an SGD-only setting, naming the group.
     fn settings(&self, groups: &[ParamGroup]) -> Result<Vec<Settings>> {
         self.check()?;
-        refuse_foreign(OP, &SETTINGS, groups)?;
+        refuse_foreign(OP, &Self::SETTINGS, groups)?;
         check_lr_and_decay(OP, groups)?;
         let mut out = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {

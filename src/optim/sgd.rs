@@ -21,9 +21,6 @@ use crate::tensor::alloc_zeros;
 
 const OP: &str = "sgd";
 
-/// The settings a group may set besides lr and weight_decay.
-const SETTINGS: [&str; 3] = ["momentum", "dampening", "nesterov"];
-
 /// The optimizer's momentum, dampening and nesterov are the defaults of groups that do not set their own.
 #[derive(Clone, Debug)]
 pub struct Sgd {
@@ -102,6 +99,10 @@ fn check_settings(s: Settings, at: &str) -> Result<()> {
 }
 
 impl Sgd {
+    /// The settings a group may set besides lr and weight_decay (the keys of a Python `param_groups`
+    /// entry, with "params", "lr" and "weight_decay").
+    pub const SETTINGS: [&'static str; 3] = ["momentum", "dampening", "nesterov"];
+
     /// Plain SGD is `Sgd::new(0.0, 0.0, false)`. Errors (Value): momentum < 0 or nan, dampening nan,
     /// nesterov without momentum > 0 and dampening == 0 (as torch).
     pub fn new(momentum: f32, dampening: f32, nesterov: bool) -> Result<Sgd> {
@@ -119,7 +120,7 @@ impl Sgd {
     /// naming the group.
     fn settings(&self, groups: &[ParamGroup]) -> Result<Vec<Settings>> {
         self.check()?;
-        refuse_foreign(OP, &SETTINGS, groups)?;
+        refuse_foreign(OP, &Self::SETTINGS, groups)?;
         check_lr_and_decay(OP, groups)?;
         let mut out = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {
