@@ -193,7 +193,7 @@ def test_op_forward_matches_numpy_and_gradcheck_passes(name):
     got = fn(*[nf.tensor(x) for x in inputs])
     want = np.asarray(ref(*[x.astype(np.float64) for x in inputs]), dtype=np.float64)
     # shapes strictly (no reshaping of the reference): a wrong output shape, e.g. a lost keepdim, fails here
-    assert tuple(got.shape) == want.shape, f"{name}: output shape {tuple(got.shape)}, numpy gives {want.shape}"
+    assert tuple(got.shape) == want.shape, f"{name}: shape {tuple(got.shape)}, numpy gives {want.shape}"
     assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
     gradcheck(fn, inputs)
 

@@ -102,9 +102,11 @@ def test_linear_uses_the_fused_op_with_the_composite_gradients():
         yr = xr @ wr.T + br if bias else xr @ wr.T
         yr.backward(nf.tensor(dy))
         assert_close(y, yr, atol=1e-6, msg=f"{shape} forward")
-        for name, g, r in zip(["x", "weight", "bias"], grads, [xr.grad, wr.grad] + ([br.grad] if bias else [])):
+        refs = [xr.grad, wr.grad] + ([br.grad] if bias else [])
+        for name, g, r in zip(["x", "weight", "bias"], grads, refs):
             assert_close(g, r, atol=1e-5, msg=f"{shape} d{name}")
-    gradcheck(lambda x, w, b: nf.functional.linear(x, w, b), [x0[:2], lin.weight.numpy(), np.ones(3, np.float32)])
+    gradcheck(lambda x, w, b: nf.functional.linear(x, w, b),
+              [x0[:2], lin.weight.numpy(), np.ones(3, np.float32)])
 
 
 def test_linear_shape_error_names_the_layer_and_in_features():
@@ -127,6 +129,7 @@ def test_mlp_without_activation_is_a_stack_of_linears():
     (w1, b1), (w2, b2) = [(m.weight.numpy(), m.bias.numpy()) for m in mlp.layers]
     assert_close(mlp(nf.tensor(x)), (x @ w1.T + b1) @ w2.T + b2, atol=1e-5)
     with_dropout = nf.nn.MLP([3, 5, 5, 2], activation=None, dropout=0.1)
-    assert [type(m).__name__ for m in with_dropout.layers] == ["Linear", "Dropout", "Linear", "Dropout", "Linear"]
+    kinds = [type(m).__name__ for m in with_dropout.layers]
+    assert kinds == ["Linear", "Dropout", "Linear", "Dropout", "Linear"]
     with pytest.raises(ValueError, match="or None"):
         nf.nn.MLP([2, 3], activation="swish")

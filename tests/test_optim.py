@@ -229,7 +229,8 @@ def test_two_groups_with_different_settings_in_one_optimizer():
     opt = nf.optim.AdamW([{"params": [w], "betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1},
                           {"params": [b], "lr": 0.03, "betas": (0.0, 0.99), "weight_decay": 0.0}], lr=0.01)
     assert opt.param_groups[1]["eps"] == 1e-8 and opt.param_groups[0]["lr"] == 0.01  # defaults fill the rest
-    ref_w, ref_b = _np_adamw(w0, gw, 0.01, (0.5, 0.9), 1e-3, 0.1), _np_adamw(b0, gb, 0.03, (0.0, 0.99), 1e-8, 0.0)
+    ref_w = _np_adamw(w0, gw, 0.01, (0.5, 0.9), 1e-3, 0.1)
+    ref_b = _np_adamw(b0, gb, 0.03, (0.0, 0.99), 1e-8, 0.0)
     for t in range(5):
         w.grad, b.grad = gw[t], gb[t]
         opt.step()
@@ -238,7 +239,8 @@ def test_two_groups_with_different_settings_in_one_optimizer():
 
     w, b = nf.tensor(w0, requires_grad=True), nf.tensor(b0, requires_grad=True)
     opt = nf.optim.SGD([{"params": [w], "momentum": 0.9, "nesterov": True},
-                        {"params": [b], "lr": 0.2, "momentum": 0.5, "dampening": 0.3, "weight_decay": 0.1}], lr=0.05)
+                        {"params": [b], "lr": 0.2, "momentum": 0.5, "dampening": 0.3, "weight_decay": 0.1}],
+                       lr=0.05)
     ref_w, ref_b = _np_sgd(w0, gw, 0.05, 0.9, 0.0, True, 0.0), _np_sgd(b0, gb, 0.2, 0.5, 0.3, False, 0.1)
     for t in range(5):
         w.grad, b.grad = gw[t], gb[t]
