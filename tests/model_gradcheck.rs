@@ -15,7 +15,8 @@ const TARGETS: [i64; 10] = [4, 2, 7, 3, 0, 5, 5, 6, 1, 2];
 fn check(model: &dyn CausalLm) {
     let params: Vec<_> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
     // the loss reads the parameters in place, so the inputs gradcheck perturbs are the model's own
-    let f = |_: &[nanofrontier::Tensor]| Ok(forward(model, &IDX, 2, 5, Some(&TARGETS), None, false)?.1.unwrap());
+    let f =
+        |_: &[nanofrontier::Tensor]| Ok(forward(model, &IDX, 2, 5, Some((&TARGETS, &[2, 5])), None, false)?.1.unwrap());
     let opt = GradcheckOptions { eps: 1e-2, atol: 2e-3, rtol: 2e-2 };
     match gradcheck(f, &params, opt) {
         Ok(worst) => assert!(worst < 2e-3, "worst |analytic - numeric| = {worst}"),

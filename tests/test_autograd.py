@@ -170,7 +170,10 @@ OPS = {
     "sum_dim_keepdim": (lambda a: a.sum(1, keepdim=True), lambda a: a.sum(1, keepdims=True), [_u(2, 3, 2)]),
     "sum_dims": (lambda a: a.sum((0, 2)), lambda a: a.sum((0, 2)), [_u(2, 3, 2)]),
     "mean": (lambda a: a.mean(-1), lambda a: a.mean(-1), [_u(2, 5)]),
+    "mean_keepdim": (lambda a: a.mean(0, keepdim=True), lambda a: a.mean(0, keepdims=True), [_u(3, 2)]),
     "max_dim": (lambda a: a.max(0), lambda a: a.max(0), [np.array([[1, 5, 2], [4, 0, 3]], np.float32)]),
+    "max_dim_keepdim": (lambda a: a.max(-1, keepdim=True), lambda a: a.max(-1, keepdims=True),
+                        [np.array([[1, 5, 2], [4, 0, 3]], np.float32)]),
     "max_all": (lambda a: a.max(), lambda a: a.max(), [np.array([[1, 5, 2], [4, 0, 3]], np.float32)]),
     "reshape": (lambda a: a.reshape(3, -1) * 1.5, lambda a: a.reshape(3, -1) * 1.5, [_u(2, 3, 2)]),
     "permute": (lambda a: a.permute(2, 0, 1), lambda a: a.transpose(2, 0, 1), [_u(2, 3, 4)]),
@@ -208,9 +211,9 @@ OPS = {
                                [_u(1, 4, 2, 4), _u(1, 2, 6, 4), _u(1, 2, 6, 4)]),
     "attention_not_causal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
                              lambda q, k, v: _np_attention(q, k, v, causal=False), [_u(1, 2, 3, 4), _u(1, 2, 5, 4), _u(1, 2, 5, 4)]),
-    "token_logprobs": (lambda a: F.token_logprobs(a, TARGETS),
-                       lambda a: np.where(TARGETS.reshape(-1) >= 0, np.take_along_axis(
-                           np.log(_np_softmax(a, -1)).reshape(-1, 5), np.maximum(TARGETS.reshape(-1), 0)[:, None], 1)[:, 0], 0.0),
+    "token_logprobs": (lambda a: F.token_logprobs(a, TARGETS),  # (B, T, V) logits, (B, T) targets -> (B, T)
+                       lambda a: np.where(TARGETS >= 0, np.take_along_axis(
+                           np.log(_np_softmax(a, -1)), np.maximum(TARGETS, 0)[..., None], -1)[..., 0], 0.0),
                        [_u(2, 3, 5)]),
     "mse_loss": (lambda a, b: F.mse_loss(a, b), lambda a, b: ((a - b) ** 2).mean(), [_u(4), _u(4)]),
 }
@@ -220,8 +223,10 @@ OPS = {
 def test_op_forward_matches_numpy_and_gradcheck_passes(name):
     fn, ref, inputs = OPS[name]
     got = fn(*[nf.tensor(x) for x in inputs])
-    want = ref(*[x.astype(np.float64) for x in inputs])
-    assert_close(got, np.asarray(want, dtype=np.float64).reshape(got.shape), atol=1e-5, rtol=1e-5, msg=name)
+    want = np.asarray(ref(*[x.astype(np.float64) for x in inputs]), dtype=np.float64)
+    # shapes strictly (no reshaping of the reference): a wrong output shape, e.g. a lost keepdim, fails here
+    assert tuple(got.shape) == want.shape, f"{name}: shape {tuple(got.shape)}, numpy gives {want.shape}"
+    assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
     gradcheck(fn, inputs)
 
 
@@ -243,8 +248,12 @@ def test_dropout_gradient_uses_the_same_mask():
     assert_close(x.grad, np.where(kept, 1 / 0.7, 0.0), atol=1e-6)
     nf.manual_seed(3)
     assert_close(F.dropout(x, p=0.3), y)  # same seed, same mask
-    assert F.dropout(x, p=0.3, training=False) is not None
-    assert_close(F.dropout(x, p=0.3, training=False), x)
+    # not training: the input itself, bit for bit, and a gradient of exactly one (no mask, no 1/(1-p))
+    x.zero_grad()
+    y = F.dropout(x, p=0.3, training=False)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    (y * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(50, 2.0, np.float32))
 
 
 def test_stable_primitives_follow_ieee_at_inf_and_nan():

@@ -207,3 +207,41 @@ def test_gpt_training_step_is_thread_count_independent():
     assert out[0][0] == out[1][0]
     for a, b in zip(out[0][1], out[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_targets_of_another_shape_are_refused_naming_both_shapes(name):
+    # (6, 2) targets for (2, 6) ids hold the right number of ids, so only the shape can catch the mix-up
+    m = MODELS[name]()
+    x, y = batch(b=2, t=6)
+    for bad in (y.T.copy(), y.reshape(-1), y[:, :5]):
+        want = rf"targets have shape \({bad.shape[0]},.*token ids have shape \(2, 6\)"
+        with pytest.raises(nf.ShapeError, match=want):
+            m(x, bad)
+        with pytest.raises(nf.ShapeError, match=r"token ids have shape \(2, 6\)"):
+            m.token_logprobs(x, bad)
+    _, loss = m(x, y)
+    assert loss is not None
+    # one row may still come as 1-D ids with 1-D targets
+    _, row_loss = m(x[0], y[0])
+    assert_close(row_loss, m(x[:1], y[:1])[1], atol=1e-6)
+    assert m.token_logprobs(x[0], y[0]).shape == (1, 6)
+
+
+def test_token_logprobs_keep_the_leading_shape():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    targets = np.array([[0, 4, 2], [-100, 1, 3]])
+    lp = nf.functional.token_logprobs(nf.tensor(logits, requires_grad=True), targets)
+    assert lp.shape == (2, 3), lp.shape
+    ls = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = np.where(targets >= 0, np.take_along_axis(ls, np.maximum(targets, 0)[..., None], -1)[..., 0], 0.0)
+    assert_close(lp, want, atol=1e-5)
+    assert nf.functional.token_logprobs(logits[0], targets[0]).shape == (3,)
+    assert nf.functional.token_logprobs(logits[0, 0], 4).shape == ()
+    want = r"targets have shape \(3, 2\) but the logits' leading shape is \(2, 3\)"
+    with pytest.raises(nf.ShapeError, match=want):
+        nf.functional.token_logprobs(logits, targets.T)
+    m = tiny_gpt()
+    x, y = batch(b=2, t=6)
+    assert m.token_logprobs(x, y).shape == (2, 6)

@@ -22,9 +22,10 @@ from ._core import (
     softplus,
     stack,
     swiglu,
-    token_logprobs,
 )
 from ._core import where as where
+from ._convert import to_index_array
+from .exceptions import ShapeError
 
 
 def _t(x):
@@ -62,6 +63,20 @@ def cross_entropy(logits, targets, ignore_index=-100):
     ``logits`` has shape (..., C); ``targets`` holds integer class ids with the leading shape (...).
     If every row is ignored the result is nan (as in torch)."""
     return _core.cross_entropy(logits, targets, ignore_index)
+
+
+def token_logprobs(logits, targets, ignore_index=-100):
+    """log softmax(logits)[..., target] at every position: ``logits`` (..., V) and integer ``targets`` of the
+    leading shape (...) give a differentiable tensor of that shape, e.g. (B, T) for (B, T, V) logits.
+    Positions whose target is ``ignore_index`` give 0 and no gradient. Targets of another shape raise
+    ``ShapeError`` naming both shapes (a transposed (T, B) batch has the right count but the wrong rows)."""
+    logits = _t(logits)
+    targets = to_index_array(targets)
+    lead = tuple(logits.shape[:-1])
+    if logits.ndim > 0 and tuple(targets.shape) != lead:
+        raise ShapeError(f"token_logprobs: targets have shape {tuple(targets.shape)} but the logits' leading "
+                         f"shape is {lead} (logits {tuple(logits.shape)})")
+    return _core.token_logprobs(logits, targets, ignore_index).reshape(lead)
 
 
 def dropout(x, p=0.5, training=True):

@@ -126,10 +126,11 @@ class Module:
 
 
 class Linear(Module):
-    """y = x @ weight.T + bias, with weight (out_features, in_features) like torch.
+    """y = x @ weight.T + bias, with weight (out_features, in_features) like torch, computed by the fused
+    ``functional.linear`` (no transposed copy of the weight; bias added in the same pass).
 
     Initialised like torch: weight and bias uniform in ±1/sqrt(in_features), from the global seeded
-    generator."""
+    generator. An input whose last dimension is not ``in_features`` raises ``ShapeError`` naming the layer."""
 
     def __init__(self, in_features, out_features, bias=True):
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
@@ -138,8 +139,11 @@ class Linear(Module):
         self.bias = _core.rand(out_features, low=-bound, high=bound, requires_grad=True) if bias else None
 
     def forward(self, x):
-        y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"{self!r} expects inputs of shape (..., in_features={self.in_features}), "
+                             f"got shape {tuple(x.shape)}")
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -211,18 +215,20 @@ class MLP(Sequential):
     """A multi-layer perceptron: Linear → activation → ... → Linear (no activation after the last).
 
     ``MLP([2, 64, 64, 3], activation="relu")`` maps 2 inputs to 3 outputs through two hidden layers of 64.
+    ``activation=None`` stacks the Linears with nothing between them (a linear model, e.g. for probes).
     """
 
     def __init__(self, sizes, activation="relu", dropout=0.0):
         if len(sizes) < 2:
             raise ValueError("MLP needs at least an input and an output size, e.g. [2, 3]")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+        if activation is not None and activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)} or None")
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(Linear(n_in, n_out))
             if i < len(sizes) - 2:
-                layers.append(_ACTIVATIONS[activation]())
+                if activation is not None:
+                    layers.append(_ACTIVATIONS[activation]())
                 if dropout > 0:
                     layers.append(Dropout(dropout))
         super().__init__(*layers)

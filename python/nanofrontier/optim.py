@@ -22,14 +22,17 @@ class Optimizer:
     """Holds ``param_groups``: a list of dicts with ``params`` plus per-group hyper-parameters.
 
     ``params`` may be an iterable of Tensors or of dicts (``{"params": [...], "weight_decay": 0.0}``) whose
-    missing keys take the constructor's defaults."""
+    missing keys take the constructor's defaults. Every setting a group holds applies to that group
+    (``lr``, ``weight_decay`` and the optimizer's own, e.g. AdamW's ``betas``); a key the optimizer does
+    not take is refused with an ``InvalidArgumentError`` naming it, at construction and at ``step()``."""
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, core):
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.defaults = dict(defaults)
+        self._core = core
         self.param_groups = []
         seen = set()
         for g in groups:
@@ -41,6 +44,11 @@ class Optimizer:
                     raise ValueError("a parameter appears in more than one parameter group")
                 seen.add(id(p))
             self.param_groups.append(g)
+        self._core.check_groups(self.param_groups)
+
+    def step(self):
+        """Update every parameter that has a gradient, each with its group's settings (one Rust call)."""
+        self._core.step(self.param_groups)
 
     def zero_grad(self):
         """Drop every parameter's ``.grad`` (so the next backward starts from zero)."""
@@ -52,23 +60,24 @@ class Optimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     def state_dict(self):
-        """Hyper-parameters of each group and the per-parameter state (numpy arrays), in parameter order.
+        """Settings of each group and the per-parameter state (numpy arrays), in parameter order.
         Parameters are identified by position, as in torch: load into an optimizer built the same way."""
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "n_params": len(g["params"])}
                   for g in self.param_groups]
         return {"param_groups": groups, "state": self._core.get_state(self._params())}
 
     def load_state_dict(self, state):
-        """Restore hyper-parameters and state saved by ``state_dict`` (same parameter layout)."""
+        """Restore the group settings and state saved by ``state_dict`` (same parameter layout). The saved
+        settings are checked first: a bad one (or a key this optimizer does not take) changes nothing."""
         groups = state["param_groups"]
         if [g["n_params"] for g in groups] != [len(g["params"]) for g in self.param_groups]:
             raise ValueError("load_state_dict: the saved optimizer has a different parameter-group layout")
+        merged = [{**g, **{k: v for k, v in saved.items() if k not in ("n_params", "params")}}
+                  for g, saved in zip(self.param_groups, groups)]
+        self._core.check_groups(merged)
         self._core.set_state(self._params(), state["state"])
-        for g, saved in zip(self.param_groups, groups):
-            g.update({k: v for k, v in saved.items() if k != "n_params"})
-
-    def _groups(self):
-        return [(g["params"], float(g["lr"]), float(g["weight_decay"])) for g in self.param_groups]
+        for g, new in zip(self.param_groups, merged):
+            g.update(new)
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
@@ -79,29 +88,22 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum (torch.optim.SGD semantics).
 
-    weight_decay here is L2: it is added to the gradient (g + wd * p) before momentum."""
+    weight_decay here is L2: it is added to the gradient (g + wd * p) before momentum. Each group may set
+    its own ``lr``, ``momentum``, ``dampening``, ``nesterov`` and ``weight_decay``."""
 
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                                      weight_decay=weight_decay))
-        self._core = _core.SGD(momentum, dampening, nesterov)
-
-    def step(self):
-        """Update every parameter that has a gradient."""
-        self._core.step(self._groups())
+                                      weight_decay=weight_decay), _core.SGD(momentum, dampening, nesterov))
 
 
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (torch.optim.AdamW semantics): p -= lr*wd*p, then the Adam update
-    with bias-corrected moments. Parameters without a gradient are skipped."""
+    with bias-corrected moments. Parameters without a gradient are skipped. Each group may set its own
+    ``lr``, ``betas``, ``eps`` and ``weight_decay``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._core = _core.AdamW(float(betas[0]), float(betas[1]), float(eps))
-
-    def step(self):
-        """Update every parameter that has a gradient."""
-        self._core.step(self._groups())
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
+                         _core.AdamW(float(betas[0]), float(betas[1]), float(eps)))
 
 
 def clip_grad_norm_(params, max_norm):

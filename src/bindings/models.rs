@@ -151,13 +151,15 @@ impl PyModel {
     ) -> PyResult<(PyTensor, Option<PyTensor>)> {
         let (ids, b, t) = batch_ids(py, idx)?;
         let tg = match targets {
-            Some(o) if !o.is_none() => Some(batch_ids(py, o)?.0),
+            Some(o) if !o.is_none() => Some(to_indices(py, o)?),
             _ => None,
         };
         let large = large_model_call(b * t, self.inner.n_embd());
         let m = self.inner.clone();
-        let (logits, loss) =
-            run_on_pool(py, large, move || models::forward(&*m, &ids, b, t, tg.as_deref(), ignore_index, training))?;
+        let (logits, loss) = run_on_pool(py, large, move || {
+            let tg = tg.as_ref().map(|(v, shape)| (v.as_slice(), shape.as_slice()));
+            models::forward(&*m, &ids, b, t, tg, ignore_index, training)
+        })?;
         Ok((PyTensor::wrap(logits), loss.map(PyTensor::wrap)))
     }
 
@@ -190,10 +192,12 @@ impl PyModel {
         ignore_index: Option<i64>,
     ) -> PyResult<PyTensor> {
         let (ids, b, t) = batch_ids(py, idx)?;
-        let (tg, _, _) = batch_ids(py, targets)?;
+        let (tg, tg_shape) = to_indices(py, targets)?;
         let large = large_model_call(b * t, self.inner.n_embd());
         let m = self.inner.clone();
-        Ok(PyTensor::wrap(run_on_pool(py, large, move || models::token_logprobs(&*m, &ids, b, t, &tg, ignore_index))?))
+        Ok(PyTensor::wrap(run_on_pool(py, large, move || {
+            models::token_logprobs(&*m, &ids, b, t, &tg, &tg_shape, ignore_index)
+        })?))
     }
 
     /// Continue each prompt (a list of id lists). Returns (new tokens per prompt, their log-probs).

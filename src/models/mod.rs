@@ -75,52 +75,64 @@ pub fn check_batch(model: &dyn CausalLm, idx: &[i64], b: usize, t: usize, past: 
     Ok(())
 }
 
-/// `model(idx, targets)`: logits (B, T, V) and, with targets (B·T ids, `ignore_index` skipped), the mean
-/// cross-entropy. The whole forward runs here, in one call.
+/// Targets must have the shape of the ids, (B, T) (or (T,) for one row, like 1-D ids), and one id per
+/// position. Errors: anything else is `Error::Shape` naming both shapes — a transposed (T, B) batch has
+/// the right count, so the count alone would let it through with a wrong loss.
+pub fn check_targets(op: &'static str, targets: &[i64], shape: &[usize], b: usize, t: usize) -> Result<()> {
+    if shape != [b, t] && !(b == 1 && shape == [t]) {
+        return Err(Error::shape(
+            op,
+            format!("targets have shape {} but the token ids have shape {}", fmt_shape(shape), fmt_shape(&[b, t])),
+        ));
+    }
+    if targets.len() != b * t {
+        return Err(Error::shape(
+            op,
+            format!("got {} targets for targets of shape {}", targets.len(), fmt_shape(shape)),
+        ));
+    }
+    Ok(())
+}
+
+/// `model(idx, targets)`: logits (B, T, V) and, with targets (their ids, row-major, and their shape, which
+/// must be (B, T); `ignore_index` skipped), the mean cross-entropy. The whole forward runs here, in one
+/// call. Errors: targets of another shape (Shape, naming both), checked before the forward runs.
 pub fn forward(
     model: &dyn CausalLm,
     idx: &[i64],
     b: usize,
     t: usize,
-    targets: Option<&[i64]>,
+    targets: Option<(&[i64], &[usize])>,
     ignore_index: Option<i64>,
     training: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     check_batch(model, idx, b, t, 0)?;
+    if let Some((tg, shape)) = targets {
+        check_targets("model", tg, shape, b, t)?;
+    }
     let h = model.hidden(idx, b, t, None, training)?;
     let logits = model.head(&h)?;
     let loss = match targets {
-        Some(tg) => {
-            if tg.len() != b * t {
-                return Err(Error::shape(
-                    "model",
-                    format!("got {} targets for a batch of shape {}", tg.len(), fmt_shape(&[b, t])),
-                ));
-            }
-            Some(softmax::cross_entropy(&logits, tg, ignore_index)?)
-        }
+        Some((tg, _)) => Some(softmax::cross_entropy(&logits, tg, ignore_index)?),
         None => None,
     };
     Ok((logits, loss))
 }
 
 /// log p(targets[b, t] | idx[b, ..=t]) for every position: (B, T), differentiable (for SFT masks, DPO,
-/// PPO and GRPO). Positions whose target equals `ignore_index` get 0 and no gradient.
+/// PPO and GRPO). Positions whose target equals `ignore_index` get 0 and no gradient. `target_shape`
+/// must be (B, T) (Shape error naming both shapes otherwise).
 pub fn token_logprobs(
     model: &dyn CausalLm,
     idx: &[i64],
     b: usize,
     t: usize,
     targets: &[i64],
+    target_shape: &[usize],
     ignore_index: Option<i64>,
 ) -> Result<Tensor> {
     check_batch(model, idx, b, t, 0)?;
-    if targets.len() != b * t {
-        return Err(Error::shape(
-            "token_logprobs",
-            format!("got {} targets for a batch of shape {}", targets.len(), fmt_shape(&[b, t])),
-        ));
-    }
+    check_targets("token_logprobs", targets, target_shape, b, t)?;
     let logits = model.head(&model.hidden(idx, b, t, None, false)?)?;
     let lp = softmax::token_logprobs(&logits, targets, ignore_index)?;
     view::reshape(&lp, &[b as isize, t as isize])
@@ -133,4 +145,53 @@ pub fn forward_flops_per_token(model: &dyn CausalLm, seq_len: usize) -> f64 {
     let proj: f64 = model.matmul_shapes().iter().map(|&(i, o)| 2.0 * i as f64 * o as f64).sum();
     let attn = model.n_layer() as f64 * 2.0 * model.attn_width() as f64 * (seq_len as f64 + 1.0);
     proj + attn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::gpt::{Gpt, GptConfig};
+    use crate::tensor::random::manual_seed;
+
+    fn tiny() -> Gpt {
+        manual_seed(0);
+        let cfg = GptConfig {
+            vocab_size: 8,
+            block_size: 8,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            dropout: 0.0,
+            bias: true,
+            layer_norm_eps: 1e-5,
+        };
+        Gpt::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn targets_of_another_shape_are_refused_naming_both_shapes() {
+        let m = tiny();
+        let ids = [1i64; 12];
+        let tg = [2i64; 12];
+        // (6, 2) targets for (2, 6) ids: the same 12 values, so only the shape can catch it
+        for (shape, want) in [
+            (&[6usize, 2][..], "targets have shape (6, 2) but the token ids have shape (2, 6)"),
+            (&[12][..], "targets have shape (12,) but the token ids have shape (2, 6)"),
+            (&[2, 6, 1][..], "targets have shape (2, 6, 1) but the token ids have shape (2, 6)"),
+        ] {
+            let e = forward(&m, &ids, 2, 6, Some((&tg, shape)), None, false).unwrap_err();
+            assert!(matches!(e, Error::Shape { op: "model", .. }), "{e}");
+            assert_eq!(e.to_string(), format!("model: {want}"));
+            let e = token_logprobs(&m, &ids, 2, 6, &tg, shape, None).unwrap_err();
+            assert_eq!(e.to_string(), format!("token_logprobs: {want}"));
+        }
+        let e = forward(&m, &ids, 2, 6, Some((&tg[..11], &[2, 6])), None, false).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+        // the right shape works, and one row may come as (T,)
+        let (logits, loss) = forward(&m, &ids, 2, 6, Some((&tg, &[2, 6])), None, false).unwrap();
+        assert_eq!(logits.shape(), &[2, 6, 8]);
+        let row = forward(&m, &ids[..6], 1, 6, Some((&tg[..6], &[6])), None, false).unwrap().1.unwrap();
+        assert!((row.item().unwrap() - loss.unwrap().item().unwrap()).abs() < 1e-6, "same rows, same loss");
+        assert_eq!(token_logprobs(&m, &ids, 2, 6, &tg, &[2, 6], None).unwrap().shape(), &[2, 6]);
+    }
 }

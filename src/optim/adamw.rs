@@ -9,13 +9,14 @@
 //! p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)     = p − lr·m̂ / (√v̂ + eps)
 //! ```
 //!
+//! lr, weight decay, betas and eps are per group (`ParamGroup`; betas and eps default to the optimizer's).
 //! The bias corrections and the step size are computed in f64 once per tensor; the elementwise update
 //! runs in f32, like torch's. Parameters whose grad is None are skipped (no state is created, `t` does
 //! not move). State is keyed by `Tensor::id()`, so keep using the same parameter handles across steps.
 
 use std::collections::HashMap;
 
-use super::{CHUNK, ParamGroup, gather, run_chunks};
+use super::{CHUNK, ParamGroup, check_lr_and_decay, gather, refuse_foreign, run_chunks};
 use crate::error::{Error, Result};
 use crate::tensor::alloc_zeros;
 
@@ -29,12 +30,34 @@ pub struct AdamState {
     pub step: u64,
 }
 
+/// The optimizer's betas and eps are the defaults of groups that do not set their own.
 #[derive(Clone, Debug)]
 pub struct AdamW {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     state: HashMap<u64, AdamState>,
+}
+
+/// One group's (β1, β2, eps).
+#[derive(Clone, Copy)]
+struct Settings {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+}
+
+/// Betas in [0, 1), eps >= 0 (Value). `at` says where ("" or " in group 2").
+fn check_settings(s: Settings, at: &str) -> Result<()> {
+    for (name, b) in [("beta1", s.beta1), ("beta2", s.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            return Err(Error::value(OP, format!("invalid {name} {b}{at} (must be in [0, 1))")));
+        }
+    }
+    if s.eps.is_nan() || s.eps < 0.0 {
+        return Err(Error::value(OP, format!("invalid eps {}{at} (must be >= 0)", s.eps)));
+    }
+    Ok(())
 }
 
 /// Everything one tensor's update needs, computed once per step.
@@ -71,6 +94,10 @@ fn update(piece: Piece<'_>) {
 }
 
 impl AdamW {
+    /// The settings a group may set besides lr and weight_decay (the keys of a Python `param_groups`
+    /// entry, with "params", "lr" and "weight_decay").
+    pub const SETTINGS: [&'static str; 2] = ["betas", "eps"];
+
     /// torch's defaults are `AdamW::new(0.9, 0.999, 1e-8)`. Errors: a beta outside [0, 1) or eps < 0 (Value).
     pub fn new(beta1: f32, beta2: f32, eps: f32) -> Result<AdamW> {
         let opt = AdamW { beta1, beta2, eps, state: HashMap::new() };
@@ -79,22 +106,36 @@ impl AdamW {
     }
 
     fn check(&self) -> Result<()> {
-        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(Error::value(OP, format!("invalid {name} {b} (must be in [0, 1))")));
-            }
-        }
-        if self.eps.is_nan() || self.eps < 0.0 {
-            return Err(Error::value(OP, format!("invalid eps {} (must be >= 0)", self.eps)));
-        }
-        Ok(())
+        check_settings(Settings { beta1: self.beta1, beta2: self.beta2, eps: self.eps }, "")
     }
 
-    /// One AdamW step over every parameter of every group, in place. Errors (checked before anything is
-    /// written): bad betas/eps/lr/weight_decay or a parameter listed twice (Value); a gradient or a stored
+    /// Each group's (β1, β2, eps): its own or the optimizer's, checked. Errors (Value): a bad lr,
+    /// weight_decay, beta or eps, or an SGD-only setting, naming the group.
+    fn settings(&self, groups: &[ParamGroup]) -> Result<Vec<Settings>> {
+        self.check()?;
+        refuse_foreign(OP, &Self::SETTINGS, groups)?;
+        check_lr_and_decay(OP, groups)?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (gi, g) in groups.iter().enumerate() {
+            let (beta1, beta2) = g.betas.unwrap_or((self.beta1, self.beta2));
+            let s = Settings { beta1, beta2, eps: g.eps.unwrap_or(self.eps) };
+            check_settings(s, &format!(" in group {gi}"))?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Check every group's settings without stepping (the errors `step` would give for them).
+    pub fn check_groups(&self, groups: &[ParamGroup]) -> Result<()> {
+        self.settings(groups).map(|_| ())
+    }
+
+    /// One AdamW step over every parameter of every group, in place, each with its group's settings.
+    /// Errors (checked before anything is written): bad betas/eps/lr/weight_decay, an SGD-only setting
+    /// in a group or a parameter listed twice (Value); a gradient or a stored
     /// state whose size differs from its parameter (Shape); parameters sharing storage (Value).
     pub fn step(&mut self, groups: &[ParamGroup]) -> Result<()> {
-        self.check()?;
+        let settings = self.settings(groups)?;
         let slots = gather(OP, groups)?;
         // State: check what exists, allocate what is missing, insert only once every allocation worked.
         let mut fresh = Vec::new();
@@ -132,19 +173,20 @@ impl AdamW {
         let mut pieces = Vec::new();
         let mut total = 0;
         for ((slot, (_, st)), (p, g)) in slots.iter().zip(states).zip(params.iter_mut().zip(&grads)) {
+            let Settings { beta1, beta2, eps } = settings[slot.group];
             st.step += 1;
             let t = st.step as f64;
-            let bias1 = 1.0 - (self.beta1 as f64).powf(t);
-            let bias2 = 1.0 - (self.beta2 as f64).powf(t);
+            let bias1 = 1.0 - (beta1 as f64).powf(t);
+            let bias2 = 1.0 - (beta2 as f64).powf(t);
             let k = Coef {
                 decay: (1.0 - slot.lr as f64 * slot.weight_decay as f64) as f32,
-                beta1: self.beta1,
-                one_minus_beta1: (1.0 - self.beta1 as f64) as f32,
-                beta2: self.beta2,
-                one_minus_beta2: (1.0 - self.beta2 as f64) as f32,
+                beta1,
+                one_minus_beta1: (1.0 - beta1 as f64) as f32,
+                beta2,
+                one_minus_beta2: (1.0 - beta2 as f64) as f32,
                 step_size: (slot.lr as f64 / bias1) as f32,
                 bias2_sqrt: bias2.sqrt() as f32,
-                eps: self.eps,
+                eps,
             };
             total += p.len();
             let chunks =
@@ -283,6 +325,65 @@ mod tests {
         assert_eq!(opt.state_for(w1.id()).unwrap().step, 6);
         let m_ref: Vec<f64> = refs[0].m.clone();
         assert_close("first moment", &opt.state_for(w1.id()).unwrap().m, &m_ref, 1e-6, 1e-6);
+    }
+
+    #[test]
+    fn each_group_uses_its_own_betas_and_eps() {
+        manual_seed(8);
+        // group 0 sets nothing (the optimizer's 0.9, 0.999, 1e-8); the others set betas, eps or both.
+        // β1 = 0 and a large eps make the groups' updates far apart, so a mixed-up setting shows.
+        let settings = [(0.9f32, 0.999f32, 1e-8f32), (0.0, 0.5, 1e-8), (0.9, 0.999, 0.1), (0.5, 0.9, 1e-3)];
+        let ps: Vec<Tensor> = settings.iter().map(|_| param(&[4, 3])).collect();
+        let groups = [
+            ParamGroup::new(vec![ps[0].clone()], 1e-2, 0.1),
+            ParamGroup::new(vec![ps[1].clone()], 3e-2, 0.0).with_betas(0.0, 0.5),
+            ParamGroup::new(vec![ps[2].clone()], 1e-2, 0.0).with_eps(0.1),
+            ParamGroup::new(vec![ps[3].clone()], 2e-2, 0.05).with_betas(0.5, 0.9).with_eps(1e-3),
+        ];
+        let hyper = [(1e-2f32, 0.1f32), (3e-2, 0.0), (1e-2, 0.0), (2e-2, 0.05)];
+        let mut refs: Vec<RefAdam> = ps.iter().map(|t| RefAdam::new(&t.to_vec())).collect();
+        let mut opt = AdamW::new(0.9, 0.999, 1e-8).unwrap();
+        for step in 1..=5 {
+            for (i, t) in ps.iter().enumerate() {
+                let g = randn(t.shape(), 0.0, 1.0).unwrap().to_vec();
+                let (b1, b2, eps) = settings[i];
+                refs[i].step(&g, hyper[i].0 as f64, hyper[i].1 as f64, (b1 as f64, b2 as f64, eps as f64));
+                set_grad(t, g);
+            }
+            opt.step(&groups).unwrap();
+            for (i, t) in ps.iter().enumerate() {
+                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("group {i} {:?} step {step}", settings[i]));
+            }
+        }
+    }
+
+    #[test]
+    fn group_settings_are_checked_and_sgd_settings_refused() {
+        let p = Tensor::new(vec![1.0, 2.0], &[2]).unwrap().requires_grad_(true);
+        set_grad(&p, vec![1.0, 1.0]);
+        let mut opt = AdamW::new(0.9, 0.999, 1e-8).unwrap();
+        let g = || ParamGroup::new(vec![p.clone()], 0.1, 0.0);
+        let takes = "(it takes lr, weight_decay, betas, eps)";
+        let cases = [
+            (g().with_betas(1.0, 0.9), "adamw: invalid beta1 1 in group 0 (must be in [0, 1))".to_string()),
+            (g().with_betas(0.9, -0.5), "adamw: invalid beta2 -0.5 in group 0 (must be in [0, 1))".to_string()),
+            (g().with_eps(f32::NAN), "adamw: invalid eps NaN in group 0 (must be >= 0)".to_string()),
+            (g().with_momentum(0.9), format!("adamw: group 0 sets momentum, which adamw does not have {takes}")),
+            (g().with_dampening(0.0), format!("adamw: group 0 sets dampening, which adamw does not have {takes}")),
+            (g().with_nesterov(false), format!("adamw: group 0 sets nesterov, which adamw does not have {takes}")),
+        ];
+        for (group, want) in cases {
+            assert_eq!(opt.check_groups(std::slice::from_ref(&group)).unwrap_err().to_string(), want);
+            assert_eq!(opt.step(&[group]).unwrap_err().to_string(), want);
+        }
+        assert_eq!(p.to_vec(), vec![1.0, 2.0], "a refused step wrote to a parameter");
+        assert!(opt.state_for(p.id()).is_none(), "a refused step created state");
+        let q = Tensor::new(vec![3.0], &[1]).unwrap().requires_grad_(true);
+        set_grad(&q, vec![1.0]);
+        let e = opt.step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0), g().with_eps(-1.0)]).unwrap_err();
+        assert_eq!(e.to_string(), "adamw: invalid eps -1 in group 1 (must be >= 0)");
+        assert_eq!(q.to_vec(), vec![3.0], "the good group moved although another group was refused");
+        opt.check_groups(&[g().with_betas(0.0, 0.0).with_eps(0.0)]).unwrap();
     }
 
     #[test]

@@ -24,18 +24,106 @@ use crate::error::{Error, Result, fmt_shape};
 use crate::parallel;
 use crate::tensor::Tensor;
 
-/// Parameters that share a learning rate and a weight decay (torch's `param_groups` entry).
+/// Parameters that share their hyperparameters (torch's `param_groups` entry). `lr` and `weight_decay`
+/// belong to every group. The optimizer-specific settings (`betas`, `eps` for AdamW; `momentum`,
+/// `dampening`, `nesterov` for SGD) are the group's own when set and the optimizer's when None. An
+/// optimizer refuses a group that sets another optimizer's setting (Value): nothing set is ignored.
 #[derive(Clone, Debug)]
 pub struct ParamGroup {
     pub params: Vec<Tensor>,
     pub lr: f32,
     pub weight_decay: f32,
+    /// AdamW's (β1, β2).
+    pub betas: Option<(f32, f32)>,
+    /// AdamW's eps.
+    pub eps: Option<f32>,
+    /// SGD's momentum.
+    pub momentum: Option<f32>,
+    /// SGD's dampening.
+    pub dampening: Option<f32>,
+    /// SGD's Nesterov switch.
+    pub nesterov: Option<bool>,
 }
 
 impl ParamGroup {
+    /// A group with its own lr and weight decay and the optimizer's other settings.
     pub fn new(params: Vec<Tensor>, lr: f32, weight_decay: f32) -> ParamGroup {
-        ParamGroup { params, lr, weight_decay }
+        ParamGroup { params, lr, weight_decay, betas: None, eps: None, momentum: None, dampening: None, nesterov: None }
     }
+    /// This group's AdamW (β1, β2).
+    pub fn with_betas(mut self, beta1: f32, beta2: f32) -> ParamGroup {
+        self.betas = Some((beta1, beta2));
+        self
+    }
+    /// This group's AdamW eps.
+    pub fn with_eps(mut self, eps: f32) -> ParamGroup {
+        self.eps = Some(eps);
+        self
+    }
+    /// This group's SGD momentum.
+    pub fn with_momentum(mut self, momentum: f32) -> ParamGroup {
+        self.momentum = Some(momentum);
+        self
+    }
+    /// This group's SGD dampening.
+    pub fn with_dampening(mut self, dampening: f32) -> ParamGroup {
+        self.dampening = Some(dampening);
+        self
+    }
+    /// This group's SGD Nesterov switch.
+    pub fn with_nesterov(mut self, nesterov: bool) -> ParamGroup {
+        self.nesterov = Some(nesterov);
+        self
+    }
+
+    /// The names of the settings this group sets (for refusing the ones an optimizer does not have).
+    fn set_settings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (name, set) in [
+            ("betas", self.betas.is_some()),
+            ("eps", self.eps.is_some()),
+            ("momentum", self.momentum.is_some()),
+            ("dampening", self.dampening.is_some()),
+            ("nesterov", self.nesterov.is_some()),
+        ] {
+            if set {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
+
+/// Refuse a group that sets a setting outside `takes` (the optimizer-specific settings `op` has).
+pub(crate) fn refuse_foreign(op: &'static str, takes: &[&str], groups: &[ParamGroup]) -> Result<()> {
+    for (gi, g) in groups.iter().enumerate() {
+        if let Some(name) = g.set_settings().into_iter().find(|n| !takes.contains(n)) {
+            return Err(Error::value(
+                op,
+                format!(
+                    "group {gi} sets {name}, which {op} does not have (it takes lr, weight_decay, {})",
+                    takes.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// lr and weight_decay of every group: each must be >= 0 (Value, naming the group).
+pub(crate) fn check_lr_and_decay(op: &'static str, groups: &[ParamGroup]) -> Result<()> {
+    for (gi, group) in groups.iter().enumerate() {
+        if group.lr.is_nan() || group.lr < 0.0 {
+            return Err(Error::value(op, format!("invalid learning rate {} in group {gi} (must be >= 0)", group.lr)));
+        }
+        if group.weight_decay.is_nan() || group.weight_decay < 0.0 {
+            return Err(Error::value(
+                op,
+                format!("invalid weight_decay {} in group {gi} (must be >= 0)", group.weight_decay),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Elements per piece of work. Fixed (never derived from the thread count), a multiple of 8.
@@ -45,6 +133,8 @@ pub(crate) const CHUNK: usize = parallel::GRAIN;
 pub(crate) struct Slot {
     pub param: Tensor,
     pub grad: Tensor,
+    /// Index of its group (for the group's optimizer-specific settings).
+    pub group: usize,
     pub lr: f32,
     pub weight_decay: f32,
     /// "parameter 2 of group 0", for messages.
@@ -56,18 +146,10 @@ pub(crate) struct Slot {
 /// twice (Value); a gradient whose shape differs from its parameter (Shape); storage shared between
 /// two updated parameters or between a parameter and a gradient (Value: locking it twice would hang).
 pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot>> {
+    check_lr_and_decay(op, groups)?;
     let mut seen = HashSet::new();
     let mut slots = Vec::new();
     for (gi, group) in groups.iter().enumerate() {
-        if group.lr.is_nan() || group.lr < 0.0 {
-            return Err(Error::value(op, format!("invalid learning rate {} in group {gi} (must be >= 0)", group.lr)));
-        }
-        if group.weight_decay.is_nan() || group.weight_decay < 0.0 {
-            return Err(Error::value(
-                op,
-                format!("invalid weight_decay {} in group {gi} (must be >= 0)", group.weight_decay),
-            ));
-        }
         for (pi, p) in group.params.iter().enumerate() {
             let name = format!("parameter {pi} of group {gi}");
             if !seen.insert(p.id()) {
@@ -84,7 +166,14 @@ pub(crate) fn gather(op: &'static str, groups: &[ParamGroup]) -> Result<Vec<Slot
                     ),
                 ));
             }
-            slots.push(Slot { param: p.clone(), grad, lr: group.lr, weight_decay: group.weight_decay, name });
+            slots.push(Slot {
+                param: p.clone(),
+                grad,
+                group: gi,
+                lr: group.lr,
+                weight_decay: group.weight_decay,
+                name,
+            });
         }
     }
     // Pairwise storage check: a handful of pointer compares per pair, cheap for hundreds of tensors.

@@ -9,17 +9,19 @@
 //! p ← p − lr·d
 //! ```
 //!
-//! Parameters whose grad is None are skipped. With momentum 0 there is no state at all. The momentum
+//! lr, weight decay, momentum, dampening and nesterov are per group (`ParamGroup`; the last three default
+//! to the optimizer's). Parameters whose grad is None are skipped. With momentum 0 there is no state at all. The momentum
 //! buffers are keyed by `Tensor::id()`, so keep using the same parameter handles across steps.
 
 use std::collections::HashMap;
 
-use super::{CHUNK, ParamGroup, gather, run_chunks};
+use super::{CHUNK, ParamGroup, check_lr_and_decay, gather, refuse_foreign, run_chunks};
 use crate::error::{Error, Result};
 use crate::tensor::alloc_zeros;
 
 const OP: &str = "sgd";
 
+/// The optimizer's momentum, dampening and nesterov are the defaults of groups that do not set their own.
 #[derive(Clone, Debug)]
 pub struct Sgd {
     pub momentum: f32,
@@ -67,7 +69,40 @@ fn update(piece: Piece<'_>) {
     }
 }
 
+/// One group's (momentum, dampening, nesterov).
+#[derive(Clone, Copy)]
+struct Settings {
+    momentum: f32,
+    dampening: f32,
+    nesterov: bool,
+}
+
+/// momentum >= 0, dampening not nan, nesterov only with momentum > 0 and no dampening (Value, as torch).
+/// `at` says where ("" or " in group 2").
+fn check_settings(s: Settings, at: &str) -> Result<()> {
+    if s.momentum.is_nan() || s.momentum < 0.0 {
+        return Err(Error::value(OP, format!("invalid momentum {}{at} (must be >= 0)", s.momentum)));
+    }
+    if s.dampening.is_nan() {
+        return Err(Error::value(OP, format!("invalid dampening nan{at}")));
+    }
+    if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) {
+        return Err(Error::value(
+            OP,
+            format!(
+                "nesterov momentum requires a momentum > 0 and zero dampening{at} (got momentum {}, dampening {})",
+                s.momentum, s.dampening
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Sgd {
+    /// The settings a group may set besides lr and weight_decay (the keys of a Python `param_groups`
+    /// entry, with "params", "lr" and "weight_decay").
+    pub const SETTINGS: [&'static str; 3] = ["momentum", "dampening", "nesterov"];
+
     /// Plain SGD is `Sgd::new(0.0, 0.0, false)`. Errors (Value): momentum < 0 or nan, dampening nan,
     /// nesterov without momentum > 0 and dampening == 0 (as torch).
     pub fn new(momentum: f32, dampening: f32, nesterov: bool) -> Result<Sgd> {
@@ -77,60 +112,68 @@ impl Sgd {
     }
 
     fn check(&self) -> Result<()> {
-        if self.momentum.is_nan() || self.momentum < 0.0 {
-            return Err(Error::value(OP, format!("invalid momentum {} (must be >= 0)", self.momentum)));
-        }
-        if self.dampening.is_nan() {
-            return Err(Error::value(OP, "invalid dampening nan"));
-        }
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return Err(Error::value(
-                OP,
-                format!(
-                    "nesterov momentum requires a momentum > 0 and zero dampening (got momentum {}, dampening {})",
-                    self.momentum, self.dampening
-                ),
-            ));
-        }
-        Ok(())
+        check_settings(Settings { momentum: self.momentum, dampening: self.dampening, nesterov: self.nesterov }, "")
     }
 
-    /// One SGD step over every parameter of every group, in place. Errors (checked before anything is
-    /// written): bad momentum/dampening/lr/weight_decay or a parameter listed twice (Value); a gradient or
-    /// stored buffer whose size differs from its parameter (Shape); parameters sharing storage (Value).
-    pub fn step(&mut self, groups: &[ParamGroup]) -> Result<()> {
+    /// Each group's (momentum, dampening, nesterov): its own or the optimizer's, checked. Errors (Value):
+    /// a bad lr, weight_decay, momentum, dampening or nesterov combination, or an AdamW-only setting,
+    /// naming the group.
+    fn settings(&self, groups: &[ParamGroup]) -> Result<Vec<Settings>> {
         self.check()?;
+        refuse_foreign(OP, &Self::SETTINGS, groups)?;
+        check_lr_and_decay(OP, groups)?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (gi, g) in groups.iter().enumerate() {
+            let s = Settings {
+                momentum: g.momentum.unwrap_or(self.momentum),
+                dampening: g.dampening.unwrap_or(self.dampening),
+                nesterov: g.nesterov.unwrap_or(self.nesterov),
+            };
+            check_settings(s, &format!(" in group {gi}"))?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Check every group's settings without stepping (the errors `step` would give for them).
+    pub fn check_groups(&self, groups: &[ParamGroup]) -> Result<()> {
+        self.settings(groups).map(|_| ())
+    }
+
+    /// One SGD step over every parameter of every group, in place, each with its group's settings.
+    /// Errors (checked before anything is written): bad momentum/dampening/lr/weight_decay, an
+    /// AdamW-only setting in a group or a parameter listed twice (Value); a gradient or stored buffer
+    /// whose size differs from its parameter (Shape); parameters sharing storage (Value).
+    pub fn step(&mut self, groups: &[ParamGroup]) -> Result<()> {
+        let settings = self.settings(groups)?;
         let slots = gather(OP, groups)?;
-        let use_momentum = self.momentum != 0.0;
+        // A parameter keeps a buffer only when its group uses momentum.
+        let use_momentum: Vec<bool> = slots.iter().map(|s| settings[s.group].momentum != 0.0).collect();
         // Buffers: check the existing ones, allocate the missing ones (marked `first`).
         let mut first = vec![false; slots.len()];
-        if use_momentum {
-            let mut fresh = Vec::new();
-            for (i, s) in slots.iter().enumerate() {
-                let n = s.param.numel();
-                match self.state.get(&s.param.id()) {
-                    Some(b) if b.len() != n => {
-                        return Err(Error::shape(
-                            OP,
-                            format!("stored momentum buffer has {} values but {} has {n} elements", b.len(), s.name),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        fresh.push((s.param.id(), alloc_zeros(OP, n)?));
-                        first[i] = true;
-                    }
+        let mut fresh = Vec::new();
+        for (i, s) in slots.iter().enumerate().filter(|&(i, _)| use_momentum[i]) {
+            let n = s.param.numel();
+            match self.state.get(&s.param.id()) {
+                Some(b) if b.len() != n => {
+                    return Err(Error::shape(
+                        OP,
+                        format!("stored momentum buffer has {} values but {} has {n} elements", b.len(), s.name),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    fresh.push((s.param.id(), alloc_zeros(OP, n)?));
+                    first[i] = true;
                 }
             }
-            self.state.extend(fresh);
         }
+        self.state.extend(fresh);
         let mut bufs: Vec<Option<&mut Vec<f32>>> = (0..slots.len()).map(|_| None).collect();
-        if use_momentum {
-            let index: HashMap<u64, usize> = slots.iter().enumerate().map(|(i, s)| (s.param.id(), i)).collect();
-            for (id, b) in self.state.iter_mut() {
-                if let Some(&i) = index.get(id) {
-                    bufs[i] = Some(b);
-                }
+        let index: HashMap<u64, usize> = slots.iter().enumerate().map(|(i, s)| (s.param.id(), i)).collect();
+        for (id, b) in self.state.iter_mut() {
+            if let Some(&i) = index.get(id).filter(|&&i| use_momentum[i]) {
+                bufs[i] = Some(b);
             }
         }
 
@@ -139,12 +182,13 @@ impl Sgd {
         let mut pieces = Vec::new();
         let mut total = 0;
         for (i, ((slot, buf), (p, g))) in slots.iter().zip(bufs).zip(params.iter_mut().zip(&grads)).enumerate() {
+            let Settings { momentum, dampening, nesterov } = settings[slot.group];
             let k = Coef {
                 lr: slot.lr,
                 weight_decay: slot.weight_decay,
-                momentum: self.momentum,
-                one_minus_dampening: (1.0 - self.dampening as f64) as f32,
-                nesterov: self.nesterov,
+                momentum,
+                one_minus_dampening: (1.0 - dampening as f64) as f32,
+                nesterov,
                 first: first[i],
             };
             total += p.len();
@@ -166,8 +210,8 @@ impl Sgd {
         Ok(())
     }
 
-    /// The momentum buffer of the parameter with this `Tensor::id()` (None before its first step, or
-    /// always when momentum is 0).
+    /// The momentum buffer of the parameter with this `Tensor::id()` (None before its first step with
+    /// a momentum, and always while its group's momentum is 0).
     pub fn momentum_buffer(&self, id: u64) -> Option<&[f32]> {
         self.state.get(&id).map(|b| b.as_slice())
     }
@@ -289,6 +333,75 @@ mod tests {
             }
             assert_eq!(opt.state_ids().len(), if mu != 0.0 { 3 } else { 0 });
         }
+    }
+
+    #[test]
+    fn each_group_uses_its_own_momentum_dampening_and_nesterov() {
+        manual_seed(12);
+        // the optimizer's defaults (0.5, 0.2, no nesterov) apply to the group that sets nothing
+        let cases = [(0.5f32, 0.2f32, false), (0.0, 0.0, false), (0.9, 0.0, true), (0.7, 0.6, false)];
+        let ps: Vec<Tensor> = cases.iter().map(|_| param(&[3, 5])).collect();
+        let groups = [
+            ParamGroup::new(vec![ps[0].clone()], 0.1, 0.0),
+            ParamGroup::new(vec![ps[1].clone()], 0.2, 0.1).with_momentum(0.0),
+            ParamGroup::new(vec![ps[2].clone()], 0.05, 0.0).with_momentum(0.9).with_dampening(0.0).with_nesterov(true),
+            ParamGroup::new(vec![ps[3].clone()], 0.3, 0.01).with_momentum(0.7).with_dampening(0.6),
+        ];
+        let hyper = [(0.1, 0.0), (0.2, 0.1), (0.05, 0.0), (0.3, 0.01)];
+        let mut refs: Vec<RefSgd> =
+            ps.iter().map(|t| RefSgd { p: t.to_vec().iter().map(|&x| x as f64).collect(), buf: None }).collect();
+        let mut opt = Sgd::new(0.5, 0.2, false).unwrap();
+        for step in 1..=4 {
+            for (i, t) in ps.iter().enumerate() {
+                let g = randn(t.shape(), 0.0, 1.0).unwrap().to_vec();
+                let (mu, damp, nesterov) = cases[i];
+                refs[i].step(&g, hyper[i].0, hyper[i].1, mu as f64, damp as f64, nesterov);
+                set_grad(t, g);
+            }
+            opt.step(&groups).unwrap();
+            for (i, t) in ps.iter().enumerate() {
+                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("group {i} {:?} step {step}", cases[i]));
+            }
+        }
+        assert!(opt.momentum_buffer(ps[1].id()).is_none(), "a group with momentum 0 kept a buffer");
+        assert!(opt.momentum_buffer(ps[3].id()).is_some());
+    }
+
+    #[test]
+    fn group_settings_are_checked_and_adamw_settings_refused() {
+        let p = Tensor::new(vec![1.0, 2.0], &[2]).unwrap().requires_grad_(true);
+        set_grad(&p, vec![1.0, 1.0]);
+        let mut opt = Sgd::new(0.9, 0.0, false).unwrap();
+        let g = || ParamGroup::new(vec![p.clone()], 0.1, 0.0);
+        let cases = [
+            (g().with_momentum(-1.0), "sgd: invalid momentum -1 in group 0 (must be >= 0)"),
+            (g().with_dampening(f32::NAN), "sgd: invalid dampening nan in group 0"),
+            (
+                g().with_dampening(0.5).with_nesterov(true),
+                "sgd: nesterov momentum requires a momentum > 0 and zero dampening in group 0 (got momentum 0.9, \
+                 dampening 0.5)",
+            ),
+            (
+                g().with_betas(0.9, 0.99),
+                "sgd: group 0 sets betas, which sgd does not have (it takes lr, weight_decay, momentum, dampening, nesterov)",
+            ),
+            (
+                g().with_eps(1e-6),
+                "sgd: group 0 sets eps, which sgd does not have (it takes lr, weight_decay, momentum, dampening, nesterov)",
+            ),
+        ];
+        for (group, want) in cases {
+            assert_eq!(opt.check_groups(std::slice::from_ref(&group)).unwrap_err().to_string(), want);
+            assert_eq!(opt.step(&[group]).unwrap_err().to_string(), want);
+        }
+        assert_eq!(p.to_vec(), vec![1.0, 2.0], "a refused step wrote to a parameter");
+        assert!(opt.momentum_buffer(p.id()).is_none(), "a refused step created state");
+        // the second group is the bad one: the first is not updated either
+        let q = Tensor::new(vec![3.0], &[1]).unwrap().requires_grad_(true);
+        set_grad(&q, vec![1.0]);
+        let e = opt.step(&[ParamGroup::new(vec![q.clone()], 0.1, 0.0), g().with_momentum(f32::NAN)]).unwrap_err();
+        assert_eq!(e.to_string(), "sgd: invalid momentum NaN in group 1 (must be >= 0)");
+        assert_eq!(q.to_vec(), vec![3.0]);
     }
 
     #[test]
