@@ -352,7 +352,7 @@ mod tests {
             }
             opt.step(&groups).unwrap();
             for (i, t) in ps.iter().enumerate() {
-                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("group {i} {:?} step {step}", settings[i]));
+                assert_close(&format!("group {i} {:?} step {step}", settings[i]), &t.to_vec(), &refs[i].p, 2e-6, 2e-6);
             }
         }
     }

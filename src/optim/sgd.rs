@@ -360,7 +360,7 @@ mod tests {
             }
             opt.step(&groups).unwrap();
             for (i, t) in ps.iter().enumerate() {
-                assert_close(&t.to_vec(), &refs[i].p, 2e-6, &format!("group {i} {:?} step {step}", cases[i]));
+                assert_close(&format!("group {i} {:?} step {step}", cases[i]), &t.to_vec(), &refs[i].p, 2e-6, 2e-6);
             }
         }
         assert!(opt.momentum_buffer(ps[1].id()).is_none(), "a group with momentum 0 kept a buffer");
