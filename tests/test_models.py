@@ -220,7 +220,8 @@ def _sharpen(model, scale=8.0, seed=0):
 
 
 def _softmax_causal(q, k):
-    """q (H, T, D), k (Hkv, T, D) → causal softmax(q kᵀ / √D) (H, T, T), query head h reading kv head h·Hkv/H."""
+    """q (H, T, D), k (Hkv, T, D) → causal softmax(q kᵀ / √D) (H, T, T),
+    query head h reading kv head h·Hkv/H."""
     k = np.repeat(k, q.shape[0] // k.shape[0], axis=0)
     s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
     s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
@@ -277,7 +278,8 @@ def test_llama_attention_weights_match_a_numpy_rope_gqa_reference():
         out[..., 1::2] = y[..., 0::2] * s + y[..., 1::2] * c
         return out.transpose(1, 0, 2)
 
-    assert_close(got[0].numpy()[0], _softmax_causal(heads("q_proj", 4), heads("k_proj", 2)), atol=2e-5, rtol=0)
+    want = _softmax_causal(heads("q_proj", 4), heads("k_proj", 2))
+    assert_close(got[0].numpy()[0], want, atol=2e-5, rtol=0)
 
 
 def test_attention_weights_rows_are_causal_distributions_without_grad():
