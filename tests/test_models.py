@@ -245,3 +245,91 @@ def test_token_logprobs_keep_the_leading_shape():
     m = tiny_gpt()
     x, y = batch(b=2, t=6)
     assert m.token_logprobs(x, y).shape == (2, 6)
+
+
+# ---- model.attention_weights: where every head looks ----
+def _sharpen(model, scale=8.0, seed=0):
+    """Weights large enough that attention is far from uniform (the 0.02 init gives ≈ 1/(i+1) everywhere)."""
+    rng = np.random.default_rng(seed)
+    sd = {k: (v + scale * 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in
+          model.state_dict().items()}
+    model.load_state_dict(sd)
+    return {k: v.astype(np.float64) for k, v in sd.items()}
+
+
+def _softmax_causal(q, k):
+    """q (H, T, D), k (Hkv, T, D) → causal softmax(q kᵀ / √D) (H, T, T),
+    query head h reading kv head h·Hkv/H."""
+    k = np.repeat(k, q.shape[0] // k.shape[0], axis=0)
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
+    s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_gpt_attention_weights_match_a_numpy_forward_on_every_layer():
+    m = tiny_gpt()
+    sd = _sharpen(m)
+    x, _ = batch(b=2, t=7)
+    got = m.attention_weights(x)
+    assert len(got) == 2 and all(w.shape == (2, 2, 7, 7) for w in got)
+
+    def ln(h, p):
+        mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+        return (h - mu) / np.sqrt(var + 1e-5) * sd[p + ".weight"] + sd[p + ".bias"]
+
+    def lin(h, p):
+        return h @ sd[p + ".weight"].T + sd[p + ".bias"]
+
+    for b in range(2):
+        h = sd["wte.weight"][x[b]] + sd["wpe.weight"][:7]
+        for layer in range(2):
+            p = f"h.{layer}."
+            q, k, v = np.split(lin(ln(h, p + "ln_1"), p + "attn.c_attn"), 3, axis=-1)
+            q, k, v = (a.reshape(7, 2, 8).transpose(1, 0, 2) for a in (q, k, v))
+            want = _softmax_causal(q, k)
+            assert_close(got[layer].numpy()[b], want, atol=2e-5, rtol=0)
+            h = h + lin((want @ v).transpose(1, 0, 2).reshape(7, 16), p + "attn.c_proj")
+            u = lin(ln(h, p + "ln_2"), p + "mlp.c_fc")
+            u = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+            h = h + lin(u, p + "mlp.c_proj")
+        assert got[1].numpy()[b].max() > 0.6  # sharpened: the maps are not uniform, so the check bites
+    # and the numpy forward above is the model's: its final norm is model.hidden
+    assert_close(m.hidden(x[1:]).numpy()[0], ln(h, "ln_f"), atol=1e-4, rtol=0)
+
+
+def test_llama_attention_weights_match_a_numpy_rope_gqa_reference():
+    m = tiny_llama()
+    sd = _sharpen(m)
+    x, _ = batch(b=1, t=6)
+    got = m.attention_weights(x[0])          # one sequence as a 1-D list: B = 1
+    assert len(got) == 2 and got[0].shape == (1, 4, 6, 6)
+    h = sd["model.embed_tokens.weight"][x[0]]
+    a = h / np.sqrt((h ** 2).mean(-1, keepdims=True) + 1e-5) * sd["model.layers.0.input_layernorm.weight"]
+
+    def heads(name, n):                      # project, then interleaved RoPE on (x[2i], x[2i+1])
+        y = (a @ sd[f"model.layers.0.self_attn.{name}.weight"].T).reshape(6, n, 4)
+        ang = np.arange(6)[:, None] * 10000.0 ** (-np.arange(0, 4, 2) / 4)     # (T, D/2)
+        c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+        out = y.copy()
+        out[..., 0::2] = y[..., 0::2] * c - y[..., 1::2] * s
+        out[..., 1::2] = y[..., 0::2] * s + y[..., 1::2] * c
+        return out.transpose(1, 0, 2)
+
+    want = _softmax_causal(heads("q_proj", 4), heads("k_proj", 2))
+    assert_close(got[0].numpy()[0], want, atol=2e-5, rtol=0)
+
+
+def test_attention_weights_rows_are_causal_distributions_without_grad():
+    for make in MODELS.values():
+        m = make()
+        x, _ = batch(b=3, t=8)
+        for w in m.attention_weights(x):
+            a = w.numpy()
+            assert not w.requires_grad
+            assert_close(a.sum(-1), np.ones(a.shape[:-1]), atol=1e-5, rtol=0)
+            assert np.all(a[..., np.triu_indices(8, 1)[0], np.triu_indices(8, 1)[1]] == 0)
+        with pytest.raises(ValueError, match="exceeds the model's maximum of 16 positions"):
+            m.attention_weights(np.zeros((1, 17), np.int64))
+        with pytest.raises(nf.ShapeError):
+            m.attention_weights(np.zeros((1, 2, 3), np.int64))

@@ -138,6 +138,12 @@ class _CausalLM(Module):
         return self._core.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
                                    None if stop_tokens is None else [int(t) for t in stop_tokens])
 
+    def attention_weights(self, idx):
+        """Where every head looks: for token ids ``idx`` (B, T) (or one sequence), a list with one
+        (B, H, T, T) tensor per layer; row i of head h holds the softmax weights that position i puts on
+        positions 0..i (later ones are 0). Computed in eval mode, without gradients."""
+        return self._core.attention_weights(_ids(idx))
+
     def flops_per_token(self, seq_len=None):
         """Exact matmul FLOPs per token at ``seq_len`` (default: the full context):
         ``{"forward": f, "training": 3 f}`` (backward ≈ 2× forward)."""

@@ -230,6 +230,15 @@ impl PyModel {
         Ok((g.tokens, g.logprobs))
     }
 
+    /// Attention probabilities of every layer for token ids (B, T): a list of (B, H, T, T) tensors, no gradient.
+    fn attention_weights(&self, py: Python<'_>, idx: &Bound<'_, PyAny>) -> PyResult<Vec<PyTensor>> {
+        let (ids, b, t) = batch_ids(py, idx)?;
+        let large = large_model_call(b * t, self.inner.n_embd());
+        let m = self.inner.clone();
+        let maps = run_on_pool(py, large, move || m.attention_weights(&ids, b, t))?;
+        Ok(maps.into_iter().map(PyTensor::wrap).collect())
+    }
+
     /// Exact matmul FLOPs per token of a forward pass at this sequence length (training ≈ 3×).
     fn forward_flops_per_token(&self, seq_len: usize) -> f64 {
         models::forward_flops_per_token(&*self.inner, seq_len)

@@ -3,9 +3,11 @@
 //! - `gpt.rs`   GptConfig + Gpt: learned positions, LayerNorm, GELU MLP, tied head
 //! - `llama.rs` LlamaConfig + Llama: RoPE, RMSNorm, SwiGLU, grouped-query attention
 //! - `generate.rs` KV-cache sampling shared by both
+//! - `inspect.rs` attention weights of every layer, for plots
 
 pub mod generate;
 pub mod gpt;
+pub mod inspect;
 pub mod llama;
 
 use crate::error::{Error, Result, fmt_shape};
@@ -38,7 +40,7 @@ impl KvCache {
 }
 
 /// What every causal language model here offers; the rest is built on it.
-pub trait CausalLm: Module + Send + Sync {
+pub trait CausalLm: Module + inspect::AttentionWeights + Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Longest sequence the model accepts (learned positions or the trained RoPE context).
     fn max_seq_len(&self) -> usize;
