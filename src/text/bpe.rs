@@ -37,6 +37,11 @@ pub const MAX_VOCAB: usize = 1 << 24;
 const PIECES_PER_TASK: usize = 8192;
 /// Pieces up to this many bytes are remembered while encoding one text (a word seen twice is encoded once).
 const MAX_CACHED_PIECE: usize = 64;
+/// `encode_batch` hands the pool tasks of this many texts (a fixed size, like `PIECES_PER_TASK`).
+const TEXTS_PER_TASK: usize = 256;
+/// A long stretch of text is cut into blocks of about this many bytes (see `block_cuts`), each
+/// pre-tokenized and encoded by its own task.
+const BLOCK_BYTES: usize = 1 << 16;
 
 /// Multiply-rotate hasher (the FxHash idea) for pair keys and short pieces: SipHash is several times slower
 /// here and we need no protection against adversarial keys.
@@ -141,6 +146,25 @@ fn split_specials<'t>(text: &'t str, specials: &[&str], mut f: impl FnMut(Segmen
     }
 }
 
+/// Byte offsets `[0, c1, c2, ..., len]` cutting `text` into blocks of at least `block` bytes (the last may
+/// be shorter), each cut at a place where pre-tokenization starts afresh, so that the pieces of the blocks are
+/// exactly the pieces of the whole: right after "X\n" and before "Y", X and Y printable ASCII. (X ends its
+/// piece; a lone newline before a non-space is a piece of its own, at the end of a block too; Y starts one.)
+fn block_cuts(text: &str, block: usize) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut cuts = vec![0];
+    let mut from = block.max(2);
+    while from < b.len() {
+        let found =
+            (from..b.len()).find(|&j| b[j - 1] == b'\n' && b[j].is_ascii_graphic() && b[j - 2].is_ascii_graphic());
+        let Some(j) = found else { break };
+        cuts.push(j);
+        from = j + block;
+    }
+    cuts.push(b.len());
+    cuts
+}
+
 /// Special tokens must be non-empty and distinct.
 fn check_specials(op: &'static str, specials: &[String]) -> Result<()> {
     for (i, s) in specials.iter().enumerate() {
@@ -238,6 +262,14 @@ fn learn_merges(mut words: Vec<Word>, n_merges: usize) -> Result<Vec<(u32, u32)>
         debug_assert!(!count.contains_key(&k), "the merged pair still has a count");
     }
     Ok(merges)
+}
+
+/// Pieces already encoded (piece -> (start, len) of its ids in `store`), and the buffers of `encode_piece`.
+#[derive(Default)]
+struct Memo<'p> {
+    scratch: Scratch,
+    cache: FastMap<&'p [u8], (u32, u32)>,
+    store: Vec<u32>,
 }
 
 /// Reused buffers for encoding one piece.
@@ -398,45 +430,41 @@ impl Bpe {
 
     fn encode_with(&self, text: &str, allowed: &[&str]) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_into(text, allowed, &mut Memo::default(), &mut out);
+        out
+    }
+
+    /// Append the ids of `text` to `out`, remembering pieces in `memo` (shared by the texts of a batch task).
+    fn encode_into<'p>(&self, text: &'p str, allowed: &[&str], memo: &mut Memo<'p>, out: &mut Vec<u32>) {
+        let mut pieces = Vec::new();
         split_specials(text, allowed, |seg| match seg {
+            Segment::Text(t) if t.len() > 2 * BLOCK_BYTES => self.encode_blocks(t, memo, out),
             Segment::Text(t) => {
-                let mut pieces = Vec::with_capacity(t.len() / 4 + 1);
+                pieces.clear();
                 pretokenize::for_each_piece(t, |p| pieces.push(p.as_bytes()));
-                self.encode_pieces(&pieces, &mut out);
+                self.encode_pieces(&pieces, memo, out);
             }
             Segment::Special(k) => out.push(self.special_id(allowed[k]).expect("checked special")),
         });
-        out
     }
 
-    /// Encode arbitrary bytes (not necessarily UTF-8) as ordinary text: `decode_bytes` gives them back.
-    pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
-        let mut pieces = Vec::with_capacity(bytes.len() / 4 + 1);
-        pretokenize::for_each_byte_piece(bytes, |p| pieces.push(p));
-        let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
-        self.encode_pieces(&pieces, &mut out);
-        out
-    }
-
-    /// Encode many texts in parallel on the crate's pool (each as `encode_allowing`).
-    pub fn encode_batch(&self, texts: &[String], allowed: &[String]) -> Result<Vec<Vec<u32>>> {
-        self.encode_allowing("", allowed)?; // the names are checked once, before any work
-        let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
-        Ok(parallel::install(|| texts.par_iter().map(|t| self.encode_with(t, &names)).collect()))
-    }
-
-    /// Encode a list of pieces, in parallel tasks of `PIECES_PER_TASK` pieces when it is long.
-    fn encode_pieces(&self, pieces: &[&[u8]], out: &mut Vec<u32>) {
-        if pieces.len() <= PIECES_PER_TASK {
-            self.encode_pieces_serial(pieces, out);
+    /// A long text (no special tokens in it): blocks cut where pre-tokenization restarts, pre-tokenized and
+    /// encoded in parallel. Without such places, one block: its pieces are still encoded in parallel.
+    fn encode_blocks<'p>(&self, text: &'p str, memo: &mut Memo<'p>, out: &mut Vec<u32>) {
+        let cuts = block_cuts(text, BLOCK_BYTES);
+        if cuts.len() <= 2 {
+            let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
+            pretokenize::for_each_piece(text, |p| pieces.push(p.as_bytes()));
+            self.encode_pieces(&pieces, memo, out);
             return;
         }
         let parts: Vec<Vec<u32>> = parallel::install(|| {
-            pieces
-                .par_chunks(PIECES_PER_TASK)
-                .map(|c| {
-                    let mut v = Vec::with_capacity(c.len() * 2);
-                    self.encode_pieces_serial(c, &mut v);
+            cuts.par_windows(2)
+                .map(|w| {
+                    let (mut v, mut memo) = (Vec::with_capacity((w[1] - w[0]) / 3 + 1), Memo::default());
+                    pretokenize::for_each_piece(&text[w[0]..w[1]], |p| {
+                        self.encode_memo(p.as_bytes(), &mut memo, &mut v)
+                    });
                     v
                 })
                 .collect()
@@ -446,24 +474,80 @@ impl Bpe {
         }
     }
 
-    fn encode_pieces_serial<'p>(&self, pieces: &[&'p [u8]], out: &mut Vec<u32>) {
-        let mut scratch = Scratch::default();
-        // piece -> (start, len) of its ids in `store`
-        let mut cache: FastMap<&'p [u8], (u32, u32)> = FastMap::default();
-        let mut store: Vec<u32> = Vec::new();
-        for &p in pieces {
-            if p.len() == 1 {
-                out.push(p[0] as u32);
-            } else if p.len() > MAX_CACHED_PIECE {
-                self.encode_piece(p, &mut scratch, out);
-            } else if let Some(&(s, n)) = cache.get(p) {
-                out.extend_from_slice(&store[s as usize..(s + n) as usize]);
-            } else {
-                let s = store.len();
-                self.encode_piece(p, &mut scratch, &mut store);
-                cache.insert(p, (s as u32, (store.len() - s) as u32));
-                out.extend_from_slice(&store[s..]);
+    /// Encode arbitrary bytes (not necessarily UTF-8) as ordinary text: `decode_bytes` gives them back.
+    pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
+        let mut pieces = Vec::with_capacity(bytes.len() / 4 + 1);
+        pretokenize::for_each_byte_piece(bytes, |p| pieces.push(p));
+        let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
+        self.encode_pieces(&pieces, &mut Memo::default(), &mut out);
+        out
+    }
+
+    /// Encode many texts in parallel on the crate's pool (each as `encode_allowing`), in tasks of
+    /// `TEXTS_PER_TASK` texts that share one memo of encoded pieces.
+    pub fn encode_batch(&self, texts: &[String], allowed: &[String]) -> Result<Vec<Vec<u32>>> {
+        self.encode_allowing("", allowed)?; // the names are checked once, before any work
+        let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        Ok(parallel::install(|| {
+            texts
+                .par_chunks(TEXTS_PER_TASK)
+                .flat_map_iter(|chunk| {
+                    let mut memo = Memo::default();
+                    let names = &names;
+                    chunk
+                        .iter()
+                        .map(|t| {
+                            let mut out = Vec::with_capacity(t.len() / 3 + 1);
+                            self.encode_into(t, names, &mut memo, &mut out);
+                            out
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }))
+    }
+
+    /// Encode a list of pieces; when it is long, in parallel tasks of `PIECES_PER_TASK` pieces (each with
+    /// a memo of its own).
+    fn encode_pieces<'p>(&self, pieces: &[&'p [u8]], memo: &mut Memo<'p>, out: &mut Vec<u32>) {
+        if pieces.len() <= PIECES_PER_TASK {
+            for &p in pieces {
+                self.encode_memo(p, memo, out);
             }
+            return;
+        }
+        let parts: Vec<Vec<u32>> = parallel::install(|| {
+            pieces
+                .par_chunks(PIECES_PER_TASK)
+                .map(|c| {
+                    let (mut v, mut memo) = (Vec::with_capacity(c.len() * 2), Memo::default());
+                    for &p in c {
+                        self.encode_memo(p, &mut memo, &mut v);
+                    }
+                    v
+                })
+                .collect()
+        });
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+    }
+
+    /// One piece, looked up in (or added to) the memo when it is short.
+    #[inline]
+    fn encode_memo<'p>(&self, p: &'p [u8], memo: &mut Memo<'p>, out: &mut Vec<u32>) {
+        let Memo { scratch, cache, store } = memo;
+        if p.len() == 1 {
+            out.push(p[0] as u32);
+        } else if p.len() > MAX_CACHED_PIECE {
+            self.encode_piece(p, scratch, out);
+        } else if let Some(&(s, n)) = cache.get(p) {
+            out.extend_from_slice(&store[s as usize..(s + n) as usize]);
+        } else {
+            let s = store.len();
+            self.encode_piece(p, scratch, store);
+            cache.insert(p, (s as u32, (store.len() - s) as u32));
+            out.extend_from_slice(&store[s..]);
         }
     }
 
@@ -848,6 +932,25 @@ mod tests {
         assert_eq!(bpe.encode(&text), want);
         let batch = bpe.encode_batch(&[text.clone(), String::new(), "x".into()], &[]).unwrap();
         assert_eq!(batch, vec![want, vec![], vec![b'x' as u32]]);
+    }
+
+    #[test]
+    fn blocks_cut_where_the_pieces_of_the_whole_text_are_cut() {
+        let mut rng = Rng(11);
+        let text: String = (0..4000).map(|_| random_text(&mut rng, 5)).collect::<Vec<_>>().join("x\nY");
+        let whole = pretokenize::pieces(&text);
+        let cuts = block_cuts(&text, 500);
+        assert!(cuts.len() > 20, "only {} cuts", cuts.len());
+        let blocks: Vec<&str> = cuts.windows(2).flat_map(|w| pretokenize::pieces(&text[w[0]..w[1]])).collect();
+        assert_eq!(blocks, whole);
+        // and the encoder's block path gives the piece-by-piece result
+        let long = text.repeat(2 * BLOCK_BYTES / text.len() + 2);
+        let bpe = Bpe::train(&text, 600, &[]).unwrap();
+        assert!(block_cuts(&long, BLOCK_BYTES).len() > 3);
+        let want: Vec<u32> =
+            pretokenize::pieces(&long).iter().flat_map(|p| bpe.encode_piece_reference(p.as_bytes())).collect();
+        assert_eq!(bpe.encode(&long), want);
+        assert_eq!(block_cuts("no newline here", 2), vec![0, 15]);
     }
 
     #[test]
