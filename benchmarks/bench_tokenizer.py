@@ -58,7 +58,7 @@ def side_nf(text, lines, args):
     enc_s, ids = timed(lambda: tok.encode(text), args.repeat)
     batch_s, _ = timed(lambda: tok.encode_batch(lines), args.repeat)
     assert tok.decode(ids) == text, "nanofrontier: decode(encode(text)) != text"
-    return dict(train_s=train_s, encode_s=enc_s, batch_s=batch_s, tokens=len(ids))
+    return {"train_s": train_s, "encode_s": enc_s, "batch_s": batch_s, "tokens": len(ids)}
 
 
 def side_hf(text, lines, args):
@@ -83,15 +83,31 @@ def side_hf(text, lines, args):
     enc_s, enc = timed(lambda: tok.encode(text), args.repeat)
     batch_s, _ = timed(lambda: tok.encode_batch(lines), args.repeat)
     assert tok.decode(enc.ids) == text, "tokenizers: decode(encode(text)) != text"
-    return dict(train_s=train_s, encode_s=enc_s, batch_s=batch_s, tokens=len(enc.ids))
+    return {"train_s": train_s, "encode_s": enc_s, "batch_s": batch_s, "tokens": len(enc.ids)}
 
 
 def run_side(side, path, args):
-    cmd = [sys.executable, __file__, "--side", side, "--path", path, "--vocab", str(args.vocab),
-           "--threads", str(args.threads), "--repeat", str(args.repeat)]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true",
-               NANOFRONTIER_NUM_THREADS=str(args.threads))
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--path",
+        path,
+        "--vocab",
+        str(args.vocab),
+        "--threads",
+        str(args.threads),
+        "--repeat",
+        str(args.repeat),
+    ]
+    env = dict(
+        os.environ,
+        RAYON_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="true",
+        NANOFRONTIER_NUM_THREADS=str(args.threads),
+    )
+    out = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{side} side failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,7 +115,7 @@ def run_side(side, path, args):
 
 def uptime():
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "uptime: unavailable"
 
@@ -141,8 +157,10 @@ def main():
         ("compression (bytes/token)", lambda s: mb * 1e6 / med(s, "tokens"), "{:.3f}"),
     ]
     names = {"nf": "nanofrontier", "hf": "tokenizers"}
-    print(f"\ntiny Shakespeare ({mb:.2f} MB), vocab {args.vocab}, {args.threads} threads, "
-          f"median of {args.rounds} processes x {args.repeat} runs")
+    print(
+        f"\ntiny Shakespeare ({mb:.2f} MB), vocab {args.vocab}, {args.threads} threads, "
+        f"median of {args.rounds} processes x {args.repeat} runs"
+    )
     header = f"| {'':30s} | " + " | ".join(f"{names[s]:>12s}" for s in sides)
     header += " | nf / hf |" if len(sides) == 2 else " |"
     print(header)
@@ -153,7 +171,9 @@ def main():
         line += f" | {vals[0] / vals[1]:.2f} |" if len(vals) == 2 else " |"
         print(line)
     if len(sides) == 2:
-        print("(train: nf / hf < 1 means nanofrontier is faster; MB/s and bytes/token: > 1 means nanofrontier is higher)")
+        print(
+            "(train: nf / hf < 1 means nanofrontier is faster; MB/s and bytes/token: > 1 means nanofrontier is higher)"
+        )
 
 
 if __name__ == "__main__":

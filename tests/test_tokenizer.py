@@ -85,11 +85,13 @@ def ref_encode(merges, text):
 
 # ---------------------------------------------------------------- random text
 
+# fmt: off
 POOL = [
     "the", " cat", "'s", "'ll", "  ", "   ", "\n", "\n\n", "\t", "\r\n", " \n ", "\0", "\0\0", "é", "e\u0301",
     "a\u0308\u0304", "👋🏽", "👨\u200d👩\u200d👧", "🇫🇷", "日本語", "Привет", "مرحبا", "שלום", "123", "4.5", "!?", "...",
     "\u00a0", "\u3000", "\ufffd", "\ufeff", "Ã(", "\u00c3\u00a9", "\\xff", "\u2028", "ǅ", "Ⅻ", "½",
 ]
+# fmt: on
 
 
 def random_text(rng, max_len=60):
@@ -133,7 +135,9 @@ def test_round_trip_is_exact_for_random_strings(tok, seed):
         assert tok.decode_bytes(ids) == text.encode("utf-8")
         plain = tok.encode(text, allowed_special="none")
         assert tok.decode(plain) == text
-        assert not set(plain) & set(tok.special_tokens.values()), f"a special id in the plain encoding of {text!r}"
+        assert not set(plain) & set(tok.special_tokens.values()), (
+            f"a special id in the plain encoding of {text!r}"
+        )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -180,7 +184,18 @@ def test_ids_may_be_a_numpy_array_or_any_iterable(tok):
 def test_pretokenize_matches_gpt2s_pattern():
     rng = random.Random(5)
     # characters on which Rust's char classes and Python's re classes agree
-    alphabet = list("abcXYZ019 _'.,!?-\n\t\r\0") + ["é", "ß", "Ω", "ж", "日", "👋", "\u00a0", "\u2003", "'s", "'ll"]
+    alphabet = list("abcXYZ019 _'.,!?-\n\t\r\0") + [
+        "é",
+        "ß",
+        "Ω",
+        "ж",
+        "日",
+        "👋",
+        "\u00a0",
+        "\u2003",
+        "'s",
+        "'ll",
+    ]
     for _ in range(3000):
         s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(20)))
         assert BPETokenizer.pretokenize(s) == REF_SPLIT.findall(s), f"split of {s!r}"
@@ -216,7 +231,9 @@ def test_special_tokens_are_atomic_when_allowed():
     tok = BPETokenizer((SMALL + eot) * 3, 300, special_tokens=[eot, "<|pad|>"])
     assert tok.vocab_size == 300
     assert tok.special_tokens == {eot: 298, "<|pad|>": 299}
-    assert all(b"<|" not in tok.token_bytes(i) for i in range(256, 298)), "a merge learned from a special's text"
+    assert all(b"<|" not in tok.token_bytes(i) for i in range(256, 298)), (
+        "a merge learned from a special's text"
+    )
     ids = tok.encode(f"Speak{eot}{eot}<|pad|>")
     assert ids[-3:] == [298, 298, 299]
     only_pad = tok.encode(f"{eot}<|pad|>", allowed_special={"<|pad|>"})
@@ -244,7 +261,7 @@ def test_save_load_round_trip(tmp_path, tok, shakespeare):
     # readable: one merge per line, annotated with the token it makes
     text = path.read_text(encoding="utf-8")
     assert text.startswith("nanofrontier-bpe 1\n")
-    assert re.search(r'^\d+ \d+  # 256 ".+"$', text, re.M), text[:500]
+    assert re.search(r'^\d+ \d+  # 256 ".+"$', text, re.MULTILINE), text[:500]
     # saving again over it is atomic and leaves no temporary file
     tok.save(str(path))
     assert sorted(os.listdir(tmp_path)) == ["shakespeare.bpe"]

@@ -243,7 +243,9 @@ class BPETokenizer:
 
 def _special_list(where, special_tokens):
     if isinstance(special_tokens, (str, bytes)):
-        raise TypeError(f"{where}: special tokens must be a list of str, got one {type(special_tokens).__name__}")
+        raise TypeError(
+            f"{where}: special tokens must be a list of str, got one {type(special_tokens).__name__}"
+        )
     out = list(special_tokens)
     for s in out:
         if not isinstance(s, str):
@@ -329,4 +331,4 @@ class SentencePieceTokenizer:
         return f"SentencePieceTokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
 
 
-__all__ = ["CharTokenizer", "BPETokenizer", "SentencePieceTokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "SentencePieceTokenizer"]
