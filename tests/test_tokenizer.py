@@ -313,6 +313,8 @@ def test_a_vocabulary_smaller_than_the_bytes_plus_specials_is_refused():
         BPETokenizer(SMALL, 257, special_tokens=["<a>", "<b>"])
     with pytest.raises(nf.InvalidArgumentError, match="smaller than"):
         BPETokenizer(SMALL, -5)
+    with pytest.raises(nf.InvalidArgumentError, match="above the limit"):
+        BPETokenizer(SMALL, 10**30)
     with pytest.raises(nf.InvalidArgumentError, match="twice"):
         BPETokenizer(SMALL, 300, special_tokens=["<a>", "<a>"])
     with pytest.raises(nf.InvalidArgumentError, match="empty"):

@@ -96,7 +96,8 @@ class BPETokenizer:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise TypeError(f"BPETokenizer: vocab_size must be an int, got {type(vocab_size).__name__}")
         specials = _special_list("BPETokenizer", special_tokens)
-        self._bpe = _core.BPE.train(text, vocab_size, specials)
+        # clamped into int64 so that an absurd size gets the core's "above the limit" message, not OverflowError
+        self._bpe = _core.BPE.train(text, max(-1, min(vocab_size, 2**62)), specials)
         if self._bpe.vocab_size < vocab_size:
             warnings.warn(
                 f"BPETokenizer: the text ran out of pairs to merge; the vocabulary has {self._bpe.vocab_size} "
