@@ -4,7 +4,7 @@
 //! Read it in flow order — each module uses only the ones above it:
 //!
 //! ```text
-//! error → tensor → autograd → parallel → ops → nn → models → optim → io → bindings (Python) → python/nanofrontier → notebooks
+//! error → tensor → autograd → parallel → ops → nn → models → optim → io → text → bindings (Python) → python/nanofrontier → notebooks
 //! ```
 
 // `!(x >= 0.0)` is how we reject NaN together with negatives; clippy would rather we did not.
@@ -28,6 +28,8 @@ pub mod models;
 pub mod optim;
 /// 7. Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
 pub mod io;
+/// Text ⇄ token ids: a byte-level BPE tokenizer (trained and run in Rust), GPT-2's pre-tokenization split.
+pub mod text;
 /// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 

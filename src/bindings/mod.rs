@@ -5,6 +5,7 @@
 //! - `optim`     SGD / AdamW / clip_grad_norm over lists of parameters
 //! - `io`        save_safetensors / load_safetensors
 //! - `models`    `Model`: GPT or Llama, whole forward / generation per call
+//! - `tokenizer` `BPE`: the byte-level BPE tokenizer (train, encode, decode, save/load)
 
 pub mod errors;
 pub mod functions;
@@ -12,6 +13,7 @@ pub mod io;
 pub mod models;
 pub mod optim;
 pub mod tensor;
+pub mod tokenizer;
 
 use pyo3::prelude::*;
 
@@ -94,5 +96,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     io::register(m)?;
     models::register(m)?;
+    tokenizer::register(m)?;
     Ok(())
 }
