@@ -71,7 +71,7 @@ def token_logprobs(logits, targets, ignore_index=-100):
     Positions whose target is ``ignore_index`` give 0 and no gradient. Targets of another shape raise
     ``ShapeError`` naming both shapes (a transposed (T, B) batch has the right count but the wrong rows)."""
     logits = _t(logits)
-    targets = to_index_array(targets)
+    targets = to_index_array(targets, "token_logprobs: targets")
     lead = tuple(logits.shape[:-1])
     if logits.ndim > 0 and tuple(targets.shape) != lead:
         raise ShapeError(f"token_logprobs: targets have shape {tuple(targets.shape)} but the logits' leading "
