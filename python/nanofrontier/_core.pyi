@@ -196,6 +196,15 @@ class Model:
     def token_logprobs(self, idx: npt.ArrayLike, targets: npt.ArrayLike, ignore_index: Optional[int] = -100) -> Tensor: ...
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_tokens: Optional[Sequence[int]] = None) -> Tuple[list[list[int]], list[list[float]]]: ...
+                 row_seeds: Optional[Sequence[int]] = None, stop_tokens: Optional[Sequence[int]] = None,
+                 row_stop_tokens: Optional[Sequence[Sequence[int]]] = None,
+                 attention_mask: Optional[Sequence[Sequence[bool]]] = None,
+                 ) -> Tuple[list[list[int]], list[list[float]]]:
+        """Continue a batch of prompts at once: lists of any lengths (left-padded internally with id 0, never
+        attended to), or with ``attention_mask`` one padded (B, T) block (True = real token, padding on either
+        side, holding valid ids).
+        Row r samples from its own generator (``seed``, or ``row_seeds[r]``) and stops at
+        ``stop_tokens`` or ``row_stop_tokens[r]``. Returns (new tokens per prompt, their log-probs)."""
+        ...
     def forward_flops_per_token(self, seq_len: int) -> float: ...
     def copy(self) -> Model: ...

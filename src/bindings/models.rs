@@ -174,12 +174,12 @@ impl PyModel {
         Ok(PyTensor::wrap(run_on_pool(py, large, move || models::token_logprobs(&*m, &ids, b, t, &tg, ignore_index))?))
     }
 
-    /// Continue a batch of prompts at once. `prompts`: lists of any lengths (left-padded with
-    /// `pad_token_id`), or, with `attention_mask` (same shape, True = real token), rows already padded on
-    /// either side. Row r samples from its own generator (`seed`, or `row_seeds[r]`) and stops at
+    /// Continue a batch of prompts at once. `prompts`: lists of any lengths (left-padded internally with
+    /// id 0, never attended to), or, with `attention_mask` (same shape, True = real token), rows already
+    /// padded on either side (padding must hold valid ids). Row r samples from its own generator (`seed`, or `row_seeds[r]`) and stops at
     /// `stop_tokens` or `row_stop_tokens[r]`. Returns (new tokens per prompt, their log-probs).
     #[pyo3(signature = (prompts, max_new_tokens, temperature = 1.0, top_k = None, top_p = None, seed = None,
-        row_seeds = None, stop_tokens = None, row_stop_tokens = None, attention_mask = None, pad_token_id = 0))]
+        row_seeds = None, stop_tokens = None, row_stop_tokens = None, attention_mask = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -194,7 +194,6 @@ impl PyModel {
         stop_tokens: Option<Vec<i64>>,
         row_stop_tokens: Option<Vec<Vec<i64>>>,
         attention_mask: Option<Vec<Vec<bool>>>,
-        pad_token_id: i64,
     ) -> PyResult<Generations> {
         let opt = SampleOptions {
             max_new_tokens,
@@ -207,7 +206,7 @@ impl PyModel {
             row_stop_tokens: row_stop_tokens.unwrap_or_default(),
         };
         let batch = match attention_mask {
-            None => PromptBatch::left_padded(&prompts, pad_token_id),
+            None => PromptBatch::left_padded(&prompts, 0),
             Some(mask) => {
                 let (b, t) = (prompts.len(), prompts.first().map_or(0, |p| p.len()));
                 let rect = |rows: &[usize]| rows.iter().all(|&n| n == t);

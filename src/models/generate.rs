@@ -342,14 +342,15 @@ mod tests {
         SampleOptions { max_new_tokens: 1, temperature: t, top_k: k, top_p: p, seed: Some(0), ..Default::default() }
     }
 
-    /// The straightforward sampler, for the draw u in [0, 1): every token's weight exp((l − max)/T); with
+    /// The straightforward sampler, for the draw u in [0, 1): every token's weight exp((l − max)·(1/T)); with
     /// top-k or top-p, the whole vocabulary sorted (most likely first, ties by lower id), cut to k, then
     /// to the shortest prefix whose probability (renormalised over the top-k if set, else over the
     /// vocabulary) reaches p; without either, the tokens in id order. The draw u·(sum of what is kept)
     /// walks the kept weights in that order.
     fn reference(logits: &[f32], opt: &SampleOptions, u: f64) -> usize {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let w_of = |i: usize| ((logits[i] as f64 - max) / opt.temperature as f64).exp();
+        let inv_t = 1.0 / opt.temperature as f64;
+        let w_of = |i: usize| ((logits[i] as f64 - max) * inv_t).exp();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         let filtered = opt.top_k.is_some() || opt.top_p.is_some();
         if filtered {
