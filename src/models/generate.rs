@@ -497,4 +497,77 @@ mod tests {
         let opt = SampleOptions { seed: None, row_seeds: vec![1, 2], ..opts(1.0, None, None) };
         assert!(opt.validate(3).is_err() && opt.validate(2).is_ok());
     }
+
+    fn tiny_models() -> Vec<Box<dyn CausalLm>> {
+        use super::super::gpt::{Gpt, GptConfig};
+        use super::super::llama::{Llama, LlamaConfig};
+        use crate::ops::rope::RopeLayout;
+        random::manual_seed(3);
+        let gpt = GptConfig {
+            vocab_size: 50,
+            block_size: 32,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            dropout: 0.0,
+            bias: true,
+            layer_norm_eps: 1e-5,
+        };
+        let llama = LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 32,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: false,
+            rope_layout: RopeLayout::HalfSplit,
+        };
+        vec![Box::new(Gpt::new(gpt).unwrap()), Box::new(Llama::new(llama).unwrap())]
+    }
+
+    #[test]
+    fn a_padded_batch_equals_each_prompt_alone_and_the_mask_is_what_makes_it_so() {
+        let prompts = vec![vec![3, 4, 5, 6, 7], vec![8], vec![9, 10, 11]];
+        let opt = SampleOptions {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            seed: None,
+            row_seeds: vec![5, 6, 7],
+            ..opts(1.0, None, None)
+        };
+        for m in tiny_models() {
+            let batch = generate(&*m, &prompts, &opt).unwrap();
+            for (r, p) in prompts.iter().enumerate() {
+                let one = SampleOptions { row_seeds: vec![opt.row_seeds[r]], ..opt.clone() };
+                let alone = generate(&*m, std::slice::from_ref(p), &one).unwrap();
+                assert_eq!(batch.tokens[r], alone.tokens[0], "{:?} row {r}", m.kind());
+                let worst =
+                    batch.logprobs[r].iter().zip(&alone.logprobs[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{:?} row {r}: log-probs differ by {worst:.2e}", m.kind());
+            }
+            // the same padded block with the padding marked real attends to it: row 1 (4 pads) changes
+            let mut lied = PromptBatch::left_padded(&prompts, 0);
+            lied.real.iter_mut().for_each(|x| *x = true);
+            let wrong = generate_padded(&*m, &lied, &opt).unwrap();
+            assert_ne!(wrong.logprobs[1], batch.logprobs[1], "{:?}: padding made no difference", m.kind());
+            assert_eq!(wrong.tokens[0], batch.tokens[0], "{:?}: the unpadded row must not change", m.kind());
+        }
+    }
+
+    #[test]
+    fn clone_model_copies_weights_and_kind() {
+        // (that it leaves the global generator alone is checked in Python: tests here share that generator)
+        for m in tiny_models() {
+            let c = m.clone_model().unwrap();
+            assert_eq!(c.kind(), m.kind());
+            for ((na, a), (nb, b)) in m.named_parameters().iter().zip(c.named_parameters()) {
+                assert_eq!((na, a.to_vec(), a.requires_grad()), (&nb, b.to_vec(), b.requires_grad()));
+                assert!(!a.same_storage(&b), "{na} shares storage with its clone");
+            }
+        }
+    }
 }
