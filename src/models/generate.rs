@@ -146,12 +146,13 @@ impl PromptBatch {
 #[derive(Default)]
 pub struct Sampler {
     w: Vec<f64>,
-    idx: Vec<u32>,
+    /// (logit, id) pairs, sorted or selected in place (pairs, not ids, so comparisons read no other array)
+    cand: Vec<(f32, u32)>,
 }
 
 /// Most likely first; ties by lower id, so the order (and so the top-k set) is fully determined.
-fn by_logit(logits: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-    |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
+fn by_logit(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
 /// Index of the pick for a draw u·total over `w` in order (the last positive weight if rounding runs
@@ -218,16 +219,16 @@ impl Sampler {
             (None, Some(_)) => (0..v).map(weight).sum(),
             _ => 0.0,
         };
-        self.idx.clear();
-        self.idx.extend(0..v as u32);
+        self.cand.clear();
+        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         loop {
             if k < v {
-                self.idx.select_nth_unstable_by(k - 1, by_logit(logits));
+                self.cand.select_nth_unstable_by(k - 1, by_logit);
             }
-            let cand = &mut self.idx[..k];
-            cand.sort_unstable_by(by_logit(logits));
+            let cand = &mut self.cand[..k];
+            cand.sort_unstable_by(by_logit);
             self.w.clear();
-            self.w.extend(cand.iter().map(|&i| weight(i as usize)));
+            self.w.extend(cand.iter().map(|&(_, i)| weight(i as usize)));
             let mut keep = k;
             if let Some(p) = opt.top_p {
                 let total = if opt.top_k.is_some() { self.w.iter().sum() } else { full_total };
@@ -239,7 +240,13 @@ impl Sampler {
                 match cut {
                     Some(j) => keep = j + 1,
                     None if k < k_max => {
-                        k = (4 * k).min(k_max); // the nucleus is larger than these k: look further
+                        // the nucleus is larger than these k: look further. Every token left weighs at most
+                        // the k-th weight, so at least (p − acc)·total / w_k more are needed.
+                        let w_k = self.w[k - 1].max(f64::MIN_POSITIVE);
+                        let more = ((p as f64 - acc) * total / w_k).ceil().min(v as f64) as usize;
+                        k = (4 * k).max(k + more);
+                        // a nucleus of a large part of the vocabulary: one sort of everything costs less
+                        k = if k > k_max / 4 { k_max } else { k };
                         continue;
                     }
                     None => {}
@@ -247,7 +254,7 @@ impl Sampler {
             }
             let kept = &self.w[..keep];
             let total: f64 = kept.iter().sum();
-            let tok = self.idx[pick(kept.iter().copied(), u * total)] as usize;
+            let tok = self.cand[pick(kept.iter().copied(), u * total)].1 as usize;
             return Ok((tok as i64, logp(tok)));
         }
     }
