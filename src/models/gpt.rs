@@ -148,14 +148,15 @@ impl CausalLm for Gpt {
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         super::check_batch(self, idx, b, t, past)?;
         let tok = self.wte.forward(idx, &[b, t])?; // (B, T, C)
-        let rows = match cache.as_deref_mut() {
+        // a padded batch in a cache: each row counts its positions from its own first real token
+        let per_row: Option<Vec<i64>> = match cache.as_deref_mut() {
             Some(c) => {
-                Some(c.rows.begin(b, t)?.iter().map(|&p| p as i64).collect::<Vec<_>>()).filter(|_| c.rows.padded())
+                let p: Vec<i64> = c.rows.begin(b, t)?.iter().map(|&p| p as i64).collect();
+                c.rows.padded().then_some(p)
             }
             None => None,
         };
-        let pos = match rows {
-            // a padded batch: each row counts its positions from its own first real token
+        let pos = match per_row {
             Some(per_row) => self.wpe.forward(&per_row, &[b, t])?, // (B, T, C)
             None => {
                 let positions: Vec<i64> = (past as i64..(past + t) as i64).collect();

@@ -671,7 +671,7 @@ mod tests {
                 assert_close(&format!("rope_at {layout:?} step {g}"), &y.to_vec()[g * 16..(g + 1) * 16], &want, 2e-6);
             }
             let pos = shuffled.clone();
-            assert_gradcheck(move |xs| rope_at(&xs[0], 1, &pos, 10_000.0, layout), &[x.clone()]);
+            assert_gradcheck(move |xs| rope_at(&xs[0], 1, &pos, 10_000.0, layout), std::slice::from_ref(&x));
         }
         let err = rope_at(&x, 1, &[0, 1], 10_000.0, Interleaved).unwrap_err();
         assert!(matches!(err, Error::Shape { .. }), "{err}");
