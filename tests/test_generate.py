@@ -117,6 +117,8 @@ def test_rows_stop_independently_and_generate_batch_masks(model):
     assert g.prompt_ids.shape == g.prompt_mask.shape == (3, 6)
     assert g.prompt_mask.sum(1).tolist() == [4, 1, 6] and g.prompt_mask[:, -1].all()
     assert g.prompt_ids[1, :5].tolist() == [-1] * 5
+    empty = model.generate_batch([], max_new_tokens=3)
+    assert empty.tokens.shape == (0, 0) and empty.prompt_ids.shape == (0, 0)
     # one stop list for every row
     shared, _ = model.generate(prompts, max_new_tokens=12, temperature=0.0, stop_tokens=[free[2][0]])
     assert shared[2] == free[2][:1]

@@ -195,7 +195,7 @@ class _CausalLM(Module):
             if any(x not in (0, 1) for row in mask for x in row):
                 raise ValueError("attention_mask must hold only 0/1 (or False/True)")
             mask = [[x == 1 for x in row] for row in mask]
-        seed, row_seeds = (seed, None)
+        row_seeds = None
         if isinstance(seed, (list, tuple, np.ndarray)):
             seed, row_seeds = None, [int(s) for s in seed]
         stops, row_stops = stop_tokens, None
@@ -210,8 +210,8 @@ class _CausalLM(Module):
             width = max((len(p) for p in prompts), default=0)
             mask = [[False] * (width - len(p)) + [True] * len(p) for p in prompts]
             prompts = [[0] * (width - len(p)) + p for p in prompts]
-        b = len(prompts)
-        ids = (np.array(prompts, np.int64).reshape(b, -1), np.array(mask, bool).reshape(b, -1))
+        b, t = len(prompts), len(prompts[0]) if prompts else 0
+        ids = (np.array(prompts, np.int64).reshape(b, t), np.array(mask, bool).reshape(b, t))
         return ids, tokens, logprobs
 
     def flops_per_token(self, seq_len=None):

@@ -317,7 +317,9 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
             out.tokens[row].push(tok);
             out.logprobs[row].push(lp);
             done[row] = opt.stops(row, tok);
-            next[row] = tok; // a finished row keeps feeding its last token; nothing reads its results
+            // NOTE: a finished row stays in the batch (feeding its last token, its results unread) until
+            // every row is done: simple, but a batch with one long row pays for all rows to its end
+            next[row] = tok;
         }
         drop(data);
         if done.iter().all(|&d| d) || step + 1 == opt.max_new_tokens {
