@@ -91,6 +91,20 @@ def _ids(x):
     return to_index_array(x)
 
 
+@dataclass
+class Generation:
+    """What ``generate_batch`` returns: padded (B, N) arrays of the new tokens, their log-probs under the
+    model (temperature 1, unfiltered) and a mask of the real ones (not padding, not after a stop token),
+    each row's length, and the (B, T) prompts and prompt mask as they ran."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+
+
 class _CausalLM(Module):
     """What GPT and Llama share: everything except how they are built."""
 
@@ -127,16 +141,74 @@ class _CausalLM(Module):
         return self._core.token_logprobs(_ids(idx), _ids(targets), ignore_index)
 
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 stop_tokens=None):
-        """Continue each prompt with a KV cache. ``prompts``: a list of token-id lists (or one list).
-        ``temperature=0`` is greedy. Returns ``(tokens, logprobs)``: the new tokens of each prompt and
-        log p of each under the model (temperature 1, unfiltered). A row stops after a stop token.
-        Same ``seed`` → same tokens; ``seed=None`` draws one from the global generator."""
-        if len(prompts) and not isinstance(prompts[0], (list, tuple, np.ndarray)):
+                 stop_tokens=None, attention_mask=None):
+        """Continue each prompt with a KV cache, all rows in one batch. Returns ``(tokens, logprobs)``:
+        the new tokens of each prompt (a list per row, ending at its stop token if it met one) and
+        log p of each under the model (temperature 1, unfiltered). ``temperature=0`` is greedy.
+
+        ``prompts``: a list of token-id lists of any lengths (or one list), left-padded internally; or a
+        padded (B, T) array with ``attention_mask`` (B, T) (1/True = real token), padded on the left, the
+        right or both (padding positions must hold valid ids). Padding is never attended to and each row
+        counts positions from its own first real token, so a row's tokens are those of its prompt run
+        alone. ``seed``: an int (row r then draws from its own generator, seeded by the r-th number of
+        ``Rng(seed)``), a list of one seed per row, or None (drawn from the global generator).
+        ``stop_tokens``: ids that end any row, or one list per row. See ``generate_batch`` for padded
+        arrays and a mask, as RL rollouts want them."""
+        g = self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
+                           attention_mask)
+        return g[1], g[2]
+
+    def generate_batch(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                       stop_tokens=None, attention_mask=None, pad_token_id=0):
+        """``generate`` for rollouts (PPO, GRPO): the same arguments, and a ``Generation`` of padded
+        arrays — ``tokens`` (B, N) int64 (``pad_token_id`` after a row's end), ``logprobs`` (B, N)
+        float32 (0 there), ``mask`` (B, N) bool (True for real generated tokens: up to and including a
+        row's stop token, never after it), ``lengths`` (B,), and the prompts as run: ``prompt_ids``
+        (B, T) and ``prompt_mask`` (B, T) (left-padded when lists were given; ``pad_token_id`` where the
+        mask is False). N = the longest row. ``pad_token_id`` only fills these arrays (any value, e.g. -100)."""
+        ids, tokens, logprobs = self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                                               stop_tokens, attention_mask)
+        b, n = len(tokens), max((len(t) for t in tokens), default=0)
+        ids = (np.where(ids[1], ids[0], pad_token_id), ids[1])
+        out = Generation(np.full((b, n), pad_token_id, np.int64), np.zeros((b, n), np.float32),
+                         np.zeros((b, n), bool), np.array([len(t) for t in tokens], np.int64), *ids)
+        for r, (t, lp) in enumerate(zip(tokens, logprobs)):
+            out.tokens[r, :len(t)], out.logprobs[r, :len(t)], out.mask[r, :len(t)] = t, lp, True
+        return out
+
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
+                  attention_mask):
+        if isinstance(prompts, np.ndarray):
+            prompts = prompts.tolist() if prompts.ndim == 2 else [prompts.tolist()]
+        elif len(prompts) and not isinstance(prompts[0], (list, tuple, np.ndarray)):
             prompts = [prompts]
         prompts = [[int(t) for t in p] for p in prompts]
-        return self._core.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
-                                   None if stop_tokens is None else [int(t) for t in stop_tokens])
+        mask = None
+        if attention_mask is not None:
+            rows = attention_mask.tolist() if isinstance(attention_mask, np.ndarray) else list(attention_mask)
+            rows = [rows] if len(rows) and np.isscalar(rows[0]) else rows
+            mask = [[int(x) for x in row] for row in rows]
+            if any(x not in (0, 1) for row in mask for x in row):
+                raise ValueError("attention_mask must hold only 0/1 (or False/True)")
+            mask = [[x == 1 for x in row] for row in mask]
+        row_seeds = None
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            seed, row_seeds = None, [int(s) for s in seed]
+        stops, row_stops = stop_tokens, None
+        per_row = stop_tokens is not None and len(stop_tokens) and not np.isscalar(stop_tokens[0])
+        if per_row:
+            stops, row_stops = None, [[int(t) for t in s] for s in stop_tokens]
+        elif stop_tokens is not None:
+            stops = [int(t) for t in stop_tokens]
+        tokens, logprobs = self._core.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                                               row_seeds, stops, row_stops, mask)
+        if mask is None:  # the prompts as they ran: left-padded
+            width = max((len(p) for p in prompts), default=0)
+            mask = [[False] * (width - len(p)) + [True] * len(p) for p in prompts]
+            prompts = [[0] * (width - len(p)) + p for p in prompts]
+        b, t = len(prompts), len(prompts[0]) if prompts else 0
+        ids = (np.array(prompts, np.int64).reshape(b, t), np.array(mask, bool).reshape(b, t))
+        return ids, tokens, logprobs
 
     def attention_weights(self, idx):
         """Where every head looks: for token ids ``idx`` (B, T) (or one sequence), a list with one
@@ -247,4 +319,4 @@ class Llama(_CausalLM):
 
 
 
-__all__ = ["GPTConfig", "LlamaConfig", "GPT", "Llama"]
+__all__ = ["GPTConfig", "LlamaConfig", "GPT", "Llama", "Generation"]

@@ -10,12 +10,11 @@ use pyo3::prelude::*;
 
 use super::errors::{large_model_call, run, run_on_pool};
 use super::tensor::{PyTensor, to_indices, to_tensor};
-use crate::models::generate::{SampleOptions, generate};
+use crate::models::generate::{PromptBatch, SampleOptions, generate_padded};
 use crate::models::gpt::{Gpt, GptConfig};
 use crate::models::llama::{Llama, LlamaConfig};
 use crate::models::{self, CausalLm};
 use crate::ops::rope::RopeLayout;
-use crate::tensor::random;
 
 /// New tokens per prompt, and the log-probability of each.
 type Generations = (Vec<Vec<i64>>, Vec<Vec<f32>>);
@@ -24,9 +23,6 @@ type Generations = (Vec<Vec<i64>>, Vec<Vec<f32>>);
 #[pyclass(frozen, name = "Model", module = "nanofrontier._core")]
 pub struct PyModel {
     inner: Arc<dyn CausalLm>,
-    /// "gpt" or "llama", and a constructor that rebuilds the same architecture (for copy()).
-    kind: &'static str,
-    rebuild: Arc<dyn Fn() -> crate::error::Result<Arc<dyn CausalLm>> + Send + Sync>,
 }
 
 /// (B, T) int64 ids from an array-like; 1-D input is one row.
@@ -53,14 +49,6 @@ fn rope_layout(s: &str) -> PyResult<RopeLayout> {
     }
 }
 
-/// Build a model without disturbing the global generator's stream (used by copy()).
-fn with_saved_rng<T>(f: impl FnOnce() -> T) -> T {
-    let state = random::get_state();
-    let out = f();
-    random::set_state(state);
-    out
-}
-
 #[pymethods]
 impl PyModel {
     /// A freshly initialised GPT (nanoGPT init, from the global seeded generator).
@@ -79,13 +67,8 @@ impl PyModel {
     ) -> PyResult<PyModel> {
         let cfg = GptConfig { vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, layer_norm_eps };
         cfg.validate()?;
-        let c2 = cfg.clone();
         let m = run(py, move || Gpt::new(cfg))?;
-        Ok(PyModel {
-            inner: Arc::new(m),
-            kind: "gpt",
-            rebuild: Arc::new(move || Ok(Arc::new(Gpt::new(c2.clone())?) as Arc<dyn CausalLm>)),
-        })
+        Ok(PyModel { inner: Arc::new(m) })
     }
 
     /// A freshly initialised Llama (Normal(0, 0.02) init, from the global seeded generator).
@@ -119,19 +102,14 @@ impl PyModel {
             rope_layout: self::rope_layout(rope_layout)?,
         };
         cfg.validate()?;
-        let c2 = cfg.clone();
         let m = run(py, move || Llama::new(cfg))?;
-        Ok(PyModel {
-            inner: Arc::new(m),
-            kind: "llama",
-            rebuild: Arc::new(move || Ok(Arc::new(Llama::new(c2.clone())?) as Arc<dyn CausalLm>)),
-        })
+        Ok(PyModel { inner: Arc::new(m) })
     }
 
     /// "gpt" or "llama".
     #[getter]
     fn kind(&self) -> &'static str {
-        self.kind
+        self.inner.kind().name()
     }
 
     /// [(name, Tensor)] in a fixed order, with checkpoint names.
@@ -200,8 +178,12 @@ impl PyModel {
         })?))
     }
 
-    /// Continue each prompt (a list of id lists). Returns (new tokens per prompt, their log-probs).
-    #[pyo3(signature = (prompts, max_new_tokens, temperature = 1.0, top_k = None, top_p = None, seed = None, stop_tokens = None))]
+    /// Continue a batch of prompts at once. `prompts`: lists of any lengths (left-padded internally with
+    /// id 0, never attended to), or, with `attention_mask` (same shape, True = real token), rows already
+    /// padded on either side (padding must hold valid ids). Row r samples from its own generator (`seed`, or `row_seeds[r]`) and stops at
+    /// `stop_tokens` or `row_stop_tokens[r]`. Returns (new tokens per prompt, their log-probs).
+    #[pyo3(signature = (prompts, max_new_tokens, temperature = 1.0, top_k = None, top_p = None, seed = None,
+        row_seeds = None, stop_tokens = None, row_stop_tokens = None, attention_mask = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -212,7 +194,10 @@ impl PyModel {
         top_k: Option<usize>,
         top_p: Option<f32>,
         seed: Option<u64>,
+        row_seeds: Option<Vec<u64>>,
         stop_tokens: Option<Vec<i64>>,
+        row_stop_tokens: Option<Vec<Vec<i64>>>,
+        attention_mask: Option<Vec<Vec<bool>>>,
     ) -> PyResult<Generations> {
         let opt = SampleOptions {
             max_new_tokens,
@@ -220,13 +205,31 @@ impl PyModel {
             top_k,
             top_p,
             seed,
+            row_seeds: row_seeds.unwrap_or_default(),
             stop_tokens: stop_tokens.unwrap_or_default(),
+            row_stop_tokens: row_stop_tokens.unwrap_or_default(),
         };
-        // the KV cache grows to every prompt's length + max_new_tokens positions
-        let rows = prompts.iter().map(|p| p.len().saturating_add(max_new_tokens)).fold(0usize, usize::saturating_add);
+        let batch = match attention_mask {
+            None => PromptBatch::left_padded(&prompts, 0),
+            Some(mask) => {
+                let (b, t) = (prompts.len(), prompts.first().map_or(0, |p| p.len()));
+                let rect = |rows: &[usize]| rows.iter().all(|&n| n == t);
+                let (lens, mlens): (Vec<_>, Vec<_>) =
+                    (prompts.iter().map(|p| p.len()).collect(), mask.iter().map(|m| m.len()).collect());
+                if mask.len() != b || !rect(&lens) || !rect(&mlens) {
+                    return Err(super::errors::ShapeError::new_err(format!(
+                        "with an attention_mask, prompts must be one padded (B, T) block of the mask's shape: \
+                         got prompt rows of lengths {lens:?} and mask rows of lengths {mlens:?}"
+                    )));
+                }
+                PromptBatch { ids: prompts.concat(), real: mask.concat(), b, t }
+            }
+        };
+        // the KV cache holds B × (T + max_new_tokens) positions
+        let rows = batch.b.saturating_mul(batch.t.saturating_add(max_new_tokens));
         let large = large_model_call(rows, self.inner.n_embd());
         let m = self.inner.clone();
-        let g = run_on_pool(py, large, move || generate(&*m, &prompts, &opt))?;
+        let g = run_on_pool(py, large, move || generate_padded(&*m, &batch, &opt))?;
         Ok((g.tokens, g.logprobs))
     }
 
@@ -246,22 +249,14 @@ impl PyModel {
 
     /// A new model with the same architecture and its own copy of every weight (no shared storage).
     fn copy(&self, py: Python<'_>) -> PyResult<PyModel> {
-        let rebuild = self.rebuild.clone();
         let src = self.inner.clone();
-        let m = run(py, move || {
-            let m = with_saved_rng(|| rebuild())?;
-            for ((_, dst), (_, s)) in m.named_parameters().iter().zip(src.named_parameters()) {
-                dst.data_mut().copy_from_slice(&s.data());
-                dst.set_requires_grad(s.requires_grad())?;
-            }
-            Ok(m)
-        })?;
-        Ok(PyModel { inner: m, kind: self.kind, rebuild: self.rebuild.clone() })
+        let m = run(py, move || src.clone_model())?;
+        Ok(PyModel { inner: Arc::from(m) })
     }
 
     fn __repr__(&self) -> String {
         let n: usize = self.inner.named_parameters().iter().map(|(_, t)| t.numel()).sum();
-        format!("Model(kind={:?}, parameters={n})", self.kind)
+        format!("Model(kind={:?}, parameters={n})", self.inner.kind().name())
     }
 }
 

@@ -3,9 +3,9 @@
 //! embedding. Parameter names are GPT-2's (`wte`, `h.0.attn.c_attn`, ...); weights are stored in
 //! torch Linear layout (out, in) — HF's Conv1D files are transposed at load/save time (formats/hf.py).
 
-use super::{CausalLm, KvCache};
+use super::{CausalLm, KvCache, ModelKind};
 use crate::error::{Error, Result};
-use crate::nn::attention::{GptAttention, LayerCache, check_heads};
+use crate::nn::attention::{CacheRows, GptAttention, LayerCache, check_heads};
 use crate::nn::mlp::GptMlp;
 use crate::nn::{Embedding, LayerNorm, Linear, Module, check_positive};
 use crate::ops::{binary, dropout, matmul};
@@ -55,7 +55,7 @@ pub struct GptBlock {
 }
 
 impl GptBlock {
-    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, training: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cache: Option<(&mut LayerCache, &CacheRows)>, training: bool) -> Result<Tensor> {
         let x = binary::add(x, &self.attn.forward(&self.ln_1.forward(x)?, cache, training)?)?;
         binary::add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, training)?)
     }
@@ -119,6 +119,12 @@ impl Module for Gpt {
 }
 
 impl CausalLm for Gpt {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Gpt
+    }
+    fn clone_model(&self) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(super::copy_of(self, || Gpt::new(self.config.clone()))?))
+    }
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
@@ -142,12 +148,25 @@ impl CausalLm for Gpt {
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         super::check_batch(self, idx, b, t, past)?;
         let tok = self.wte.forward(idx, &[b, t])?; // (B, T, C)
-        let positions: Vec<i64> = (past as i64..(past + t) as i64).collect();
-        let pos = self.wpe.forward(&positions, &[t])?; // (T, C), broadcast over B
+        // a padded batch in a cache: each row counts its positions from its own first real token
+        let per_row: Option<Vec<i64>> = match cache.as_deref_mut() {
+            Some(c) => {
+                let p: Vec<i64> = c.rows.begin(b, t)?.iter().map(|&p| p as i64).collect();
+                c.rows.padded().then_some(p)
+            }
+            None => None,
+        };
+        let pos = match per_row {
+            Some(per_row) => self.wpe.forward(&per_row, &[b, t])?, // (B, T, C)
+            None => {
+                let positions: Vec<i64> = (past as i64..(past + t) as i64).collect();
+                self.wpe.forward(&positions, &[t])? // (T, C), broadcast over B
+            }
+        };
         let mut x = dropout::dropout(&binary::add(&tok, &pos)?, self.config.dropout, training)?;
         for (i, block) in self.h.iter().enumerate() {
             crate::parallel::check_interrupt()?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], &c.rows));
             x = block.forward(&x, layer_cache, training)?;
         }
         self.ln_f.forward(&x)

@@ -3,9 +3,9 @@
 //! Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...). The RoPE layout
 //! is part of the config: `Interleaved` for Meta/llama2.c/GGUF weights, `HalfSplit` for HF weights.
 
-use super::{CausalLm, KvCache};
+use super::{CausalLm, KvCache, ModelKind};
 use crate::error::{Error, Result};
-use crate::nn::attention::{LayerCache, LlamaAttention, check_heads};
+use crate::nn::attention::{CacheRows, LayerCache, LlamaAttention, check_heads};
 use crate::nn::mlp::SwiGluMlp;
 use crate::nn::{Embedding, Linear, Module, RmsNorm, check_positive};
 use crate::ops::binary;
@@ -66,7 +66,7 @@ pub struct LlamaBlock {
 }
 
 impl LlamaBlock {
-    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cache: Option<(&mut LayerCache, &CacheRows)>) -> Result<Tensor> {
         let h = binary::add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, cache)?)?;
         binary::add(&h, &self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
     }
@@ -139,6 +139,12 @@ impl Module for Llama {
 }
 
 impl CausalLm for Llama {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Llama
+    }
+    fn clone_model(&self) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(super::copy_of(self, || Llama::new(self.config.clone()))?))
+    }
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
@@ -164,10 +170,13 @@ impl CausalLm for Llama {
     ) -> Result<Tensor> {
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         super::check_batch(self, idx, b, t, past)?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.rows.begin(b, t)?; // which new tokens are real, and their positions (read by RoPE)
+        }
         let mut x = self.embed_tokens.forward(idx, &[b, t])?;
         for (i, layer) in self.layers.iter().enumerate() {
             crate::parallel::check_interrupt()?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], &c.rows));
             x = layer.forward(&x, layer_cache)?;
         }
         self.norm.forward(&x)

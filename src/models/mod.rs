@@ -12,23 +12,24 @@ pub mod llama;
 
 use crate::error::{Error, Result, fmt_shape};
 use crate::nn::Module;
-use crate::nn::attention::LayerCache;
+use crate::nn::attention::{CacheRows, LayerCache};
 use crate::ops::{softmax, view};
 use crate::tensor::Tensor;
 
-/// One `LayerCache` per block.
+/// One `LayerCache` per block, and the rows' padding and positions that they share.
 #[derive(Clone, Default)]
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
+    pub rows: CacheRows,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> KvCache {
-        KvCache { layers: vec![LayerCache::default(); n_layer] }
+        KvCache { layers: vec![LayerCache::default(); n_layer], rows: CacheRows::default() }
     }
     /// A cache that holds `positions` without growing (generation knows its length up front).
     pub fn with_capacity(n_layer: usize, positions: usize) -> KvCache {
-        KvCache { layers: vec![LayerCache::with_capacity(positions); n_layer] }
+        KvCache { layers: vec![LayerCache::with_capacity(positions); n_layer], rows: CacheRows::default() }
     }
     /// Positions already processed.
     pub fn len(&self) -> usize {
@@ -39,8 +40,30 @@ impl KvCache {
     }
 }
 
+/// Which architecture a `CausalLm` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Gpt,
+    Llama,
+}
+
+impl ModelKind {
+    /// "gpt" or "llama".
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Gpt => "gpt",
+            ModelKind::Llama => "llama",
+        }
+    }
+}
+
 /// What every causal language model here offers; the rest is built on it.
 pub trait CausalLm: Module + inspect::AttentionWeights + Send + Sync {
+    fn kind(&self) -> ModelKind;
+    /// A new model with the same architecture and its own copy of every weight (no shared storage) and
+    /// the same requires_grad flags: e.g. the frozen reference policy of PPO, GRPO and DPO. The global
+    /// generator is left as it was.
+    fn clone_model(&self) -> Result<Box<dyn CausalLm>>;
     fn vocab_size(&self) -> usize;
     /// Longest sequence the model accepts (learned positions or the trained RoPE context).
     fn max_seq_len(&self) -> usize;
@@ -58,6 +81,21 @@ pub trait CausalLm: Module + inspect::AttentionWeights + Send + Sync {
     fn attn_width(&self) -> usize {
         self.n_embd()
     }
+}
+
+/// `build` a fresh model (its random init does not disturb the global generator), then give it a copy
+/// of every weight of `src` and its requires_grad flags. For `CausalLm::clone_model`.
+pub(crate) fn copy_of<M: CausalLm>(src: &M, build: impl FnOnce() -> Result<M>) -> Result<M> {
+    let state = crate::tensor::random::get_state();
+    let built = build();
+    crate::tensor::random::set_state(state);
+    let m = built?;
+    for ((dst_name, dst), (src_name, s)) in m.named_parameters().iter().zip(src.named_parameters()) {
+        debug_assert_eq!(dst_name, &src_name);
+        dst.data_mut().copy_from_slice(&s.data());
+        dst.set_requires_grad(s.requires_grad())?;
+    }
+    Ok(m)
 }
 
 /// Check ids/targets against (B, T) and the model's context length.

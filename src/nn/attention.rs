@@ -6,9 +6,9 @@
 use super::{Linear, Module};
 use crate::autograd::will_record;
 use crate::error::{Error, Result};
-use crate::ops::attention::{KvView, attend_kv_cache, scaled_dot_product_attention};
+use crate::ops::attention::{KeyMask, KvView, attend_kv_cache, attend_kv_cache_masked, scaled_dot_product_attention};
 use crate::ops::heads::{merge_heads, split_heads};
-use crate::ops::rope::{RopeLayout, rope};
+use crate::ops::rope::{RopeLayout, rope, rope_at};
 use crate::ops::{dropout, view};
 use crate::tensor::{Tensor, alloc_zeros, checked_numel};
 
@@ -96,11 +96,94 @@ impl LayerCache {
         Ok(())
     }
 
-    /// Causal attention of q (B, Hq, T_new, D), the newest positions, over everything cached.
-    fn attend(&self, q: &Tensor) -> Result<Tensor> {
+    /// Causal attention of q (B, Hq, T_new, D), the newest positions, over everything cached; when the
+    /// batch holds padding, only over each row's real positions.
+    fn attend(&self, q: &Tensor, rows: &CacheRows) -> Result<Tensor> {
         let (b, hkv, d, dv) = self.dims;
         let kv = KvView { k: &self.k, v: &self.v, b, hkv, cap: self.cap, len: self.len, d, dv };
-        attend_kv_cache(q, kv)
+        if !rows.padded {
+            return attend_kv_cache(q, kv);
+        }
+        if rows.len != self.len || rows.b != b {
+            return Err(Error::value(
+                "kv_cache",
+                format!("the row mask covers {} positions of {} rows, the cache {} of {b}", rows.len, rows.b, self.len),
+            ));
+        }
+        attend_kv_cache_masked(q, kv, KeyMask { real: &rows.real, stride: rows.cap })
+    }
+}
+
+/// What every layer's cache shares in a batch of prompts of unequal length: which cached positions of
+/// each row hold real tokens (padding is never attended to), and the position of each new token for
+/// the position embedding or RoPE — the number of real tokens before it in its row. A batch without
+/// padding keeps positions = cache index and the unmasked attention, exactly as a single prompt.
+#[derive(Clone, Default)]
+pub struct CacheRows {
+    b: usize,
+    /// (B, cap): true where a cached position holds a real token; the first `len` of each row are used.
+    real: Vec<bool>,
+    cap: usize,
+    len: usize,
+    /// Real tokens seen so far in each row.
+    seen: Vec<usize>,
+    /// Some cached position is padding (else attention needs no mask).
+    padded: bool,
+    /// Marks for the next chunk, from `set_next` (empty: all real).
+    next: Vec<bool>,
+    /// Positions of the chunk last begun, (B, T_new) row-major.
+    positions: Vec<usize>,
+}
+
+impl CacheRows {
+    /// Say which of the next chunk's B·T_new tokens (row-major) are real; without it all are.
+    pub fn set_next(&mut self, real: Vec<bool>) {
+        self.next = real;
+    }
+    /// Called by a model before it runs a chunk of (B, T_new) new positions through its layers: records
+    /// which are real and returns each one's position ((B, T_new), row-major).
+    pub fn begin(&mut self, b: usize, t: usize) -> Result<&[usize]> {
+        let op = "kv_cache";
+        let next = std::mem::take(&mut self.next);
+        if self.len == 0 {
+            (self.b, self.seen) = (b, vec![0; b]);
+        }
+        if b != self.b || !(next.is_empty() || next.len() == b * t) {
+            return Err(Error::shape(
+                op,
+                format!("a chunk of {b}×{t} tokens ({} marks) for a cache of {} rows", next.len(), self.b),
+            ));
+        }
+        if self.len + t > self.cap {
+            // re-lay the rows out with room to spare (doubling, as the layer caches do)
+            let cap = (self.len + t).max(2 * self.cap);
+            let mut real = vec![false; b * cap];
+            for r in 0..b {
+                real[r * cap..][..self.len].copy_from_slice(&self.real[r * self.cap..][..self.len]);
+            }
+            (self.real, self.cap) = (real, cap);
+        }
+        self.positions.clear();
+        for r in 0..b {
+            for i in 0..t {
+                let is_real = next.is_empty() || next[r * t + i];
+                self.real[r * self.cap + self.len + i] = is_real;
+                self.padded |= !is_real;
+                // a padding position takes the next real position (any in-range value would do)
+                self.positions.push(self.seen[r]);
+                self.seen[r] += is_real as usize;
+            }
+        }
+        self.len += t;
+        Ok(&self.positions)
+    }
+    /// True once some cached position is padding.
+    pub fn padded(&self) -> bool {
+        self.padded
+    }
+    /// Positions of the chunk last begun, (B, T_new) row-major.
+    pub fn positions(&self) -> &[usize] {
+        &self.positions
     }
 }
 
@@ -114,14 +197,14 @@ pub struct GptAttention {
 
 impl GptAttention {
     /// x (B, T, C) → (B, T, C). With a cache, x holds only the new positions.
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, training: bool) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, cache: Option<(&mut LayerCache, &CacheRows)>, training: bool) -> Result<Tensor> {
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
         let parts = split_heads(&qkv, 3, self.n_head)?; // q, k, v: (B, H, T, D) each, one pass
         let (q, k, v) = (&parts[0], &parts[1], &parts[2]);
         let y = match cache {
-            Some(cache) => {
+            Some((cache, rows)) => {
                 cache.append(k, v)?;
-                cache.attend(q)?
+                cache.attend(q, rows)?
             }
             None => scaled_dot_product_attention(q, k, v, true, None)?, // (B, H, T, D)
         };
@@ -151,23 +234,31 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    /// x (B, T, C) → (B, T, C). With a cache, x holds only the new positions, which start at cache.len().
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+    /// x (B, T, C) → (B, T, C). With a cache, x holds only the new positions, which start at cache.len()
+    /// (or, in a padded batch, at each row's own count of real tokens: `rows.positions()`).
+    pub fn forward(&self, x: &Tensor, cache: Option<(&mut LayerCache, &CacheRows)>) -> Result<Tensor> {
         let (b, t) = (x.shape()[0] as isize, x.shape()[1] as isize);
         let (h, hkv, d) = (self.n_head as isize, self.n_kv_head as isize, self.head_dim as isize);
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         // rotate while the layout is (B, T, H, D): the sequence is dim 1
         let q = view::reshape(&self.q_proj.forward(x)?, &[b, t, h, d])?;
         let k = view::reshape(&self.k_proj.forward(x)?, &[b, t, hkv, d])?;
         let v = view::reshape(&self.v_proj.forward(x)?, &[b, t, hkv, d])?;
-        let q = rope(&q, 1, offset, self.rope_theta, self.rope_layout)?;
-        let k = rope(&k, 1, offset, self.rope_theta, self.rope_layout)?;
+        let (theta, layout) = (self.rope_theta, self.rope_layout);
+        let (q, k) = match &cache {
+            Some((_, rows)) if rows.padded() => {
+                (rope_at(&q, 1, rows.positions(), theta, layout)?, rope_at(&k, 1, rows.positions(), theta, layout)?)
+            }
+            _ => {
+                let offset = cache.as_ref().map(|(c, _)| c.len()).unwrap_or(0);
+                (rope(&q, 1, offset, theta, layout)?, rope(&k, 1, offset, theta, layout)?)
+            }
+        };
         let (q, k, v) =
             (view::permute(&q, &[0, 2, 1, 3])?, view::permute(&k, &[0, 2, 1, 3])?, view::permute(&v, &[0, 2, 1, 3])?);
         let y = match cache {
-            Some(cache) => {
+            Some((cache, rows)) => {
                 cache.append(&k, &v)?;
-                cache.attend(&q)?
+                cache.attend(&q, rows)?
             }
             None => scaled_dot_product_attention(&q, &k, &v, true, None)?, // (B, H, T, D), GQA inside
         };
@@ -222,7 +313,7 @@ mod tests {
             for n in [6, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 1, 1] {
                 let piece = |x: &Tensor| view::narrow(x, 2, at, n).unwrap();
                 cache.append(&piece(&k), &piece(&v)).unwrap();
-                let got = cache.attend(&piece(&q)).unwrap().to_vec();
+                let got = cache.attend(&piece(&q), &CacheRows::default()).unwrap().to_vec();
                 let want = piece(&full).to_vec();
                 let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
                 assert!(worst <= 1e-5, "positions {at}..{}: max abs diff {worst:.2e}", at + n);

@@ -818,6 +818,223 @@ pub fn attend_kv_cache(q: &Tensor, kv: KvView<'_>) -> Result<Tensor> {
     Ok(Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]))
 }
 
+// ---- key-padding mask (padded batches in a KV cache) ----
+
+/// Which cached keys of each batch row are real tokens: row b's first `len` keys are
+/// `real[b * stride..][..len]` (false = padding, never attended to).
+#[derive(Clone, Copy)]
+pub struct KeyMask<'a> {
+    pub real: &'a [bool],
+    pub stride: usize,
+}
+
+/// `attend_kv_cache` for a batch whose rows are padded (prompts of unequal length): query i of the last
+/// Tq positions of row b sees key j iff j <= len − Tq + i (causal, bottom-right) and key j of row b is
+/// real. A query that sees no key at all (a padding position before its row's first real token) gets
+/// zeros. Padding keys are skipped, not weighted by exp(−inf), so what they hold cannot reach any output.
+/// Forward only: a cache holds no gradients, and inputs that autograd would record are refused.
+/// Work is split by (batch, query head), each computed whole in a fixed order, so 1 or N threads agree.
+pub fn attend_kv_cache_masked(q: &Tensor, kv: KvView<'_>, mask: KeyMask<'_>) -> Result<Tensor> {
+    let op = "attend_kv_cache_masked";
+    let ks = [kv.b, kv.hkv, kv.len, kv.d];
+    let dm = check_shapes(op, q.shape(), &ks, Some(&[kv.b, kv.hkv, kv.len, kv.dv]), true, None)?;
+    let (kn, vn) = (kv.b * kv.hkv * kv.cap * kv.d, kv.b * kv.hkv * kv.cap * kv.dv);
+    if kv.len > kv.cap || kv.k.len() < kn || kv.v.len() < vn {
+        return Err(Error::value(op, format!("cache buffers do not hold {} positions of {ks:?}", kv.cap)));
+    }
+    if kv.b > 0 && (mask.stride < kv.len || mask.real.len() < (kv.b - 1) * mask.stride + kv.len) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "the key mask ({} entries, stride {}) does not cover {} keys of {} rows",
+                mask.real.len(),
+                mask.stride,
+                kv.len,
+                kv.b
+            ),
+        ));
+    }
+    if will_record(&[q]) {
+        return Err(Error::value(op, "masked attention over a KV cache has no backward: run it under no_grad"));
+    }
+    let mut out = alloc_zeros(op, checked_numel(op, &[dm.b, dm.hq, dm.tq, dm.dv])?)?;
+    if dm.empty() {
+        return Ok(Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]));
+    }
+    let q = q.data();
+    let (d, dv, tq, len, g) = (dm.d, dm.dv, dm.tq, kv.len, dm.group());
+    let head = |bh: usize, oh: &mut [f32]| {
+        let (b, h) = (bh / dm.hq, bh % dm.hq);
+        let bkv = b * dm.hkv + h / g;
+        let k = &kv.k[bkv * kv.cap * d..][..len * d];
+        let v = &kv.v[bkv * kv.cap * dv..][..len * dv];
+        let real = &mask.real[b * mask.stride..][..len];
+        let qh = &q[bh * tq * d..][..tq * d];
+        let (mut s, mut js) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        for (i, (qi, o)) in qh.chunks_exact(d).zip(oh.chunks_exact_mut(dv)).enumerate() {
+            s.clear();
+            js.clear();
+            for j in (0..=len - tq + i).filter(|&j| real[j]) {
+                js.push(j);
+                s.push(masked_dot(qi, &k[j * d..(j + 1) * d]) * dm.scale);
+            }
+            if js.is_empty() {
+                continue; // sees nothing: zeros
+            }
+            // softmax over the real keys, then out = Σ p_j v_j / l in key order
+            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut l = 0.0f32;
+            for x in s.iter_mut() {
+                *x = (*x - m).exp();
+                l += *x;
+            }
+            for (&p, &j) in s.iter().zip(&js) {
+                for (o, &x) in o.iter_mut().zip(&v[j * dv..(j + 1) * dv]) {
+                    *o += p * x;
+                }
+            }
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|o| *o *= inv);
+        }
+    };
+    let work = 2 * dm.b * dm.hq * tq * len * (d + dv);
+    if work <= SERIAL_FLOPS {
+        out.chunks_mut(tq * dv).enumerate().for_each(|(bh, oh)| head(bh, oh));
+    } else {
+        install(|| out.par_chunks_mut(tq * dv).enumerate().for_each(|(bh, oh)| head(bh, oh)));
+    }
+    Ok(Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]))
+}
+
+/// Σ x·y in 8 interleaved partial sums (a fixed order; the compiler vectorises it).
+fn masked_dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(test)]
+mod key_mask_tests {
+    use super::*;
+    use crate::tensor::random::Rng;
+
+    fn randn_local(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// The definition in f64: softmax over the real, causally visible keys; zeros when there are none.
+    #[allow(clippy::too_many_arguments)]
+    fn masked_f64(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        real: &[bool],
+        dims: (usize, usize, usize, usize, usize, usize),
+        cap: usize,
+        dv: usize,
+    ) -> Vec<f64> {
+        let (b, hq, hkv, tq, len, d) = dims;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = vec![0.0; b * hq * tq * dv];
+        for bi in 0..b {
+            for h in 0..hq {
+                let kvh = bi * hkv + h / (hq / hkv);
+                for i in 0..tq {
+                    let qi = &q[((bi * hq + h) * tq + i) * d..][..d];
+                    let vis: Vec<usize> = (0..=len - tq + i).filter(|&j| real[bi * len + j]).collect();
+                    let s: Vec<f64> = vis
+                        .iter()
+                        .map(|&j| (0..d).map(|c| qi[c] as f64 * k[(kvh * cap + j) * d + c] as f64).sum::<f64>() * scale)
+                        .collect();
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let l: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    let o = &mut out[((bi * hq + h) * tq + i) * dv..][..dv];
+                    for (&x, &j) in s.iter().zip(&vis) {
+                        for c in 0..dv {
+                            o[c] += (x - m).exp() / l * v[(kvh * cap + j) * dv + c] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn masked_cache_attention_matches_f64_and_ignores_padding() {
+        let mut rng = Rng::new(81);
+        let _g = crate::autograd::no_grad();
+        // (B, Hq, Hkv, D, Dv); per row: left padding, right padding, none, padding in the middle, all but one
+        for (b, hq, hkv, d, dv, len, cap) in [(5, 4, 2, 8, 8, 9, 12), (5, 2, 2, 20, 12, 40, 40), (5, 3, 1, 5, 3, 7, 7)]
+        {
+            let real: Vec<bool> = (0..b)
+                .flat_map(|r| {
+                    (0..len).map(move |j| match r {
+                        0 => j >= 3,
+                        1 => j < len - 2 || j == len - 1,
+                        2 => true,
+                        3 => !(2..5).contains(&j),
+                        _ => j == len - 1,
+                    })
+                })
+                .collect();
+            let k = randn_local(&mut rng, b * hkv * cap * d);
+            let v = randn_local(&mut rng, b * hkv * cap * dv);
+            for tq in [len, 3, 1] {
+                let qd = randn_local(&mut rng, b * hq * tq * d);
+                let q = Tensor::new(qd.clone(), &[b, hq, tq, d]).unwrap();
+                let kvv = |k: &'_ [f32], v: &'_ [f32]| -> Vec<f32> {
+                    let kv = KvView { k, v, b, hkv, cap, len, d, dv };
+                    attend_kv_cache_masked(&q, kv, KeyMask { real: &real, stride: len }).unwrap().to_vec()
+                };
+                let got = kvv(&k, &v);
+                let want = masked_f64(&qd, &k, &v, &real, (b, hq, hkv, tq, len, d), cap, dv);
+                let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+                assert!(worst < 2e-6, "b {b} hq {hq} hkv {hkv} tq {tq}: max abs diff vs f64 {worst:.2e}");
+                // with every key real it is the unmasked cache attention
+                let all = vec![true; b * len];
+                let kv = KvView { k: &k, v: &v, b, hkv, cap, len, d, dv };
+                let masked = attend_kv_cache_masked(&q, kv, KeyMask { real: &all, stride: len }).unwrap().to_vec();
+                let plain = attend_kv_cache(&q, kv).unwrap().to_vec();
+                let vs_plain = masked.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(vs_plain < 1e-5, "all-real mask vs attend_kv_cache: max abs diff {vs_plain:.2e}");
+                // what padding keys hold never reaches an output: overwrite them, same bits
+                let (mut k2, mut v2) = (k.clone(), v.clone());
+                for bi in 0..b {
+                    for kvh in 0..hkv {
+                        for j in (0..len).filter(|&j| !real[bi * len + j]) {
+                            let at = (bi * hkv + kvh) * cap + j;
+                            k2[at * d..(at + 1) * d].iter_mut().for_each(|x| *x = 1e4);
+                            v2[at * dv..(at + 1) * dv].iter_mut().for_each(|x| *x = f32::NAN);
+                        }
+                    }
+                }
+                assert_eq!(got, kvv(&k2, &v2), "padding keys changed the output (tq {tq})");
+                println!("masked cache attention b {b} hq {hq} tq {tq} len {len}: max abs diff vs f64 {worst:.1e}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_cache_attention_refuses_bad_masks_and_gradients() {
+        let q = Tensor::new(vec![0.5; 8], &[1, 1, 2, 4]).unwrap();
+        let (k, v) = (vec![1.0; 12], vec![1.0; 12]);
+        let kv = KvView { k: &k, v: &v, b: 1, hkv: 1, cap: 3, len: 3, d: 4, dv: 4 };
+        let short = [true, true];
+        let err = attend_kv_cache_masked(&q, kv, KeyMask { real: &short, stride: 2 });
+        assert!(matches!(err, Err(Error::Shape { .. })));
+        let qg = q.detach().deep_clone().requires_grad_(true);
+        let err = attend_kv_cache_masked(&qg, kv, KeyMask { real: &[true; 3], stride: 3 }).unwrap_err().to_string();
+        assert!(err.contains("no_grad"), "{err}");
+    }
+}
+
 // ---- backward ----
 
 struct SdpaBackward {

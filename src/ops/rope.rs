@@ -163,12 +163,31 @@ fn check(op: &'static str, x: &Tensor, seq_dim: isize, pos_offset: usize, theta:
     Ok(RopeDims { d, t, inner: shape[seq + 1..nd - 1].iter().product(), seq })
 }
 
+/// The position of each D-row: `pos_offset` + its index along the sequence, or one listed per
+/// (outer index, step) for batches whose rows start at different positions (padded batches).
+#[derive(Clone, Copy)]
+enum Positions<'a> {
+    Offset(usize),
+    Listed(&'a [usize]),
+}
+
+impl Positions<'_> {
+    /// Position of row group `g` (= index over the dims up to seq_dim) of a sequence of length `t`.
+    #[inline]
+    fn of(&self, g: usize, t: usize) -> usize {
+        match self {
+            Positions::Offset(o) => o + g % t,
+            Positions::Listed(p) => p[g],
+        }
+    }
+}
+
 /// Rotate every D-row of `src` into `dst` by its position's angle; `sign` = −1 rotates backwards.
 fn rotate(
     src: &[f32],
     dst: &mut [f32],
     dims: RopeDims,
-    pos_offset: usize,
+    pos: Positions<'_>,
     table: &RopeTable,
     layout: RopeLayout,
     sign: f32,
@@ -179,7 +198,7 @@ fn rotate(
         for (k, y) in rows.chunks_exact_mut(d).enumerate() {
             let r = r0 + k;
             let x = &src[r * d..(r + 1) * d];
-            let (cos, sin) = table.row(pos_offset + (r / inner) % t);
+            let (cos, sin) = table.row(pos.of(r / inner, t));
             match layout {
                 RopeLayout::HalfSplit => {
                     let (xa, xb) = x.split_at(half);
@@ -215,7 +234,7 @@ pub fn rope(x: &Tensor, seq_dim: isize, pos_offset: usize, theta: f32, layout: R
         return Ok(Tensor::from_vec_unchecked(out, x.shape().to_vec()));
     }
     let table = table_for(theta, dims.d, pos_offset, pos_offset + dims.t)?;
-    rotate(&x.data(), &mut out, dims, pos_offset, &table, layout, 1.0);
+    rotate(&x.data(), &mut out, dims, Positions::Offset(pos_offset), &table, layout, 1.0);
     let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
     Ok(record(out, RopeBackward { x: x.clone(), dims, pos_offset, table, layout }))
 }
@@ -249,7 +268,72 @@ impl Backward for RopeBackward {
             ));
         }
         let mut dx = alloc_zeros("rope", self.x.numel())?;
-        rotate(&dout.data(), &mut dx, self.dims, self.pos_offset, &self.table, self.layout, -1.0);
+        rotate(&dout.data(), &mut dx, self.dims, Positions::Offset(self.pos_offset), &self.table, self.layout, -1.0);
+        Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
+    }
+}
+
+// ---- rope at listed positions (padded batches) ----
+/// `rope` with an explicit position for every step of every sequence: `positions` has one entry per
+/// index over the dims up to and including `seq_dim` (for x (B, T, H, D) and seq_dim = 1: B·T entries,
+/// row-major), so each row of a padded batch can count its positions from its own first real token.
+/// `rope_at(x, 1, [o, o+1, ..] per row)` equals `rope(x, 1, o)` bit for bit.
+pub fn rope_at(x: &Tensor, seq_dim: isize, positions: &[usize], theta: f32, layout: RopeLayout) -> Result<Tensor> {
+    let op = "rope_at";
+    let max = positions.iter().copied().max().unwrap_or(0);
+    let dims = check(op, x, seq_dim, max, theta)?;
+    let groups: usize = x.shape()[..=dims.seq].iter().product();
+    if positions.len() != groups {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expected {groups} positions (one per index over the dims up to seq_dim of {}), got {}",
+                fmt_shape(x.shape()),
+                positions.len()
+            ),
+        ));
+    }
+    let mut out = alloc_zeros(op, x.numel())?;
+    if out.is_empty() {
+        return Ok(Tensor::from_vec_unchecked(out, x.shape().to_vec()));
+    }
+    let table = table_for(theta, dims.d, 0, max + 1)?;
+    rotate(&x.data(), &mut out, dims, Positions::Listed(positions), &table, layout, 1.0);
+    let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
+    Ok(record(out, RopeAtBackward { x: x.clone(), dims, positions: positions.to_vec(), table, layout }))
+}
+struct RopeAtBackward {
+    x: Tensor,
+    dims: RopeDims,
+    positions: Vec<usize>,
+    table: Arc<RopeTable>,
+    layout: RopeLayout,
+}
+impl Backward for RopeAtBackward {
+    fn name(&self) -> &'static str {
+        "rope_at"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    // as for rope: each row was rotated by its own position's angle, so dx = the inverse rotation of dout
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs[0] {
+            return Ok(vec![None]);
+        }
+        if dout.shape() != self.x.shape() {
+            return Err(Error::shape(
+                "rope_at",
+                format!(
+                    "gradient of shape {} does not match the output shape {}",
+                    fmt_shape(dout.shape()),
+                    fmt_shape(self.x.shape())
+                ),
+            ));
+        }
+        let mut dx = alloc_zeros("rope_at", self.x.numel())?;
+        let pos = Positions::Listed(&self.positions);
+        rotate(&dout.data(), &mut dx, self.dims, pos, &self.table, self.layout, -1.0);
         Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
     }
 }
@@ -553,5 +637,42 @@ mod tests {
         let t0 = std::time::Instant::now();
         let _ = rope_reference(&x, 1, 0, 10_000.0, HalfSplit).unwrap();
         println!("rope_reference HalfSplit forward {:.3} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+
+    #[test]
+    fn rope_at_listed_positions_equals_rope_per_row_and_has_a_gradient() {
+        manual_seed(62);
+        // (B, T, H, D) = (3, 4, 2, 8): row b starts at its own position (a padded batch)
+        let (b, t) = (3, 4);
+        let starts = [0usize, 5, 2];
+        let positions: Vec<usize> = starts.iter().flat_map(|&s| s..s + t).collect();
+        let x = randn(&[b, t, 2, 8], 0.0, 1.0).unwrap().requires_grad_(true);
+        for layout in [Interleaved, HalfSplit] {
+            let y = rope_at(&x, 1, &positions, 10_000.0, layout).unwrap();
+            for (r, &s) in starts.iter().enumerate() {
+                let want = rope(&narrow(&x, 0, r, 1).unwrap(), 1, s, 10_000.0, layout).unwrap();
+                let got = narrow(&y, 0, r, 1).unwrap();
+                assert_close(&format!("rope_at {layout:?} row {r}"), &got.to_vec(), &want.to_vec(), 0.0, 0.0);
+            }
+            // positions in any order (one per step, not a run): the f64 loop per element
+            let shuffled: Vec<usize> = (0..b * t).map(|i| (i * 7) % 11).collect();
+            let y = rope_at(&x, 1, &shuffled, 10_000.0, layout).unwrap();
+            let xd = x.to_vec();
+            for (g, &p) in shuffled.iter().enumerate() {
+                let one = Tensor::new(xd[g * 16..(g + 1) * 16].to_vec(), &[1, 2, 8]).unwrap();
+                let want = rope_f64(&one, 0, p, 10_000.0, layout);
+                assert_close(
+                    &format!("rope_at {layout:?} step {g}"),
+                    &y.to_vec()[g * 16..(g + 1) * 16],
+                    &want,
+                    2e-6,
+                    2e-6,
+                );
+            }
+            let pos = shuffled.clone();
+            assert_gradcheck(move |xs| rope_at(&xs[0], 1, &pos, 10_000.0, layout), std::slice::from_ref(&x));
+        }
+        let err = rope_at(&x, 1, &[0, 1], 10_000.0, Interleaved).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
     }
 }
