@@ -135,7 +135,7 @@ pub fn get_num_threads() -> usize {
 /// Turn op recording on/off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn set_grad_enabled(on: bool) -> bool {
-    crate::autograd::grad_mode::set_grad_enabled(on)
+    crate::runtime::set_grad_enabled(on)
 }
 /// Whether ops are being recorded on this thread.
 #[pyfunction]
