@@ -129,11 +129,7 @@ fn prev_is_ident(b: &[char], i: usize) -> bool {
 }
 
 fn is_char_literal(b: &[char], i: usize) -> bool {
-    match (b.get(i + 1), b.get(i + 2)) {
-        (Some('\\'), _) => true,
-        (Some(_), Some('\'')) => true,
-        _ => false,
-    }
+    matches!((b.get(i + 1), b.get(i + 2)), (Some('\\'), _) | (Some(_), Some('\'')))
 }
 
 /// Remove every item marked `#[cfg(test)]` (a `mod tests { … }`, a helper fn, a `use`).

@@ -12,8 +12,6 @@ import textwrap
 
 import pytest
 
-import nanofrontier as nf
-
 GIB = 1 << 30
 
 
@@ -26,12 +24,15 @@ def _run_child(code, limit=None):
     prelude = "import nanofrontier as nf\n"
     r = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
-    how = {-6: "aborted (SIGABRT)", -9: "killed (SIGKILL: OOM killer?)", 137: "killed (OOM)"}.get(r.returncode, "")
+    how = {-6: "aborted (SIGABRT)", -9: "killed (SIGKILL: OOM killer?)", 137: "killed (OOM)"}.get(
+        r.returncode, ""
+    )
     assert r.returncode == 0, f"child exited with {r.returncode} {how}\nstderr: {r.stderr[-2000:]}"
     return r.stdout
 

@@ -312,7 +312,7 @@ def test_resizing_the_pool_frees_the_old_threads():
         print(before, threads())
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     before, after = map(int, r.stdout.split())
     assert after <= before + 4, f"{before} threads before 40 resizes, {after} after"

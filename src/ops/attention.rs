@@ -824,7 +824,7 @@ pub fn scaled_dot_product_attention(
     let dm = check(OP, q, k, Some(v), causal, scale)?;
     let reads = crate::tensor::read_all([q, k, v]);
     let [qd, kd, vd] = reads.slices();
-    let (out, lse) = forward(&dm, qd, kd, vd)?;
+    let (out, lse) = forward(&dm, &qd, &kd, &vd)?;
     let out = Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]);
     if !will_record(&[q, k, v]) {
         return Ok(out);

@@ -276,8 +276,20 @@ pub struct Reads<'a, const N: usize> {
 
 impl<const N: usize> Reads<'_, N> {
     /// The data of each tensor, in the order given to `read_all`.
-    pub fn slices(&self) -> [&[f32]; N] {
-        std::array::from_fn(|i| &self.guards[self.slot[i]][..])
+    pub fn slices(&self) -> [Data<'_>; N] {
+        std::array::from_fn(|i| Data(&self.guards[self.slot[i]][..]))
+    }
+}
+
+/// One tensor's data inside `Reads`: derefs to `[f32]`, as the read guard it stands in for does, so code
+/// written against `t.data()` reads the same.
+#[derive(Clone, Copy)]
+pub struct Data<'r>(&'r [f32]);
+
+impl std::ops::Deref for Data<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.0
     }
 }
 
@@ -325,7 +337,10 @@ mod tests {
         let y = Tensor::new(vec![3.0, 4.0], &[2]).unwrap();
         let reads = read_all([&x, &view, &y, &x]);
         assert_eq!(reads.guards.len(), 2, "two storages, {} guards", reads.guards.len());
-        assert_eq!(reads.slices(), [&[1.0, 2.0][..], &[1.0, 2.0], &[3.0, 4.0], &[1.0, 2.0]]);
+        assert_eq!(
+            reads.slices().map(|d| d.to_vec()),
+            [vec![1.0, 2.0], vec![1.0, 2.0], vec![3.0, 4.0], vec![1.0, 2.0]]
+        );
         // while we read, a writer on another thread waits instead of making our reads deadlock
         let (x2, started) = (x.clone(), std::sync::Arc::new(std::sync::Barrier::new(2)));
         let s2 = started.clone();
@@ -335,7 +350,7 @@ mod tests {
         });
         started.wait();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(reads.slices()[3], &[1.0, 2.0]);
+        assert_eq!(*reads.slices()[3], [1.0, 2.0]);
         drop(reads);
         writer.join().unwrap();
         assert_eq!(x.to_vec(), vec![9.0, 2.0]);

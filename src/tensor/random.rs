@@ -161,7 +161,7 @@ pub fn multinomial(probs: &Tensor, num_samples: usize, replacement: bool) -> Res
         ));
     }
     let data = probs.data();
-    let mut out = try_with_capacity(op, rows.checked_mul(num_samples).unwrap_or(usize::MAX))?;
+    let mut out = try_with_capacity(op, rows.saturating_mul(num_samples))?;
     with_global(|r| -> Result<()> {
         for row in data.chunks(k) {
             if row.iter().any(|&p| !(p >= 0.0) || !p.is_finite()) {
