@@ -14,8 +14,9 @@ pub enum Error {
     Value { op: &'static str, msg: String },
     /// Misuse of autograd: backward on a non-scalar without a gradient, backward twice, ...
     Grad(String),
-    /// A size that cannot be allocated (or whose element count overflows).
-    Alloc { op: &'static str, numel: u128 },
+    /// A buffer that cannot be allocated: `bytes` asked (u128::MAX: the element count overflows), and
+    /// the memory that was available when it was refused, if that was the reason.
+    Alloc { op: &'static str, bytes: u128, available: Option<u64> },
     /// A file that cannot be read/written or is malformed.
     Io(String),
     /// The user pressed Ctrl-C during a long call.
@@ -34,6 +35,18 @@ impl Error {
     pub fn value(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Value { op, msg: msg.into() }
     }
+    /// `numel` float32 elements that cannot be allocated (u128::MAX: the count overflows).
+    pub fn alloc(op: &'static str, numel: u128) -> Self {
+        Error::Alloc { op, bytes: numel.saturating_mul(4), available: None }
+    }
+    /// `bytes` that cannot be allocated, refused because only `available` bytes are free (if known).
+    pub fn alloc_bytes(op: &'static str, bytes: u128, available: Option<u64>) -> Self {
+        Error::Alloc { op, bytes, available }
+    }
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
 
 impl fmt::Display for Error {
@@ -43,11 +56,16 @@ impl fmt::Display for Error {
                 write!(f, "{op}: {msg}")
             }
             Error::Grad(msg) => write!(f, "{msg}"),
-            Error::Alloc { op, numel } => write!(
-                f,
-                "{op}: cannot allocate {numel} float32 elements ({:.1} GiB)",
-                (*numel as f64) * 4.0 / (1u64 << 30) as f64
-            ),
+            Error::Alloc { op, bytes: u128::MAX, .. } => {
+                write!(f, "{op}: cannot allocate: the element count overflows")
+            }
+            Error::Alloc { op, bytes, available } => {
+                write!(f, "{op}: cannot allocate {} ({bytes} bytes)", gib(*bytes as f64))?;
+                match available {
+                    Some(a) => write!(f, ": only {} ({a} bytes) of memory is available", gib(*a as f64)),
+                    None => Ok(()),
+                }
+            }
             Error::Io(msg) => write!(f, "{msg}"),
             Error::Interrupted => write!(f, "interrupted"),
         }

@@ -1,23 +1,31 @@
 //! nanofrontier: a tested, torch-free CPU engine for small transformers and their post-training
 //! objectives, built to make the guide *From Neural Nets to Frontier Models* runnable.
 //!
-//! Read it in flow order — each module uses only the ones above it:
+//! Read it in flow order — each module uses only the ones declared above it (its tests may use any;
+//! `tests/layering.rs` checks this on every `crate::` path outside test modules):
 //!
 //! ```text
-//! error → tensor → autograd → parallel → ops → nn → models → optim → io → text → bindings (Python) → python/nanofrontier → notebooks
+//! error → runtime → parallel → tensor → autograd → ops → nn → models → optim → io → text → bindings (Python) → python/nanofrontier → notebooks
 //! ```
+//!
+//! `runtime` holds the per-thread switches everyone consults (grad mode, Ctrl-C), so the pool and the
+//! tape need not import each other; the tensor defines the backward-node traits it stores, and the tape
+//! sums gradients through `Tensor` methods rather than through `ops`.
 
 // `!(x >= 0.0)` is how we reject NaN together with negatives; clippy would rather we did not.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 /// The one error type (op name + shapes), mapped to Python exceptions only in `bindings`.
 pub mod error;
-/// 1. The data: `Tensor` (Arc handle to f32 storage + shape + autograd slots), shapes, seeded RNG, printing.
-pub mod tensor;
-/// 2. The tape: `Backward` nodes, `backward()`, `no_grad`, and the finite-difference `gradcheck`.
-pub mod autograd;
-/// How work runs: the fork-safe thread pool and the Ctrl-C hook.
+/// Per-thread switches: grad mode (`no_grad`) and the Ctrl-C hook and flag.
+pub mod runtime;
+/// How work runs: the fork-safe thread pool, whole calls handed to it, disjoint output chunks.
 pub mod parallel;
+/// 1. The data: `Tensor` (Arc handle to f32 storage + shape + autograd slots), fallible allocation, shapes,
+/// seeded RNG, printing, and the `Backward` node traits a tensor stores.
+pub mod tensor;
+/// 2. The tape: recording nodes, `backward()`, and the finite-difference `gradcheck`.
+pub mod autograd;
 /// 3. Ops: one file per family, forward + backward + tests side by side.
 pub mod ops;
 /// 4. Layers built from ops: Linear, Embedding, norms, attention, MLPs (checkpoint-style names).

@@ -3,6 +3,7 @@
 //! The pool is ours, not rayon's global one, because a `fork`ed child (multiprocessing's default on Linux)
 //! inherits a global pool whose threads do not exist in it, and hangs on first use. We remember which pid
 //! built the pool; a child builds a fresh one and leaks the parent's (never drop threads that are not there).
+//! A resize in the process that built the pool frees the old one (its threads exit) once no call holds it.
 //! Size: `set_num_threads(n)`, else `NANOFRONTIER_NUM_THREADS`, else all cores (0 also means all cores).
 //!
 //! Whole calls on a worker: `install` from a thread outside the pool injects a job, wakes a worker and puts
@@ -17,21 +18,21 @@
 //! hook at most every 50 ms; inside `run_on_worker` it reads the call's stop flag, which the waiting caller
 //! sets when its own polls of the hook see SIGINT.
 
-use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
+use crate::runtime;
 
 struct PoolSlot {
     pid: u32,
     threads: usize,
-    pool: &'static ThreadPool,
+    pool: Arc<ThreadPool>,
 }
 
 static POOL: Mutex<Option<PoolSlot>> = Mutex::new(None);
@@ -52,31 +53,58 @@ fn wanted_threads() -> usize {
     })
 }
 
-/// The pool for this process, built on first use (or rebuilt after fork / a size change).
-pub fn pool() -> &'static ThreadPool {
+/// The pool for this process, built on first use (or rebuilt after fork / a size change). Callers hold
+/// the handle while they use it, so a resize meanwhile frees the old pool only once they are done.
+pub fn pool() -> Arc<ThreadPool> {
     let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     let want = wanted_threads();
-    if let Some(s) = slot.as_ref() {
+    if let Some(s) = slot.take() {
         if s.pid == pid && s.threads == want {
-            return s.pool;
+            let pool = s.pool.clone();
+            *slot = Some(s);
+            return pool;
         }
-        // After fork the old pool's threads are gone; after a resize it is simply unused. Either way we
-        // leak it: dropping a pool whose threads do not exist would block forever.
+        if s.pid == pid {
+            // A resize in the process that built it: dropping the last handle ends its threads (rayon
+            // tells them to exit once idle; nothing waits for them).
+            drop(s);
+        } else {
+            // After fork the parent's threads do not exist here: never run their teardown, leak the pool.
+            std::mem::forget(s);
+        }
     }
     let built = rayon::ThreadPoolBuilder::new()
         .num_threads(want)
         .thread_name(|i| format!("nanofrontier-{i}"))
         .build()
         .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a 1-thread pool"));
-    let pool: &'static ThreadPool = Box::leak(Box::new(built));
-    *slot = Some(PoolSlot { pid, threads: want, pool });
+    let pool = Arc::new(built);
+    *slot = Some(PoolSlot { pid, threads: want, pool: pool.clone() });
     pool
 }
 
 /// Use `n` threads from now on (0 = back to the env var / all cores).
 pub fn set_num_threads(n: usize) {
     REQUESTED.store(n, Ordering::Relaxed);
+}
+
+/// Run `f` with the pool at `n` threads, then go back to the default (also if `f` panics). The thread
+/// count is process-wide and cargo runs tests concurrently, so every test that sets it goes through
+/// here: one lock makes sure no other test changes the count while `f` runs. Not reentrant.
+#[cfg(test)]
+pub(crate) fn with_threads<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    static THREAD_COUNT: Mutex<()> = Mutex::new(());
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            set_num_threads(0);
+        }
+    }
+    let _lock = THREAD_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    let _reset = Reset;
+    set_num_threads(n);
+    f()
 }
 
 /// Threads the pool uses (or will use on next call).
@@ -109,41 +137,9 @@ where
 
 // ---- Ctrl-C ----
 
-static INTERRUPT_HOOK: OnceLock<fn() -> bool> = OnceLock::new();
-
-thread_local! {
-    static LAST_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// The stop flag of the `run_on_worker` call this thread is running (None: not in one).
-    static CALL_STOP: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
-}
-
-/// Install the function that says "the user pressed Ctrl-C" (the Python bindings do this once).
-pub fn set_interrupt_hook(f: fn() -> bool) {
-    let _ = INTERRUPT_HOOK.set(f);
-}
-
-/// `Err(Interrupted)` if Ctrl-C was pressed. Cheap to call often: inside `run_on_worker` it reads one
-/// atomic; on the thread that entered the core it asks the hook at most every 50 ms. Call it from the
-/// code of the call itself, between chunks of work: inside a rayon task it always says Ok (the task's
-/// caller checks).
-pub fn check_interrupt() -> Result<()> {
-    if let Some(stop) = CALL_STOP.with_borrow(|s| s.as_ref().map(|s| s.load(Ordering::Relaxed))) {
-        return if stop { Err(Error::Interrupted) } else { Ok(()) };
-    }
-    if rayon::current_thread_index().is_some() {
-        return Ok(());
-    }
-    let Some(hook) = INTERRUPT_HOOK.get() else { return Ok(()) };
-    let now = Instant::now();
-    let due = LAST_CHECK.with(|c| match c.get() {
-        Some(t) if now.duration_since(t).as_millis() < 50 => false,
-        _ => {
-            c.set(Some(now));
-            true
-        }
-    });
-    if due && hook() { Err(Error::Interrupted) } else { Ok(()) }
-}
+// The flag and the hook live in `runtime` (the tape checks them too, and must not import the pool); long
+// loops here and in `ops` keep calling them by these names.
+pub use crate::runtime::{check_interrupt, set_interrupt_hook};
 
 // ---- whole calls on a worker ----
 
@@ -159,16 +155,16 @@ struct OnWorker {
 
 impl OnWorker {
     fn enter(grad: bool, stop: Arc<AtomicBool>) -> OnWorker {
-        let grad = crate::autograd::grad_mode::set_grad_enabled(grad);
-        let stop = CALL_STOP.with_borrow_mut(|s| s.replace(stop));
+        let grad = runtime::set_grad_enabled(grad);
+        let stop = runtime::replace_call_stop(Some(stop));
         OnWorker { grad, stop }
     }
 }
 
 impl Drop for OnWorker {
     fn drop(&mut self) {
-        crate::autograd::grad_mode::set_grad_enabled(self.grad);
-        CALL_STOP.with_borrow_mut(|s| *s = self.stop.take());
+        runtime::set_grad_enabled(self.grad);
+        runtime::replace_call_stop(self.stop.take());
     }
 }
 
@@ -215,7 +211,7 @@ impl<R> Drop for Waiter<R> {
 /// `check_interrupt()` (or when it ends, if it ends first: the hook has consumed the signal). Called on
 /// a rayon worker (nested), or while another thread's call is on the pool, it runs `f` in place.
 pub fn run_on_worker<R: Send>(f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    run_on_worker_polling(f, || INTERRUPT_HOOK.get().is_some_and(|hook| hook()))
+    run_on_worker_polling(f, runtime::hook_says_interrupted)
 }
 
 /// `run_on_worker` with the Ctrl-C question as an argument (`interrupted_now`, asked on this thread between
@@ -228,7 +224,7 @@ fn run_on_worker_polling<R: Send>(
         return f();
     }
     let Some(_one_call) = OneCall::enter() else { return f() };
-    let grad = crate::autograd::is_grad_enabled();
+    let grad = runtime::is_grad_enabled();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel::<Outcome<R>>(1);
     let job_stop = stop.clone();
@@ -275,6 +271,7 @@ fn run_on_worker_polling<R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// Tests of `run_on_worker` take this: only one call is on the pool at a time, so a test running
     /// alongside another could see its call run inline.
@@ -285,11 +282,34 @@ mod tests {
 
     #[test]
     fn resizing_the_pool_takes_effect() {
-        set_num_threads(1);
-        assert_eq!(install(rayon::current_num_threads), 1);
-        set_num_threads(2);
-        assert_eq!(install(rayon::current_num_threads), 2);
-        set_num_threads(0);
+        for n in [1, 2, 1, 3] {
+            let seen = with_threads(n, || install(rayon::current_num_threads));
+            assert_eq!(seen, n, "asked for {n} threads, the pool has {seen}");
+        }
+    }
+
+    /// Threads of this process, from /proc/self/task.
+    fn os_threads() -> usize {
+        std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn resizing_frees_the_old_pool_and_its_threads() {
+        let before = os_threads();
+        // the largest pool below, plus threads that tests running alongside may start meanwhile
+        let allowed = before + 4 + 16;
+        for i in 0..60 {
+            with_threads(1 + i % 4, || install(|| ()));
+        }
+        // a freed pool's threads exit once idle: give them a moment, then count
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut now = os_threads();
+        while now > allowed && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            now = os_threads();
+        }
+        // with the old pools leaked, 60 resizes leave about 150 threads behind
+        assert!(now <= allowed, "{before} threads before 60 resizes, {now} after (allowed {allowed})");
     }
 
     #[test]
@@ -308,7 +328,7 @@ mod tests {
     #[test]
     fn the_callers_grad_mode_holds_on_the_worker_and_is_restored_after() {
         let _serial = one_test();
-        use crate::autograd::grad_mode::{is_grad_enabled, set_grad_enabled};
+        use crate::runtime::{is_grad_enabled, set_grad_enabled};
         for mode in [false, true, false] {
             let prev = set_grad_enabled(mode);
             let seen = run_on_worker(|| Ok(is_grad_enabled())).unwrap();

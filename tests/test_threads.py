@@ -289,3 +289,30 @@ def test_ctrl_c_interrupts_a_long_call_on_the_pool():
     assert lines and lines[0].startswith("interrupted"), out
     assert latency < 1.5, f"took {latency:.1f}s to stop after Ctrl-C"
     assert len(lines) == 2 and lines[1].startswith("[["), out
+
+
+def test_resizing_the_pool_frees_the_old_threads():
+    # each size change used to leak the old pool and all its threads
+    code = textwrap.dedent(
+        """
+        import os, time
+        import nanofrontier as nf
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        x = nf.ones(1 << 18)
+        before = threads()
+        for i in range(40):
+            nf.set_num_threads(1 + i % 4)
+            (x + 1.0).sum()  # large enough to run on the pool, which builds it at this size
+        deadline = time.time() + 20
+        while threads() > before + 4 and time.time() < deadline:
+            time.sleep(0.02)  # a freed pool's threads exit once idle
+        print(before, threads())
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = map(int, r.stdout.split())
+    assert after <= before + 4, f"{before} threads before 40 resizes, {after} after"

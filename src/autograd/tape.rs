@@ -7,10 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::grad_mode::no_grad;
 use crate::error::{Error, Result, fmt_shape};
-use crate::ops::binary::{add, add_inplace};
-use crate::parallel::check_interrupt;
+use crate::runtime::{check_interrupt, no_grad};
 use crate::tensor::Tensor;
 
 const FREED: &str = "trying to backward through the graph a second time (its saved values were freed by the \
@@ -76,13 +74,11 @@ fn accumulate(
             )));
         }
         if inp.grad_fn().is_some() {
-            match grads.get(&inp.id()) {
+            match grads.remove(&inp.id()) {
                 // in place only if nothing else sees acc: backwards may hand out aliases (add
                 // passes dout through to both inputs, reshape returns a view of dout)
-                Some(acc) if acc.is_exclusive() => add_inplace(acc, &din),
                 Some(acc) => {
-                    let sum = add(acc, &din)?;
-                    grads.insert(inp.id(), sum);
+                    grads.insert(inp.id(), acc.accumulated(&din)?);
                 }
                 None => {
                     // the same tensor may be shared (e.g. a reshape view), so own the data
@@ -93,7 +89,7 @@ fn accumulate(
         } else if inp.is_freed() {
             return Err(Error::Grad(FREED.into()));
         } else {
-            inp.accumulate_grad(din);
+            inp.accumulate_grad(din)?;
         }
     }
     Ok(())
@@ -137,8 +133,7 @@ impl Tensor {
             }
         };
         if self.grad_fn().is_none() {
-            self.accumulate_grad(seed); // backward on a leaf: d(self)/d(self) = seed
-            return Ok(());
+            return self.accumulate_grad(seed); // backward on a leaf: d(self)/d(self) = seed
         }
         let _guard = no_grad();
         let order = topo_order(self)?;

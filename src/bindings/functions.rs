@@ -36,7 +36,7 @@ fn as_op(e: Error, op: &'static str) -> Error {
         Error::Shape { msg, .. } => Error::Shape { op, msg },
         Error::Index { msg, .. } => Error::Index { op, msg },
         Error::Value { msg, .. } => Error::Value { op, msg },
-        Error::Alloc { numel, .. } => Error::Alloc { op, numel },
+        Error::Alloc { bytes, available, .. } => Error::Alloc { op, bytes, available },
         e => e,
     }
 }
@@ -155,7 +155,7 @@ pub fn get_num_threads() -> usize {
 /// Turn op recording on/off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn set_grad_enabled(on: bool) -> bool {
-    crate::autograd::grad_mode::set_grad_enabled(on)
+    crate::runtime::set_grad_enabled(on)
 }
 /// Whether ops are being recorded on this thread.
 #[pyfunction]

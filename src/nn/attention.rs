@@ -4,12 +4,12 @@
 //! The attention itself is the fused op `ops::attention::scaled_dot_product_attention`.
 
 use super::{Linear, Module};
-use crate::autograd::will_record;
 use crate::error::{Error, Result};
 use crate::ops::attention::{KeyMask, KvView, attend_kv_cache, attend_kv_cache_masked, scaled_dot_product_attention};
 use crate::ops::heads::{merge_heads, split_heads};
 use crate::ops::rope::{RopeLayout, rope, rope_at};
 use crate::ops::{dropout, view};
+use crate::runtime::is_grad_enabled;
 use crate::tensor::{Tensor, alloc_zeros, checked_numel};
 
 /// Keys and values seen so far by one layer, for generation: buffers laid out (B, Hkv, cap, D) whose first
@@ -41,7 +41,7 @@ impl LayerCache {
     /// Append new keys (B, Hkv, T_new, D) and values (B, Hkv, T_new, Dv).
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let op = "kv_cache";
-        if will_record(&[k, v]) {
+        if is_grad_enabled() && (k.requires_grad() || v.requires_grad()) {
             return Err(Error::value(op, "a KV cache stores values without gradients: run generation under no_grad"));
         }
         let (&[b, hkv, tn, d], &[bv, hv, tv, dv]) = (k.shape(), v.shape()) else {

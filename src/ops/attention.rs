@@ -517,8 +517,7 @@ const WORKSPACE_KEEP: usize = 1 << 24;
 fn with_workspace<R>(n: usize, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
     let mut buf = WORKSPACE.with(|cell| cell.take());
     if buf.len() < n {
-        buf = Vec::new();
-        buf.try_reserve_exact(n).map_err(|_| Error::Alloc { op: OP, numel: n as u128 })?;
+        buf = crate::tensor::alloc_with_capacity(OP, n)?;
         buf.resize(n, 0.0);
     }
     let r = f(&mut buf[..n]);
@@ -770,7 +769,9 @@ pub fn scaled_dot_product_attention(
     scale: Option<f32>,
 ) -> Result<Tensor> {
     let dm = check(OP, q, k, Some(v), causal, scale)?;
-    let (out, lse) = forward(&dm, &q.data(), &k.data(), &v.data())?;
+    let reads = crate::tensor::read_all([q, k, v]);
+    let [qd, kd, vd] = reads.slices();
+    let (out, lse) = forward(&dm, &qd, &kd, &vd)?;
     let out = Tensor::from_vec_unchecked(out, vec![dm.b, dm.hq, dm.tq, dm.dv]);
     if !will_record(&[q, k, v]) {
         return Ok(out);
@@ -1235,7 +1236,8 @@ impl Backward for SdpaBackward {
             (Vec::new(), Vec::new())
         };
         if !dm.empty() {
-            let (qd, kd, vd, od, gd) = (self.q.data(), self.k.data(), self.v.data(), self.out.data(), dout.data());
+            let reads = crate::tensor::read_all([&self.q, &self.k, &self.v, &self.out, dout]);
+            let [qd, kd, vd, od, gd] = reads.slices();
             let (g, n_kv) = (dm.group(), dm.b * dm.hkv);
             // One task per (batch, kv head) when there are enough of them: each transposes its own K and V
             // in cache. Otherwise tasks per key block and per query block share transposed buffers.
@@ -1361,7 +1363,8 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool, scale: Option<f32
     let shape = vec![dm.b, dm.hq, dm.tq, dm.tk];
     let mut out = alloc_zeros(op, checked_numel(op, &shape)?)?;
     if !out.is_empty() {
-        let (qd, kd) = (q.data(), k.data());
+        let reads = crate::tensor::read_all([q, k]);
+        let [qd, kd] = reads.slices();
         let mut kt = alloc_zeros(op, kd.len())?;
         transpose_heads(&kd, dm.tk, dm.d, &mut kt);
         let inp = Inputs { q: &qd, k: &kd, v: &[], kt: &kt, vt: &[] };
@@ -1779,7 +1782,7 @@ mod tests {
         }
     }
 
-    /// The only test here that changes the thread count (it is global; tests run in parallel threads).
+    /// Changes the process-wide thread count, so only through `with_threads` (one test at a time).
     #[test]
     fn one_and_two_threads_give_identical_bits() {
         // ((B, Hq, Hkv), (Tq, Tk), D): one-sweep and split backward, causal blocks, decode
@@ -1790,8 +1793,7 @@ mod tests {
             ((1, 8, 8), (1, 200), 64),
             ((2, 2, 1), (70, 150), 8),
         ];
-        let go = |threads: usize| {
-            crate::parallel::set_num_threads(threads);
+        let go = || {
             let mut bits = Vec::new();
             for ((b, hq, hkv), (tq, tk), d) in cases {
                 let mut rng = Rng::new(16);
@@ -1806,8 +1808,7 @@ mod tests {
             }
             bits
         };
-        let (one, two) = (go(1), go(2));
-        crate::parallel::set_num_threads(0);
+        let (one, two) = (crate::parallel::with_threads(1, go), crate::parallel::with_threads(2, go));
         for (i, (x, y)) in one.iter().zip(&two).enumerate() {
             let diff = x.iter().zip(y).position(|(p, q)| p != q);
             assert!(

@@ -16,8 +16,8 @@ where
     let shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n = checked_numel(op, &shape)?;
     let mut out = alloc_zeros(op, n)?;
-    let (ad, bd) = (a.data(), b.data());
-    let (ad, bd) = (&ad[..], &bd[..]);
+    let reads = crate::tensor::read_all([a, b]);
+    let [ad, bd] = reads.slices();
     let (na, nb) = (ad.len(), bd.len());
     if n == 0 {
     } else if na == n && nb == n {

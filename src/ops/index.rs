@@ -436,13 +436,13 @@ mod tests {
             let ids = randint(0, v as i64, n).unwrap();
             let g = randn(&[n, c], 0.0, 1.0).unwrap();
             let grad_with = |threads: usize| {
-                crate::parallel::set_num_threads(threads);
-                w.zero_grad();
-                embedding(&w, &ids, &[n]).unwrap().backward(Some(&g), false).unwrap();
-                w.grad().unwrap().to_vec()
+                crate::parallel::with_threads(threads, || {
+                    w.zero_grad();
+                    embedding(&w, &ids, &[n]).unwrap().backward(Some(&g), false).unwrap();
+                    w.grad().unwrap().to_vec()
+                })
             };
             let (one, two) = (grad_with(1), grad_with(2));
-            crate::parallel::set_num_threads(0);
             assert!(one == two, "V={v}: 1 and 2 threads differ");
             let gd = g.to_vec();
             let mut dw = vec![0f64; v * c];

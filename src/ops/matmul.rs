@@ -477,7 +477,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let total = checked_numel(OP, &[count, m, n])?;
     let mut out = alloc_zeros(OP, total)?;
     {
-        let (ad, bd) = (a.data(), b.data());
+        let reads = crate::tensor::read_all([a, b]);
+        let [ad, bd] = reads.slices();
         let gemm = if dims.folds() {
             // (…, M, K) @ (K, N) as one (…·M, K) @ (K, N)
             Gemm::one_term_each((count * m, k, n), plain(&ad, k), plain(&bd, n), vec![(0, 0)])
@@ -530,7 +531,8 @@ impl Backward for MatmulBackward {
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let dims = Dims::new(self.a.shape(), self.b.shape())?;
         let (m, k, n) = (dims.m, dims.k, dims.n);
-        let (ad, bd, dc) = (self.a.data(), self.b.data(), dout.data());
+        let reads = crate::tensor::read_all([&self.a, &self.b, dout]);
+        let [ad, bd, dc] = reads.slices();
         let count = numel(&dims.batch);
         let map = if dims.folds() { vec![] } else { dims.batch_map() };
         let dc_offs = |i: usize| i * m * n;
@@ -716,7 +718,7 @@ fn column_sums(d: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::autograd::assert_gradcheck;
-    use crate::parallel::set_num_threads;
+    use crate::parallel::with_threads;
     use crate::tensor::random::{manual_seed, randn};
     use crate::testutil::assert_close;
 
@@ -1079,7 +1081,7 @@ mod tests {
         }
     }
 
-    /// The only test that changes the thread count (it is global; tests run in parallel threads).
+    /// Changes the process-wide thread count, so only through `with_threads` (one test at a time).
     #[test]
     fn one_and_two_threads_give_identical_bits() {
         manual_seed(3);
@@ -1090,8 +1092,7 @@ mod tests {
             (&[1, 700], &[700, 3000]),
             (&[3000, 700], &[700]),
         ];
-        let run = |threads: usize| {
-            set_num_threads(threads);
+        let run = || {
             let mut bits = Vec::new();
             for (sa, sb) in cases {
                 // a local generator: other tests reseed the global one concurrently
@@ -1125,8 +1126,7 @@ mod tests {
             }
             bits
         };
-        let (one, two) = (run(1), run(2));
-        set_num_threads(0);
+        let (one, two) = (with_threads(1, run), with_threads(2, run));
         for (i, (x, y)) in one.iter().zip(&two).enumerate() {
             let diff = x.iter().zip(y).position(|(p, q)| p != q);
             assert!(diff.is_none(), "tensor {i} (case {} output {}) differs at element {diff:?}", i / 3, i % 3);

@@ -47,7 +47,7 @@ struct RopeTable {
 impl RopeTable {
     fn build(theta: f32, d: usize, start: usize, len: usize) -> Result<RopeTable> {
         let half = d / 2;
-        let n = len.checked_mul(d).ok_or(Error::Alloc { op: "rope", numel: u128::MAX })?;
+        let n = len.checked_mul(d).ok_or(Error::alloc("rope", u128::MAX))?;
         let mut cs = alloc_zeros("rope", n)?;
         // freq_i = theta^(−2i/D), in f64
         let freqs: Vec<f64> = (0..half).map(|i| (theta as f64).powf(-2.0 * i as f64 / d as f64)).collect();

@@ -605,7 +605,7 @@ pub fn cat(xs: &[Tensor], dim: isize) -> Result<Tensor> {
     let sizes: Vec<usize> = xs.iter().map(|t| t.shape()[d]).collect();
     let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
     let mut shape = first.shape().to_vec();
-    shape[d] = total.ok_or(Error::Alloc { op, numel: u128::MAX })?;
+    shape[d] = total.ok_or(Error::alloc(op, u128::MAX))?;
     let inner = numel(&first.shape()[d + 1..]);
     join(op, xs, sizes.iter().map(|s| s * inner).collect(), shape)
 }

@@ -273,13 +273,8 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        // set_num_threads is process-wide: keep every toggle in this one test.
-        parallel::set_num_threads(1);
-        let one = run();
-        parallel::set_num_threads(2);
-        let two = run();
-        parallel::set_num_threads(0);
-        let all = run();
+        let (one, two, all) =
+            (parallel::with_threads(1, run), parallel::with_threads(2, run), parallel::with_threads(0, run));
         for (i, ((x, y), z)) in one.iter().zip(&two).zip(&all).enumerate() {
             assert!(x == y && x == z, "output {i} differs between 1, 2 and all threads");
         }
@@ -303,30 +298,30 @@ mod tests {
         adam.step(&groups).unwrap();
         sgd.step(&groups).unwrap();
         for threads in [1, 2] {
-            parallel::set_num_threads(threads);
-            let reps = 10;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                adam.step(&groups).unwrap();
-            }
-            let ta = t.elapsed().as_secs_f64() / reps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                sgd.step(&groups).unwrap();
-            }
-            let ts = t.elapsed().as_secs_f64() / reps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                clip_grad_norm(&ps, 1e9).unwrap();
-            }
-            let tc = t.elapsed().as_secs_f64() / reps as f64;
-            println!(
-                "1e7 params / 50 tensors, {threads} thread(s): adamw {:.1} ms, sgd {:.1} ms, clip {:.1} ms",
-                ta * 1e3,
-                ts * 1e3,
-                tc * 1e3
-            );
+            parallel::with_threads(threads, || {
+                let reps = 10;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    adam.step(&groups).unwrap();
+                }
+                let ta = t.elapsed().as_secs_f64() / reps as f64;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    sgd.step(&groups).unwrap();
+                }
+                let ts = t.elapsed().as_secs_f64() / reps as f64;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    clip_grad_norm(&ps, 1e9).unwrap();
+                }
+                let tc = t.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "1e7 params / 50 tensors, {threads} thread(s): adamw {:.1} ms, sgd {:.1} ms, clip {:.1} ms",
+                    ta * 1e3,
+                    ts * 1e3,
+                    tc * 1e3
+                );
+            });
         }
-        parallel::set_num_threads(0);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use super::{Tensor, alloc_with_capacity, checked_numel};
+use super::{Tensor, alloc_with_capacity, checked_numel, try_with_capacity};
 use crate::error::{Error, Result, fmt_shape};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,9 +136,10 @@ pub fn randint(low: i64, high: i64, n: usize) -> Result<Vec<i64>> {
     if high <= low {
         return Err(Error::value("randint", format!("need low < high, got low={low}, high={high}")));
     }
-    checked_numel("randint", &[n, 2])?; // i64 is twice an f32
+    let mut out = try_with_capacity("randint", n)?;
     let span = (high as i128 - low as i128) as u64;
-    Ok(with_global(|r| (0..n).map(|_| low + r.below(span) as i64).collect()))
+    with_global(|r| out.extend((0..n).map(|_| low + r.below(span) as i64)));
+    Ok(out)
 }
 
 /// Draw `num_samples` indices per row of `probs` (last dim = categories; weights need not sum to 1).
@@ -160,13 +161,13 @@ pub fn multinomial(probs: &Tensor, num_samples: usize, replacement: bool) -> Res
         ));
     }
     let data = probs.data();
-    let mut out = Vec::with_capacity(rows * num_samples);
+    let mut out = try_with_capacity(op, rows.saturating_mul(num_samples))?;
     with_global(|r| -> Result<()> {
         for row in data.chunks(k) {
             if row.iter().any(|&p| !(p >= 0.0) || !p.is_finite()) {
                 return Err(Error::value(op, "probabilities must be finite and >= 0"));
             }
-            let mut w: Vec<f64> = row.iter().map(|&p| p as f64).collect();
+            let mut w: Vec<f64> = row.iter().map(|&p| p as f64).collect(); // sized by probs, which exists
             for _ in 0..num_samples {
                 let total: f64 = w.iter().sum();
                 if !(total > 0.0) {

@@ -16,7 +16,7 @@ pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
     }
     // 4 bytes per element must fit in an isize (Rust's hard allocation limit).
     if n.saturating_mul(4) > isize::MAX as u128 {
-        return Err(Error::Alloc { op, numel: n });
+        return Err(Error::alloc(op, n));
     }
     Ok(n as usize)
 }
