@@ -41,7 +41,8 @@ pub mod text;
 /// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 
-/// Tests only (`#![cfg(test)]` inside): the one `assert_close` / `max_abs_diff` the unit tests share.
+/// Tests only: the one `assert_close` / `max_abs_diff` the unit tests share.
+#[cfg(test)]
 mod testutil;
 
 pub use error::{Error, Result};

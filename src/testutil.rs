@@ -1,7 +1,6 @@
 //! The crate's one test helper for comparing numbers: `assert_close` (with `max_abs_diff` under it).
 //! A failure names the worst element, its two values, how far apart they are and the tolerance, so a
 //! broken kernel says how far off it is. Compiled for tests only.
-#![cfg(test)]
 
 /// Where `got` and `want` differ most: `(|got − want|, index)`, with the reference `want` in f32 or f64.
 /// Two NaNs, or two equal infinities, count as equal; a NaN against a number (or inf against a
