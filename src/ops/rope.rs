@@ -236,30 +236,38 @@ pub fn rope(x: &Tensor, seq_dim: isize, pos_offset: usize, theta: f32, layout: R
     let table = table_for(theta, dims.d, pos_offset, pos_offset + dims.t)?;
     rotate(&x.data(), &mut out, dims, Positions::Offset(pos_offset), &table, layout, 1.0);
     let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
-    Ok(record(out, RopeBackward { x: x.clone(), dims, pos_offset, table, layout }))
+    let positions = SavedPositions::Offset(pos_offset);
+    Ok(record(out, RopeBackward { op: "rope", x: x.clone(), dims, positions, table, layout }))
+}
+/// What the backward needs to rotate `dout` back: `rope`'s offset, or `rope_at`'s listed positions.
+enum SavedPositions {
+    Offset(usize),
+    Listed(Vec<usize>),
 }
 struct RopeBackward {
+    op: &'static str,
     x: Tensor,
     dims: RopeDims,
-    pos_offset: usize,
+    positions: SavedPositions,
     table: Arc<RopeTable>,
     layout: RopeLayout,
 }
 impl Backward for RopeBackward {
     fn name(&self) -> &'static str {
-        "rope"
+        self.op
     }
     fn inputs(&self) -> Vec<Tensor> {
         vec![self.x.clone()]
     }
     // y = R(pos·freq) x per pair, a rotation, so dx = R(pos·freq)ᵀ dout = R(−pos·freq) dout
+    // (for rope_at each row by its own listed position's angle)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if !needs[0] {
             return Ok(vec![None]);
         }
         if dout.shape() != self.x.shape() {
             return Err(Error::shape(
-                "rope",
+                self.op,
                 format!(
                     "gradient of shape {} does not match the output shape {}",
                     fmt_shape(dout.shape()),
@@ -267,8 +275,12 @@ impl Backward for RopeBackward {
                 ),
             ));
         }
-        let mut dx = alloc_zeros("rope", self.x.numel())?;
-        rotate(&dout.data(), &mut dx, self.dims, Positions::Offset(self.pos_offset), &self.table, self.layout, -1.0);
+        let mut dx = alloc_zeros(self.op, self.x.numel())?;
+        let pos = match &self.positions {
+            SavedPositions::Offset(o) => Positions::Offset(*o),
+            SavedPositions::Listed(p) => Positions::Listed(p),
+        };
+        rotate(&dout.data(), &mut dx, self.dims, pos, &self.table, self.layout, -1.0);
         Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
     }
 }
@@ -300,42 +312,8 @@ pub fn rope_at(x: &Tensor, seq_dim: isize, positions: &[usize], theta: f32, layo
     let table = table_for(theta, dims.d, 0, max + 1)?;
     rotate(&x.data(), &mut out, dims, Positions::Listed(positions), &table, layout, 1.0);
     let out = Tensor::from_vec_unchecked(out, x.shape().to_vec());
-    Ok(record(out, RopeAtBackward { x: x.clone(), dims, positions: positions.to_vec(), table, layout }))
-}
-struct RopeAtBackward {
-    x: Tensor,
-    dims: RopeDims,
-    positions: Vec<usize>,
-    table: Arc<RopeTable>,
-    layout: RopeLayout,
-}
-impl Backward for RopeAtBackward {
-    fn name(&self) -> &'static str {
-        "rope_at"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.x.clone()]
-    }
-    // as for rope: each row was rotated by its own position's angle, so dx = the inverse rotation of dout
-    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        if !needs[0] {
-            return Ok(vec![None]);
-        }
-        if dout.shape() != self.x.shape() {
-            return Err(Error::shape(
-                "rope_at",
-                format!(
-                    "gradient of shape {} does not match the output shape {}",
-                    fmt_shape(dout.shape()),
-                    fmt_shape(self.x.shape())
-                ),
-            ));
-        }
-        let mut dx = alloc_zeros("rope_at", self.x.numel())?;
-        let pos = Positions::Listed(&self.positions);
-        rotate(&dout.data(), &mut dx, self.dims, pos, &self.table, self.layout, -1.0);
-        Ok(vec![Some(Tensor::from_vec_unchecked(dx, self.x.shape().to_vec()))])
-    }
+    let positions = SavedPositions::Listed(positions.to_vec());
+    Ok(record(out, RopeBackward { op: "rope_at", x: x.clone(), dims, positions, table, layout }))
 }
 
 // ---- reference: the same math from primitive ops ----
