@@ -4,7 +4,7 @@
 //! Read it in flow order — each module uses only the ones above it:
 //!
 //! ```text
-//! error → tensor → autograd → parallel → ops → nn → models → optim → io → bindings (Python) → python/nanofrontier → notebooks
+//! error → tensor → autograd → parallel → ops → nn → models → optim → rl → io → bindings (Python) → python/nanofrontier → notebooks
 //! ```
 
 // `!(x >= 0.0)` is how we reject NaN together with negatives; clippy would rather we did not.
@@ -26,6 +26,8 @@ pub mod nn;
 pub mod models;
 /// 6. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
 pub mod optim;
+/// 6b. Post-training objectives: reward model, DPO, PPO (+ GAE, KL), GRPO, entropy; fused, each with its backward.
+pub mod rl;
 /// 7. Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
 pub mod io;
 /// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
