@@ -5,12 +5,14 @@
 //! - `optim`     SGD / AdamW / clip_grad_norm over lists of parameters
 //! - `io`        save_safetensors / load_safetensors
 //! - `models`    `Model`: GPT or Llama, whole forward / generation per call
+//! - `rl`        the post-training objectives (reward, DPO, PPO, GAE, KL, GRPO, entropy)
 
 pub mod errors;
 pub mod functions;
 pub mod io;
 pub mod models;
 pub mod optim;
+pub mod rl;
 pub mod tensor;
 
 use pyo3::prelude::*;
@@ -90,5 +92,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     io::register(m)?;
     models::register(m)?;
+    rl::register(m)?;
     Ok(())
 }

@@ -201,8 +201,7 @@ pub fn grpo_loss(
     let adv = token_advantages(OP, advantages, logps)?;
     let m = mask_values(OP, Some(mask), "logps", logps)?;
     check_range(OP, "beta", cfg.beta, 0.0, f64::INFINITY)?;
-    check_range(OP, "eps_low", cfg.eps_low, 0.0, 1.0)?;
-    if cfg.eps_low >= 1.0 {
+    if !(0.0..1.0).contains(&cfg.eps_low) {
         return Err(Error::value(OP, format!("eps_low must be in [0, 1), got {}", cfg.eps_low)));
     }
     let eps_high = cfg.eps_high.unwrap_or(cfg.eps_low);

@@ -78,8 +78,7 @@ pub fn ppo_policy_loss(
     same_shape(OP, "logps", logps, "old_logps", old_logps)?;
     let adv = token_advantages(OP, advantages, logps)?;
     let m = mask_values(OP, mask, "logps", logps)?;
-    check_range(OP, "clip_eps", clip_eps, 0.0, 1.0)?;
-    if clip_eps >= 1.0 {
+    if !(0.0..1.0).contains(&clip_eps) {
         return Err(Error::value(OP, format!("clip_eps must be in [0, 1), got {clip_eps}")));
     }
     check_finite(OP, "logps", logps, Some(&m))?;
