@@ -80,6 +80,8 @@ def test_reward_loss_bad_input():
         rl.reward_loss([1.0], [0.0], center_rewards_coefficient=-0.1)
     with pytest.raises(nf.ShapeError, match="must be 1-D"):
         rl.reward_loss([[1.0]], [[0.0]])
+    with pytest.raises(nf.InvalidArgumentError, match="rejected_rewards\\[0\\] is NaN; rewards may be ±inf, never nan"):
+        rl.reward_loss([1.0], [np.nan])
 
 
 # ---------------------------------------------------------------- DPO

@@ -1,12 +1,13 @@
 //! Direct preference optimisation: the policy is trained on preference pairs directly, its implicit reward
 //! being β·(log π − log π_ref). With u = (log π_c − log π_ref,c) − (log π_r − log π_ref,r), per pair:
-//! - `sigmoid`  −(1−ε)·log σ(βu) − ε·log σ(−βu)   Rafailov et al. 2023 "Direct Preference Optimization: Your
-//!              Language Model is Secretly a Reward Model"; ε > 0 is cDPO (Mitchell 2023, "A note on DPO
-//!              with noisy preferences & relationship to IPO")
-//! - `ipo`      (u − 1/(2β))²                     Azar et al. 2023 "A General Theoretical Paradigm to
-//!              Understand Learning from Human Preferences"
-//! - `hinge`    max(0, 1 − βu)                    Zhao et al. 2023 "SLiC-HF: Sequence Likelihood Calibration
-//!              with Human Feedback"
+//! - `sigmoid`: −(1−ε)·log σ(βu) − ε·log σ(−βu), Rafailov et al. 2023 "Direct Preference Optimization:
+//!   Your Language Model is Secretly a Reward Model"; ε > 0 is cDPO (Mitchell 2023, "A note on DPO with
+//!   noisy preferences & relationship to IPO")
+//! - `ipo`: (u − 1/(2β))², Azar et al. 2023 "A General Theoretical Paradigm to Understand Learning from
+//!   Human Preferences"
+//! - `hinge`: max(0, 1 − βu), Zhao et al. 2023 "SLiC-HF: Sequence Likelihood Calibration with Human
+//!   Feedback"
+//!
 //! The loss is the mean over pairs; only the policy log-probs get gradients (the reference is frozen).
 
 use crate::autograd::{Backward, record, will_record};
@@ -307,6 +308,6 @@ mod tests {
         assert_eq!(e.to_string(), "dpo_loss: unknown loss_type \"kto\"; expected 'sigmoid', 'ipo' or 'hinge'");
         let nan = t(&[-1.0, f32::NAN]);
         let e = dpo_loss(&a, &nan, &a, &a, 0.1, Sigmoid, 0.0).err().unwrap();
-        assert_eq!(e.to_string(), "dpo_loss: policy_rejected_logps[1] is NaN; log-probs and advantages must be finite");
+        assert_eq!(e.to_string(), "dpo_loss: policy_rejected_logps[1] is NaN; every unmasked value must be finite");
     }
 }

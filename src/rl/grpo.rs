@@ -1,17 +1,17 @@
 //! The GRPO family: G completions per prompt, each scored, the advantage relative to its group.
-//! - `grpo_advantages`  A = r − mean_group(r), divided by the group's std (`group`, Shao et al. 2024
-//!                      "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models"),
-//!                      by the batch's std (`batch`, Liu et al. 2025 "Part I: Tricks or Traps? A Deep Dive
-//!                      into RL for LLM Reasoning") or not at all (`none`, Liu et al. 2025 "Understanding
-//!                      R1-Zero-Like Training: A Critical Perspective", Dr. GRPO)
-//! - `rloo_advantages`  A_i = r_i − mean of the other G−1 rewards, Ahmadian et al. 2024 "Back to Basics:
-//!                      Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs"
-//! - `grpo_loss`        per-token clipped surrogate with ε_low / ε_high (clip-higher, Yu et al. 2025 "DAPO:
-//!                      An Open-Source LLM Reinforcement Learning System at Scale") + β·k3 KL to a frozen
-//!                      reference (DeepSeekMath), normalised as `grpo` (per-sequence mean, then batch mean;
-//!                      DeepSeekMath), `bnpo` (token mean over this batch), `dr_grpo` (Σ / (B · max
-//!                      completion length), Dr. GRPO) or `dapo` (token mean over the whole accumulated batch,
-//!                      DAPO)
+//! - `grpo_advantages` A = r − mean_group(r), divided by the group's std (`group`, Shao et al. 2024
+//!   "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models"),
+//!   by the batch's std (`batch`, Liu et al. 2025 "Part I: Tricks or Traps? A Deep Dive
+//!   into RL for LLM Reasoning") or not at all (`none`, Liu et al. 2025 "Understanding
+//!   R1-Zero-Like Training: A Critical Perspective", Dr. GRPO)
+//! - `rloo_advantages` A_i = r_i − mean of the other G−1 rewards, Ahmadian et al. 2024 "Back to Basics:
+//!   Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs"
+//! - `grpo_loss` per-token clipped surrogate with ε_low / ε_high (clip-higher, Yu et al. 2025 "DAPO:
+//!   An Open-Source LLM Reinforcement Learning System at Scale") + β·k3 KL to a frozen
+//!   reference (DeepSeekMath), normalised as `grpo` (per-sequence mean, then batch mean;
+//!   DeepSeekMath), `bnpo` (token mean over this batch), `dr_grpo` (Σ / (B · max
+//!   completion length), Dr. GRPO) or `dapo` (token mean over the whole accumulated batch,
+//!   DAPO)
 
 use crate::autograd::{record, will_record};
 use crate::error::{Error, Result};

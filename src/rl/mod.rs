@@ -127,7 +127,7 @@ pub(crate) fn check_finite(op: &'static str, name: &str, x: &Tensor, mask: Optio
             [_, t] if *t > 0 => format!("[{}, {}]", i / t, i % t),
             _ => format!("[{i}]"),
         };
-        return Err(Error::value(op, format!("{name}{at} is {v}; log-probs and advantages must be finite")));
+        return Err(Error::value(op, format!("{name}{at} is {v}; every unmasked value must be finite")));
     }
     Ok(())
 }
@@ -172,12 +172,12 @@ mod tests {
 
     #[test]
     fn log_sigmoid_and_sigmoid_are_stable() {
-        for x in [-1000.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1000.0] {
+        for x in [-1000.0f64, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1000.0] {
             // the textbook formula in a range where it is still accurate
-            if f64::abs(x) <= 20.0 {
-                let want = -(1.0 + (-x as f64).exp()).ln();
+            if x.abs() <= 20.0 {
+                let want = -(1.0 + (-x).exp()).ln();
                 assert!((log_sigmoid(x) - want).abs() < 1e-12, "log_sigmoid({x})");
-                assert!((sigmoid(x) - 1.0 / (1.0 + (-x as f64).exp())).abs() < 1e-15, "sigmoid({x})");
+                assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-15, "sigmoid({x})");
             }
             assert!(log_sigmoid(x).is_finite() && sigmoid(x).is_finite(), "{x}");
         }

@@ -1,15 +1,16 @@
 //! PPO on per-token (B, T) tensors of right-padded completions.
-//! - `ppo_policy_loss`  clipped surrogate −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = exp(log π − log π_old), masked
-//!                      mean over tokens; Schulman et al. 2017 "Proximal Policy Optimization Algorithms"
-//! - `ppo_value_loss`   ½·max((V − R)², (V_clip − R)²) with V_clip = V_old + clip(V − V_old, ±ε); the PPO2
-//!                      value clipping described in Engstrom et al. 2020 "Implementation Matters in Deep
-//!                      Policy Gradients"
-//! - `gae`              generalised advantage estimation, Schulman et al. 2016 "High-Dimensional Continuous
-//!                      Control Using Generalized Advantage Estimation"
-//! - `kl_penalty`       per-token estimators of KL(π ‖ π_ref) from samples of π: k1 = log π − log π_ref and
-//!                      k3 = e^x − x − 1 with x = log π_ref − log π (Schulman 2020, "Approximating KL
-//!                      Divergence"), the penalty of Ziegler et al. 2019 "Fine-Tuning Language Models from
-//!                      Human Preferences"
+//! - `ppo_policy_loss` clipped surrogate −min(ρA, clip(ρ, 1−ε, 1+ε)A), ρ = exp(log π − log π_old), masked
+//!   mean over tokens; Schulman et al. 2017 "Proximal Policy Optimization Algorithms"
+//! - `ppo_value_loss` ½·max((V − R)², (V_clip − R)²) with V_clip = V_old + clip(V − V_old, ±ε); the PPO2
+//!   value clipping described in Engstrom et al. 2020 "Implementation Matters in Deep
+//!   Policy Gradients"
+//! - `gae` generalised advantage estimation, Schulman et al. 2016 "High-Dimensional Continuous
+//!   Control Using Generalized Advantage Estimation"
+//! - `kl_penalty` per-token estimators of KL(π ‖ π_ref) from samples of π: k1 = log π − log π_ref and
+//!   k3 = e^x − x − 1 with x = log π_ref − log π (Schulman 2020, "Approximating KL
+//!   Divergence"), the penalty of Ziegler et al. 2019 "Fine-Tuning Language Models from
+//!   Human Preferences"
+//!
 //! A batch whose mask is all zero gives loss 0 with zero gradient, never nan.
 
 use crate::autograd::{Backward, record, will_record};
@@ -552,7 +553,7 @@ mod tests {
         assert!(e.to_string().contains("logps must be 2-D (B, T)"), "{e}");
         let nan = t2(&[0., 0., 0., 0., f32::NAN, 0.], 2, 3);
         let e = ppo_policy_loss(&nan, &x, &x, None, 0.2).err().unwrap();
-        assert_eq!(e.to_string(), "ppo_policy_loss: logps[1, 1] is NaN; log-probs and advantages must be finite");
+        assert_eq!(e.to_string(), "ppo_policy_loss: logps[1, 1] is NaN; every unmasked value must be finite");
         // a nan under the mask is fine: masked tokens are never read
         let m = t2(&[1., 1., 1., 1., 0., 0.], 2, 3);
         assert!(ppo_policy_loss(&nan, &x, &x, Some(&m), 0.2).is_ok());

@@ -5,7 +5,7 @@
 //! Model Ensembles Mitigate but do not Eliminate Reward Hacking" (the reward-centring term).
 
 use crate::autograd::{Backward, record, will_record};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rl::{check_range, f64s, log_sigmoid, per_pair, same_shape, scaled, sigmoid};
 use crate::tensor::Tensor;
 
@@ -37,6 +37,13 @@ pub fn reward_loss(
         same_shape(OP, "chosen_rewards", chosen, "margin", m)?;
     }
     check_range(OP, "center_rewards_coefficient", center_coef, 0.0, f64::INFINITY)?;
+    for (name, x) in [("chosen_rewards", Some(chosen)), ("rejected_rewards", Some(rejected)), ("margin", margin)] {
+        let Some(x) = x else { continue };
+        if let Some(i) = x.data().iter().position(|v| v.is_nan() || (name == "margin" && v.is_infinite())) {
+            let what = if name == "margin" { "a margin must be finite" } else { "rewards may be ±inf, never nan" };
+            return Err(Error::value(OP, format!("{name}[{i}] is {}; {what}", x.data()[i])));
+        }
+    }
     let (c, r) = (f64s(chosen), f64s(rejected));
     let m = margin.map(f64s).unwrap_or_else(|| vec![0.0; b]);
     let n = b as f64;
@@ -99,7 +106,6 @@ impl Backward for RewardLossBackward {
 mod tests {
     use super::*;
     use crate::autograd::assert_gradcheck;
-    use crate::error::Error;
     use crate::rl::testutil::assert_close;
     use crate::tensor::random::{manual_seed, randn};
 
@@ -190,6 +196,9 @@ mod tests {
         let m = Tensor::zeros(&[2, 1]).unwrap();
         let e = reward_loss(&m, &m, None, 0.0).err().unwrap();
         assert!(e.to_string().contains("must be 1-D (B,)"), "{e}");
+        let e = reward_loss(&t(&[1.0, f32::NAN]), &c, None, 0.0).err().unwrap();
+        assert_eq!(e.to_string(), "reward_loss: chosen_rewards[1] is NaN; rewards may be ±inf, never nan");
+        assert!(reward_loss(&c, &c, Some(&t(&[0.0, f32::INFINITY])), 0.0).is_err());
         let e = reward_loss(&t(&[]), &t(&[]), None, 0.0).err().unwrap();
         assert!(matches!(e, Error::Value { .. }) && e.to_string().contains("empty"), "{e}");
     }
