@@ -34,16 +34,16 @@ from .._core import (
 from .kl_control import AdaptiveKLController, FixedKLController
 
 __all__ = [
-    "reward_loss",
-    "dpo_loss",
-    "ppo_policy_loss",
-    "ppo_value_loss",
-    "gae",
-    "kl_penalty",
-    "entropy_from_logits",
-    "grpo_advantages",
-    "rloo_advantages",
-    "grpo_loss",
     "AdaptiveKLController",
     "FixedKLController",
+    "dpo_loss",
+    "entropy_from_logits",
+    "gae",
+    "grpo_advantages",
+    "grpo_loss",
+    "kl_penalty",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "reward_loss",
+    "rloo_advantages",
 ]

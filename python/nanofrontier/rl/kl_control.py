@@ -29,9 +29,10 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """β ← β·(1 + e·n_steps/horizon) with e = clip(KL/target − 1, −0.2, 0.2): β grows while the measured
-    KL is above ``target`` and shrinks while below, by at most 20% per ``horizon`` steps (Ziegler et al.
-    2019). ``update(current_kl, n_steps)`` is called once per batch of ``n_steps`` samples; returns β."""
+    """β ← β·(1 + e·n_steps/horizon) with e = clip(KL/target − 1, −0.2, 0.2): β grows while the
+    measured KL is above ``target`` and shrinks while below, by at most 20% per ``horizon`` steps
+    (Ziegler et al. 2019). Call ``update(current_kl, n_steps)`` once per batch of ``n_steps`` samples;
+    it returns the new β."""
 
     def __init__(self, init_kl_coef=0.2, target=6.0, horizon=10000):
         self.value = _number("init_kl_coef", init_kl_coef, 0.0, True)
