@@ -219,6 +219,9 @@ def test_ppo_policy_loss_matches_numpy_and_gradcheck():
         close(loss, want, what=f"ppo eps {eps}")
         assert met["approx_kl"] == pytest.approx(kl) and met["clip_fraction"] == pytest.approx(clip)
     gradcheck(lambda x: rl.ppo_policy_loss(x, old, adv, mask=MASK)[0], [lp])
+    # a boolean mask is the same mask
+    as_bool = rl.ppo_policy_loss(lp, old, adv, mask=MASK.astype(bool))[0].item()
+    assert as_bool == rl.ppo_policy_loss(lp, old, adv, mask=MASK)[0].item()
     # clip_eps and mask each change the result
     base = rl.ppo_policy_loss(lp, old, adv, mask=MASK)[0].item()
     assert rl.ppo_policy_loss(lp, old, adv, mask=MASK, clip_eps=0.05)[0].item() != base
@@ -525,3 +528,62 @@ def test_ppo_bad_input():
         rl.ppo_policy_loss(x, x, x, clip_eps=1.5)
     with pytest.raises(nf.InvalidArgumentError, match="old_logps\\[0, 2\\] is inf"):
         rl.ppo_policy_loss(x, [[0, 0, np.inf], [0, 0, 0]], x)
+
+
+# ---------------------------------------------------------------- through a model
+
+
+def tiny_gpt():
+    from nanofrontier.models import GPT, GPTConfig
+
+    nf.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16))
+
+
+def seq_logps(model, x, y):
+    """Sum over the completion of each row's per-token log-probs: (B, T) ids → (B,)."""
+    return model.token_logprobs(x, y).reshape(x.shape).sum(-1)
+
+
+def test_dpo_through_a_model_raises_the_margin():
+    model = tiny_gpt()
+    ref = model.copy().freeze()
+    rng = np.random.default_rng(1)
+    xc, xr = rng.integers(0, 17, (4, 8)), rng.integers(0, 17, (4, 8))
+    yc, yr = np.roll(xc, -1, 1), np.roll(xr, -1, 1)
+    with nf.no_grad():
+        ref_c, ref_r = seq_logps(ref, xc, yc), seq_logps(ref, xr, yr)
+    opt = nf.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    margins = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss, met = rl.dpo_loss(seq_logps(model, xc, yc), seq_logps(model, xr, yr), ref_c, ref_r, beta=0.1)
+        loss.backward()
+        assert all(p.grad is not None and np.isfinite(p.grad.numpy()).all() for p in model.parameters())
+        opt.step()
+        margins.append(met["margin"])
+    assert margins[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference: loss ln 2
+    assert margins[-1] > 0.5 and met["accuracy"] == 1.0, margins
+
+
+def test_grpo_and_ppo_losses_backpropagate_into_a_model():
+    model = tiny_gpt()
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 17, (4, 6))
+    y = np.roll(x, -1, 1)
+    mask = np.ones((4, 6), np.float32)
+    mask[1, 3:] = 0
+    mask[2, 1:] = 0
+    with nf.no_grad():
+        old = model.token_logprobs(x, y).reshape(x.shape)
+    adv = rl.grpo_advantages([1.0, 0.0, 1.0, 0.0], 2)
+    for loss_fn in [
+        lambda lp: rl.grpo_loss(lp, old, adv, mask, ref_logps=old, beta=0.04)[0],
+        lambda lp: rl.ppo_policy_loss(lp, old, np.repeat(adv.numpy()[:, None], 6, 1), mask=mask)[0],
+        lambda lp: (rl.kl_penalty(lp, old, mask=mask, estimator="k3") + lp * 0.0).sum(),
+    ]:
+        for p in model.parameters():
+            p.grad = None
+        loss_fn(model.token_logprobs(x, y).reshape(x.shape)).backward()
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
