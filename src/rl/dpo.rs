@@ -164,6 +164,34 @@ impl Backward for DpoBackward {
     }
 }
 
+/// dpo_loss from primitive ops (log(sigmoid(·)) is fine for moderate log-ratios), the reference detached:
+/// the composite the fused op is tested against, forward and backward.
+pub fn dpo_loss_reference(
+    policy_chosen: &Tensor,
+    policy_rejected: &Tensor,
+    ref_chosen: &Tensor,
+    ref_rejected: &Tensor,
+    beta: f32,
+    loss_type: DpoLossType,
+    label_smoothing: f32,
+) -> Result<Tensor> {
+    use crate::ops::{binary::*, reduce::mean_all, unary::*};
+    let u = sub(&sub(policy_chosen, &ref_chosen.detach())?, &sub(policy_rejected, &ref_rejected.detach())?)?;
+    let h = mul_scalar(&u, beta)?;
+    let per = match loss_type {
+        DpoLossType::Sigmoid => sub(
+            &mul_scalar(&neg(&log(&sigmoid(&h)?)?)?, 1.0 - label_smoothing)?,
+            &mul_scalar(&log(&sigmoid(&neg(&h)?)?)?, label_smoothing)?,
+        )?,
+        DpoLossType::Ipo => {
+            let z = add_scalar(&u, -1.0 / (2.0 * beta))?;
+            mul(&z, &z)?
+        }
+        DpoLossType::Hinge => relu(&rsub_scalar(1.0, &h)?)?,
+    };
+    mean_all(&per)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +249,25 @@ mod tests {
         let out = dpo_loss(&xs[0], &xs[1], &r, &xs[3], 0.1, Sigmoid, 0.0).unwrap();
         out.loss.backward(None, false).unwrap();
         assert!(r.grad().is_none() && xs[0].grad().is_some());
+    }
+
+    #[test]
+    fn fused_matches_the_composite_of_primitives() {
+        manual_seed(201);
+        let xs: Vec<Tensor> = (0..4).map(|i| randn(&[7], -5.0, 1.5).unwrap().requires_grad_(i < 2)).collect();
+        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<_>>();
+        for (kind, beta, eps) in [(Sigmoid, 0.1, 0.0), (Sigmoid, 0.5, 0.2), (Ipo, 0.3, 0.0), (Hinge, 0.2, 0.0)] {
+            let (a, b) = (xs[0].detach().requires_grad_(true), xs[1].detach().requires_grad_(true));
+            let (a2, b2) = (xs[0].detach().requires_grad_(true), xs[1].detach().requires_grad_(true));
+            let out = dpo_loss(&a, &b, &xs[2], &xs[3], beta, kind, eps).unwrap().loss;
+            let want = dpo_loss_reference(&a2, &b2, &xs[2], &xs[3], beta as f32, kind, eps as f32).unwrap();
+            let what = format!("{kind:?} beta {beta} eps {eps}");
+            assert_close(&format!("{what} forward"), &out.to_vec(), &f64v(&want), 1e-5);
+            out.backward(None, false).unwrap();
+            want.backward(None, false).unwrap();
+            assert_close(&format!("{what} d chosen"), &a.grad().unwrap().to_vec(), &f64v(&a2.grad().unwrap()), 1e-6);
+            assert_close(&format!("{what} d rejected"), &b.grad().unwrap().to_vec(), &f64v(&b2.grad().unwrap()), 1e-6);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Post-training objectives, one family per file, each a fused op: the forward computes the loss (in f64,
 //! stably) together with its local gradient, the `Backward` struct scales that gradient by `dout`, and the
-//! tests (finite-difference gradcheck + an independent f64 formula, edge cases) sit beside them.
+//! tests (finite-difference gradcheck, an independent f64 formula, edge cases) sit beside them. The losses
+//! keep a `*_reference` composite of primitive ops, and the tests check fused == composite, forward and
+//! backward.
 //! Not here: reward/value heads, rollouts and trainers (they live above, in Python, over these ops).
 //!
 //! - `reward`   Bradley–Terry reward-model loss (margin, reward centring), ranking accuracy

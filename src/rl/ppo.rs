@@ -317,6 +317,38 @@ impl Backward for KlPenaltyBackward {
     }
 }
 
+/// The per-token clipped surrogate from primitive ops, with min(a, b) = a − relu(a − b) and
+/// clip(ρ, lo, hi) = lo + relu(ρ − lo) − relu(ρ − hi) (no clamp of the log-ratio: moderate ratios only).
+/// old_logps and advantages are detached. Shared by the PPO and GRPO references.
+pub fn clipped_surrogate_reference(
+    logps: &Tensor,
+    old_logps: &Tensor,
+    advantages: &Tensor,
+    eps_low: f32,
+    eps_high: f32,
+) -> Result<Tensor> {
+    use crate::ops::{binary::*, unary::*};
+    let ratio = exp(&sub(logps, &old_logps.detach())?)?;
+    let (lo, hi) = (1.0 - eps_low, 1.0 + eps_high);
+    let clipped = sub(&add_scalar(&relu(&add_scalar(&ratio, -lo)?)?, lo)?, &relu(&add_scalar(&ratio, -hi)?)?)?;
+    let a = advantages.detach();
+    let (u, c) = (mul(&ratio, &a)?, mul(&clipped, &a)?);
+    neg(&sub(&u, &relu(&sub(&u, &c)?)?)?)
+}
+
+/// ppo_policy_loss from primitive ops: Σ surrogate · mask / Σ mask (advantages of the logps' shape).
+pub fn ppo_policy_loss_reference(
+    logps: &Tensor,
+    old_logps: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    clip_eps: f32,
+) -> Result<Tensor> {
+    use crate::ops::{binary::*, reduce::sum_all};
+    let per = clipped_surrogate_reference(logps, old_logps, advantages, clip_eps, clip_eps)?;
+    div(&sum_all(&mul(&per, mask)?)?, &sum_all(mask)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +422,22 @@ mod tests {
             ppo_policy_loss(&lp, &old, &a_tok, Some(&m), 0.2).unwrap().loss.item().unwrap(),
         );
         assert_eq!(l1, l2);
+    }
+
+    #[test]
+    fn policy_loss_matches_the_composite_of_primitives() {
+        manual_seed(304);
+        let (lp, old) = logps_pair(4, 6);
+        let adv = randn(&[4, 6], 0.0, 1.0).unwrap();
+        let m = t2(&(0..24).map(|i| if i % 6 < 6 - i / 6 { 1.0 } else { 0.0 }).collect::<Vec<_>>(), 4, 6);
+        let lp2 = lp.detach().requires_grad_(true);
+        let out = ppo_policy_loss(&lp, &old, &adv, Some(&m), 0.2).unwrap().loss;
+        let want = ppo_policy_loss_reference(&lp2, &old, &adv, &m, 0.2).unwrap();
+        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<_>>();
+        assert_close("forward", &out.to_vec(), &f64v(&want), 1e-6);
+        out.backward(None, false).unwrap();
+        want.backward(None, false).unwrap();
+        assert_close("backward", &lp.grad().unwrap().to_vec(), &f64v(&lp2.grad().unwrap()), 1e-6);
     }
 
     #[test]

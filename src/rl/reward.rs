@@ -102,6 +102,24 @@ impl Backward for RewardLossBackward {
     }
 }
 
+/// reward_loss from primitive ops (−log(sigmoid(d)) is fine for moderate gaps): the composite the fused
+/// op is tested against, forward and backward.
+pub fn reward_loss_reference(
+    chosen: &Tensor,
+    rejected: &Tensor,
+    margin: Option<&Tensor>,
+    center_coef: f32,
+) -> Result<Tensor> {
+    use crate::ops::{binary::*, reduce::mean_all, unary::*};
+    let mut d = sub(chosen, rejected)?;
+    if let Some(m) = margin {
+        d = sub(&d, &m.detach())?;
+    }
+    let bt = mean_all(&neg(&log(&sigmoid(&d)?)?)?)?;
+    let s = add(chosen, rejected)?;
+    add(&bt, &mul_scalar(&mean_all(&mul(&s, &s)?)?, center_coef)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +162,23 @@ mod tests {
         assert_eq!(out.accuracy, acc);
         let gap: f64 = cv.iter().zip(&rv).map(|(a, b)| *a as f64 - *b as f64).sum::<f64>() / 7.0;
         assert!((out.mean_gap - gap).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fused_matches_the_composite_of_primitives() {
+        manual_seed(101);
+        let c = randn(&[9], 0.0, 2.0).unwrap().requires_grad_(true);
+        let r = randn(&[9], 0.0, 2.0).unwrap().requires_grad_(true);
+        let m = randn(&[9], 0.5, 0.3).unwrap();
+        let (c2, r2) = (c.detach().requires_grad_(true), r.detach().requires_grad_(true));
+        let out = reward_loss(&c, &r, Some(&m), 0.05).unwrap().loss;
+        let want = reward_loss_reference(&c2, &r2, Some(&m), 0.05).unwrap();
+        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<_>>();
+        assert_close("forward", &out.to_vec(), &f64v(&want), 1e-6);
+        out.backward(None, false).unwrap();
+        want.backward(None, false).unwrap();
+        assert_close("d chosen", &c.grad().unwrap().to_vec(), &f64v(&c2.grad().unwrap()), 1e-6);
+        assert_close("d rejected", &r.grad().unwrap().to_vec(), &f64v(&r2.grad().unwrap()), 1e-6);
     }
 
     #[test]
