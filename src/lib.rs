@@ -5,7 +5,7 @@
 //! `tests/layering.rs` checks this on every `crate::` path outside test modules):
 //!
 //! ```text
-//! error → runtime → parallel → tensor → autograd → ops → nn → models → optim → io → text → bindings (Python) → python/nanofrontier → notebooks
+//! error → runtime → parallel → tensor → autograd → ops → nn → models → optim → rl → io → text → bindings (Python) → python/nanofrontier → notebooks
 //! ```
 //!
 //! `runtime` holds the per-thread switches everyone consults (grad mode, Ctrl-C), so the pool and the
@@ -34,11 +34,13 @@ pub mod nn;
 pub mod models;
 /// 6. Training: optimizers (SGD, AdamW) stepping all parameters in one call, gradient clipping.
 pub mod optim;
-/// 7. Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
+/// 7. Post-training objectives: reward model, DPO, PPO (+ GAE, KL), GRPO, entropy; fused, each with its backward.
+pub mod rl;
+/// 8. Files: safetensors read/write (F32 out; F32/F16/BF16/F64 in), atomic saves.
 pub mod io;
-/// Text ⇄ token ids: a byte-level BPE tokenizer (trained and run in Rust), GPT-2's pre-tokenization split.
+/// 9. Text ⇄ token ids: a byte-level BPE tokenizer (trained and run in Rust), GPT-2's pre-tokenization split.
 pub mod text;
-/// 8. The Python module `nanofrontier._core` — the only code that knows Python exists.
+/// 10. The Python module `nanofrontier._core` — the only code that knows Python exists.
 pub mod bindings;
 
 /// Tests only: the one `assert_close` / `max_abs_diff` the unit tests share.

@@ -204,6 +204,66 @@ def scaled_dot_product_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, is_ca
 def attention_weights(q: ArrayLike, k: ArrayLike, is_causal: bool = True, scale: Optional[float] = None) -> Tensor: ...
 def token_logprobs(logits: ArrayLike, targets: npt.ArrayLike, ignore_index: Optional[int] = -100) -> Tensor: ...
 
+# ---- post-training objectives (nanofrontier.rl; src/rl/, src/bindings/rl.rs) ----
+def reward_loss(chosen_rewards: ArrayLike, rejected_rewards: ArrayLike, margin: Optional[ArrayLike] = None,
+                center_rewards_coefficient: float = 0.0) -> Tuple[Tensor, Dict[str, float]]:
+    """Bradley–Terry loss mean(−log σ(r_c − r_r − margin)) + coef·mean((r_c + r_r)²) for (B,) rewards.
+    Metrics: accuracy, mean_gap, chosen_mean, rejected_mean. Bradley & Terry 1952; InstructGPT (Ouyang et
+    al. 2022); margin: Llama 2 (Touvron et al. 2023); centring: Eisenstein et al. 2023."""
+    ...
+
+def dpo_loss(policy_chosen_logps: ArrayLike, policy_rejected_logps: ArrayLike, ref_chosen_logps: ArrayLike,
+             ref_rejected_logps: ArrayLike, beta: float = 0.1, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> Tuple[Tensor, Dict[str, Any]]:
+    """DPO (Rafailov et al. 2023; label_smoothing = cDPO, Mitchell 2023), "ipo" (Azar et al. 2023) or
+    "hinge" (SLiC-HF, Zhao et al. 2023) on (B,) sequence log-probs. Metrics: chosen_rewards and
+    rejected_rewards (detached (B,) tensors), margin, accuracy."""
+    ...
+
+def ppo_policy_loss(logps: ArrayLike, old_logps: ArrayLike, advantages: ArrayLike, mask: Optional[ArrayLike] = None,
+                    clip_eps: float = 0.2) -> Tuple[Tensor, Dict[str, float]]:
+    """PPO clipped surrogate (Schulman et al. 2017), masked token mean over (B, T). Metrics: approx_kl,
+    clip_fraction."""
+    ...
+
+def ppo_value_loss(values: ArrayLike, old_values: ArrayLike, returns: ArrayLike, mask: Optional[ArrayLike] = None,
+                   clip_eps: Optional[float] = 0.2) -> Tuple[Tensor, Dict[str, float]]:
+    """½·max((V − R)², (V_clip − R)²), masked mean (PPO2 value clipping; Engstrom et al. 2020).
+    clip_eps=None: unclipped. Metrics: clip_fraction."""
+    ...
+
+def gae(rewards: ArrayLike, values: ArrayLike, mask: Optional[ArrayLike] = None, gamma: float = 1.0,
+        lam: float = 0.95) -> Tuple[Tensor, Tensor]:
+    """(advantages, returns) by GAE (Schulman et al. 2016) over right-padded (B, T); no gradient."""
+    ...
+
+def kl_penalty(logps: ArrayLike, ref_logps: ArrayLike, mask: Optional[ArrayLike] = None,
+               estimator: str = "k1") -> Tensor:
+    """Per-token KL(π ‖ π_ref) estimate "k1" or "k3" (Schulman 2020), (B, T); differentiable w.r.t. logps."""
+    ...
+
+def grpo_advantages(rewards: ArrayLike, group_size: int, scale: str = "group") -> Tensor:
+    """(r − group mean) / (std + 1e-4) with the std of the group ("group", DeepSeekMath, Shao et al.
+    2024), of the batch ("batch", Liu et al. 2025) or none ("none", Dr. GRPO). 0 for equal-reward groups."""
+    ...
+
+def rloo_advantages(rewards: ArrayLike, group_size: int) -> Tensor:
+    """Leave-one-out advantages (Ahmadian et al. 2024): r_i − mean of the other rewards of its group."""
+    ...
+
+def grpo_loss(logps: ArrayLike, old_logps: ArrayLike, advantages: ArrayLike, mask: ArrayLike,
+              ref_logps: Optional[ArrayLike] = None, beta: float = 0.0, eps_low: float = 0.2,
+              eps_high: Optional[float] = None, loss_type: str = "dapo", max_completion_length: Optional[int] = None,
+              num_items_in_batch: Optional[int] = None) -> Tuple[Tensor, Dict[str, Optional[float]]]:
+    """GRPO clipped objective (DeepSeekMath) with clip-higher (DAPO) and β·k3 KL; loss_type "grpo", "bnpo",
+    "dr_grpo" (needs max_completion_length) or "dapo" (num_items_in_batch). Metrics: kl, clip_low_fraction,
+    clip_high_fraction, clip_fraction."""
+    ...
+
+def entropy_from_logits(logits: ArrayLike) -> Tensor:
+    """Per-token entropy of softmax(logits) over the last dim: (..., V) → (...), fused with its backward."""
+    ...
+
 class Model:
     """A causal language model living in Rust (GPT or Llama); see nanofrontier.models."""
 

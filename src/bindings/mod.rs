@@ -6,12 +6,14 @@
 //! - `io`        save_safetensors / load_safetensors
 //! - `models`    `Model`: GPT or Llama, whole forward / generation per call
 //! - `tokenizer` `BPE`: the byte-level BPE tokenizer (train, encode, decode, save/load)
+//! - `rl`        the post-training objectives (reward, DPO, PPO, GAE, KL, GRPO, entropy)
 
 pub mod errors;
 pub mod functions;
 pub mod io;
 pub mod models;
 pub mod optim;
+pub mod rl;
 pub mod tensor;
 pub mod tokenizer;
 
@@ -97,5 +99,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     io::register(m)?;
     models::register(m)?;
     tokenizer::register(m)?;
+    rl::register(m)?;
     Ok(())
 }

@@ -1,0 +1,49 @@
+"""Post-training objectives: each a fused Rust op (forward + backward) that returns its loss as a
+differentiable ``Tensor`` and, where there is something to log, a dict of plain floats (or detached
+tensors)::
+
+    import nanofrontier as nf
+    loss, m = nf.rl.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.1)
+    loss.backward()          # gradients reach pol_c and pol_r only
+    m["margin"], m["accuracy"]
+
+Per-pair inputs are (B,); per-token inputs are (B, T) with a 0/1 ``mask`` of the same shape. Only the
+policy's own outputs get gradients: reference and old log-probs, advantages, returns and masks are read as
+constants. Each function's docstring names the paper its variant comes from.
+
+- reward model: ``reward_loss`` (Bradley–Terry, margin, reward centring)
+- DPO: ``dpo_loss`` (sigmoid / cDPO, ipo, hinge)
+- PPO: ``ppo_policy_loss``, ``ppo_value_loss``, ``gae``, ``kl_penalty`` (k1, k3), ``entropy_from_logits``,
+  and the KL coefficient controllers ``AdaptiveKLController`` / ``FixedKLController``
+- GRPO: ``grpo_advantages`` (group / batch / none), ``rloo_advantages``, ``grpo_loss`` (grpo, bnpo,
+  dr_grpo, dapo; clip-higher; k3 KL)
+"""
+
+from .._core import (
+    dpo_loss,
+    entropy_from_logits,
+    gae,
+    grpo_advantages,
+    grpo_loss,
+    kl_penalty,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reward_loss,
+    rloo_advantages,
+)
+from .kl_control import AdaptiveKLController, FixedKLController
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "dpo_loss",
+    "entropy_from_logits",
+    "gae",
+    "grpo_advantages",
+    "grpo_loss",
+    "kl_penalty",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "reward_loss",
+    "rloo_advantages",
+]
