@@ -25,6 +25,24 @@ fn test_only_modules(lib: &str) -> Vec<String> {
     out
 }
 
+/// True when the file `rel` (relative to src/) is a module that its parent file declares only for tests,
+/// like `ops/attention/tests.rs` under `#[cfg(test)] mod tests;` in `ops/attention/mod.rs`, or lies below one.
+fn is_test_only_file(rel: &Path) -> bool {
+    let mut names: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
+    let last = names.pop().unwrap_or_default();
+    let stem = last.strip_suffix(".rs").unwrap_or(&last);
+    if stem != "mod" {
+        names.push(stem.to_string());
+    }
+    (1..names.len()).any(|k| {
+        let dir: PathBuf = names[..k].iter().collect();
+        [src().join(&dir).join("mod.rs"), src().join(dir.with_extension("rs"))]
+            .into_iter()
+            .find_map(|parent| std::fs::read_to_string(parent).ok())
+            .is_some_and(|text| test_only_modules(&text).contains(&names[k]))
+    })
+}
+
 /// `pub mod name;` lines of lib.rs, in order.
 fn declared_modules(lib: &str) -> Vec<String> {
     lib.lines().filter_map(|l| l.trim().strip_prefix("pub mod ")?.strip_suffix(';').map(str::to_string)).collect()
@@ -252,7 +270,7 @@ fn each_module_uses_only_the_modules_declared_above_it() {
         let rel = file.strip_prefix(src()).unwrap();
         let first = rel.components().next().unwrap().as_os_str().to_string_lossy().to_string();
         let module = first.strip_suffix(".rs").unwrap_or(&first).to_string();
-        if module == "lib" || test_only.contains(&module) {
+        if module == "lib" || test_only.contains(&module) || is_test_only_file(rel) {
             continue;
         }
         let Some(&own) = rank.get(module.as_str()) else {
@@ -303,4 +321,8 @@ fn the_checker_sees_what_it_must() {
     let cleaned = strip_test_items(&strip_comments_and_literals(code));
     let names: Vec<String> = crate_paths(&cleaned).into_iter().map(|(_, n)| n).collect();
     assert_eq!(names, ["ops", "tensor", "error"]);
+    // a file declared `#[cfg(test)] mod tests;` by its parent is a test module; its siblings are not
+    assert!(is_test_only_file(Path::new("ops/attention/tests.rs")));
+    assert!(!is_test_only_file(Path::new("ops/attention/kernels.rs")));
+    assert!(!is_test_only_file(Path::new("ops/attention/mod.rs")));
 }

@@ -138,6 +138,7 @@ mod tests {
     use super::*;
     use crate::io::temp_dir;
     use crate::tensor::random::{manual_seed, randn};
+    use crate::testutil::assert_close;
 
     /// A safetensors file built by hand from its spec (so the reader is not only checked against our writer).
     fn handmade(entries: &[(&str, &str, &[usize], Vec<u8>)], meta: Option<&str>) -> Vec<u8> {
@@ -164,14 +165,6 @@ mod tests {
         out
     }
 
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
-        assert_eq!(a.len(), b.len(), "lengths differ");
-        a.iter().zip(b).enumerate().fold((0.0, 0), |(m, at), (i, (x, y))| {
-            let d = (x - y).abs();
-            if d > m { (d, i) } else { (m, at) }
-        })
-    }
-
     #[test]
     fn round_trip_keeps_names_shapes_values_and_metadata() {
         manual_seed(7);
@@ -191,8 +184,8 @@ mod tests {
         for (name, want) in &tensors {
             let t = &got.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing")).1;
             assert_eq!(t.shape(), want.shape(), "{name}: shape");
-            let (d, at) = max_abs_diff(&t.to_vec(), &want.to_vec());
-            assert!(d == 0.0, "{name}: max abs diff {d} at element {at} (f32 must round-trip exactly)");
+            // f32 must round-trip exactly
+            assert_close(name, &t.to_vec(), &want.to_vec(), 0.0, 0.0);
         }
         // no metadata: none written, none read back
         save(&p, &tensors[..1], &BTreeMap::new()).unwrap();
@@ -232,8 +225,7 @@ mod tests {
             got.iter().zip([(&f16ref[..], &[2usize, 3][..]), (&bf16ref, &[6]), (&vals, &[3, 2]), (&vals, &[6])])
         {
             assert_eq!(t.shape(), shape, "{name}: shape");
-            let (d, at) = max_abs_diff(&t.to_vec(), want);
-            assert!(d == 0.0, "{name}: max abs diff {d} at element {at}");
+            assert_close(name, &t.to_vec(), want, 0.0, 0.0);
         }
         // bf16 keeps 8 bits of mantissa: 1/3 comes back as 0.333984375
         assert_eq!(got[1].1.to_vec()[2], 0.333_984_38);

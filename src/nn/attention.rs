@@ -291,6 +291,7 @@ mod tests {
     use super::*;
     use crate::autograd::no_grad;
     use crate::tensor::random::Rng;
+    use crate::testutil::assert_close;
 
     fn randn_local(rng: &mut Rng, shape: &[usize]) -> Tensor {
         let n = crate::tensor::numel(shape);
@@ -315,8 +316,7 @@ mod tests {
                 cache.append(&piece(&k), &piece(&v)).unwrap();
                 let got = cache.attend(&piece(&q), &CacheRows::default()).unwrap().to_vec();
                 let want = piece(&full).to_vec();
-                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-                assert!(worst <= 1e-5, "positions {at}..{}: max abs diff {worst:.2e}", at + n);
+                assert_close(&format!("positions {at}..{}", at + n), &got, &want, 1e-5, 0.0);
                 at += n;
                 assert_eq!(cache.len(), at);
             }

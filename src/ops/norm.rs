@@ -17,6 +17,7 @@ use crate::autograd::{Backward, record};
 use crate::error::{Error, Result, fmt_shape};
 use crate::ops::binary::{add, add_scalar, div, mul, rdiv_scalar, sub};
 use crate::ops::reduce::mean;
+use crate::ops::simd::{dot8, fold8, sum8};
 use crate::ops::unary::sqrt;
 use crate::parallel::{GRAIN, install};
 use crate::tensor::{Tensor, alloc_zeros};
@@ -108,8 +109,7 @@ fn mean_var(xs: &[f32]) -> (f32, f32) {
             s2[k] += d * d;
         }
     }
-    let fold = |a: [f32; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    let (mut d1, mut d2) = (fold(s1), fold(s2));
+    let (mut d1, mut d2) = (fold8(s1), fold8(s2));
     for &v in tail {
         let d = v - m0;
         d1 += d;
@@ -121,47 +121,20 @@ fn mean_var(xs: &[f32]) -> (f32, f32) {
 /// Σ a·b in f64 (the product in f32), eight accumulators in a fixed order.
 #[inline]
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += (x[k] * y[k]) as f64;
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    ta.iter().zip(tb).fold(s, |s, (&x, &y)| s + (x * y) as f64)
+    dot8(a, b, |x, y| (x * y) as f64)
 }
 
 /// Σ a·b in f32 with eight accumulators (vectorizes), for the per-row sums of the backward: a row is at
 /// most a few thousand terms, so each accumulator adds a few hundred and f32 keeps ~1e-6 relative.
 #[inline]
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    ta.iter().zip(tb).fold(s, |s, (&x, &y)| s + x * y)
+    dot8(a, b, |x, y| x * y)
 }
 
 /// Σ a in f32 with eight accumulators (see `dot_f32`).
 #[inline]
 fn sum_f32(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let ta = ca.remainder();
-    for x in ca {
-        for k in 0..8 {
-            acc[k] += x[k];
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    ta.iter().fold(s, |s, &x| s + x)
+    sum8(a, |x| x)
 }
 
 /// Column sums over the rows of a block (weight / bias gradients): added in f32 for runs of at most

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Backward, record};
 use crate::error::{Error, Result, fmt_shape};
+use crate::ops::simd::sum8;
 use crate::parallel::{GRAIN, for_each_chunk, install};
 use crate::tensor::{Tensor, alloc_zeros, normalize_dim};
 
@@ -134,19 +135,7 @@ fn row_offset(mut row: usize, b: &[(usize, bool)], st: &[usize]) -> usize {
 
 /// Sequential f64 sum with 8 independent accumulators (a fixed order, so deterministic, and fast).
 pub(crate) fn sum_f64(xs: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += c[k] as f64;
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for &v in tail {
-        s += v as f64;
-    }
-    s
+    sum8(xs, |v| v as f64)
 }
 
 /// f64 sum of a long slice: fixed blocks in parallel, partial sums added in block order.

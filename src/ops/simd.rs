@@ -1,7 +1,7 @@
 //! The one home of the vector-kernel plumbing that `unary`, `matmul` and `attention` share: the run-time
 //! dispatch (`dispatch_simd!`, picking a body compiled for AVX-512, AVX2 or the baseline), `madd`, the
 //! 16-lane `dot` (and `dot4`, four of them sharing one x, portable and AVX2 intrinsics) and `lanes_sum`,
-//! the fixed-order sum of those lanes.
+//! the fixed-order sum of those lanes; and `sum8` / `dot8` / `fold8`, the 8-lane sums of the row reductions.
 //! Bits: a body compiled for a wider unit only runs more lanes at once. Rust never fuses a·b + c into
 //! an FMA on its own, so code that does not call `madd` (or `mul_add`) rounds identically on every level;
 //! `madd` fuses on levels 1 and 2, which is why attention may differ in the last bit between CPUs with and
@@ -86,6 +86,48 @@ pub(crate) fn lanes_sum(mut acc: [f32; LANES]) -> f32 {
         }
     }
     acc[0]
+}
+
+/// The 8 partial sums of the f64 (and f32) row reductions in `reduce`, `softmax` and `norm`, added as
+/// ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)): their one fixed order (not `lanes_sum`'s, which pairs 0 + 2).
+#[inline(always)]
+pub(crate) fn fold8<T: Copy + std::ops::Add<Output = T>>(a: [T; 8]) -> T {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
+/// Σ f(x) over `xs` in 8 lanes: lane k adds the terms k, k + 8, ... in order, the lanes are `fold8`ed,
+/// then the tail (the last len % 8 terms) is added one by one.
+#[inline(always)]
+pub(crate) fn sum8<T>(xs: &[f32], f: impl Fn(f32) -> T) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T>,
+{
+    let mut acc = [T::default(); 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = acc[k] + f(c[k]);
+        }
+    }
+    tail.iter().fold(fold8(acc), |s, &v| s + f(v))
+}
+
+/// Σ f(a, b) over pairs of `xs` and `ys` in the same 8 lanes and order as `sum8`.
+#[inline(always)]
+pub(crate) fn dot8<T>(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> T) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T>,
+{
+    let mut acc = [T::default(); 8];
+    let (cx, cy) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    let (tx, ty) = (cx.remainder(), cy.remainder());
+    for (x, y) in cx.zip(cy) {
+        for k in 0..8 {
+            acc[k] = acc[k] + f(x[k], y[k]);
+        }
+    }
+    tx.iter().zip(ty).fold(fold8(acc), |s, (&x, &y)| s + f(x, y))
 }
 
 /// Σ x·y in `LANES` independent f32 lanes (lane l takes the terms l, l + 16, ... in order, the tail
@@ -248,6 +290,42 @@ mod tests {
         // pairs (0, 8) cancel first: 0; then 1 survives
         assert_eq!(lanes_sum(acc), 1.0);
         assert_eq!(lanes_sum([1.0; LANES]), 16.0);
+    }
+
+    #[test]
+    fn sum8_and_dot8_add_in_the_documented_order() {
+        // 1e8 + 1 − 1e8 in f32: the 1 survives only if it meets the cancelling pair after they cancel
+        let mut a = [0f32; 8];
+        (a[0], a[4], a[1]) = (1e8, -1e8, 1.0);
+        assert_eq!(fold8(a), 1.0);
+        (a[0], a[4], a[1], a[2]) = (1e8, 1.0, -1e8, 0.0);
+        assert_eq!(fold8(a), 0.0, "(1e8 + 1) + (−1e8 + 0) loses the 1");
+        // the same as a scalar statement of the order, bit for bit, in f64 and f32, with and without a tail
+        let mut r = Rng::new(5);
+        for n in [0, 1, 7, 8, 9, 16, 63, 100, 1001] {
+            let (x, y) = (vector(&mut r, n), vector(&mut r, n));
+            let full = n / 8 * 8;
+            let mut lanes = [0f64; 8];
+            for (i, &v) in x[..full].iter().enumerate() {
+                lanes[i % 8] += v as f64 * y[i] as f64;
+            }
+            let mut want =
+                ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for i in full..n {
+                want += x[i] as f64 * y[i] as f64;
+            }
+            assert_eq!(dot8(&x, &y, |a, b| a as f64 * b as f64).to_bits(), want.to_bits(), "dot8, length {n}");
+            let mut lanes = [0f32; 8];
+            for (i, &v) in x[..full].iter().enumerate() {
+                lanes[i % 8] += v;
+            }
+            let mut want =
+                ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for &v in &x[full..] {
+                want += v;
+            }
+            assert_eq!(sum8(&x, |v| v).to_bits(), want.to_bits(), "sum8, length {n}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::autograd::{Backward, record};
 use crate::error::{Error, Result, fmt_shape};
 use crate::ops::binary::{div, mul, sub};
 use crate::ops::reduce::{max, split_at_dim, sum, sum_all, sum_f64};
+use crate::ops::simd::{dot8, sum8};
 use crate::ops::unary::{exp, exp_f32, log, neg};
 use crate::parallel::{GRAIN, install};
 use crate::tensor::{Tensor, alloc_zeros};
@@ -87,31 +88,13 @@ fn lane_max(xs: &[f32]) -> f32 {
 /// Σ exp(x − m) in f64, with eight accumulators in a fixed order (vectorizes, deterministic).
 #[inline]
 fn sum_exp(xs: &[f32], m: f32) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += exp_f32(c[k] - m) as f64;
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    tail.iter().fold(s, |s, &v| s + exp_f32(v - m) as f64)
+    sum8(xs, |v| exp_f32(v - m) as f64)
 }
 
 /// Σ a·b in f64, eight accumulators.
 #[inline]
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] as f64 * y[k] as f64;
-        }
-    }
-    let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    ta.iter().zip(tb).fold(s, |s, (&x, &y)| s + x as f64 * y as f64)
+    dot8(a, b, |x, y| x as f64 * y as f64)
 }
 
 /// m = max and ln Σ exp(x − m) of a lane (sum in f64). An all −inf lane gives nan, as in torch.

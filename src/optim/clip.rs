@@ -26,6 +26,7 @@ use crate::tensor::Tensor;
 const OP: &str = "clip_grad_norm";
 
 /// Σ x² in f64, with 8 independent accumulators (fast, and a fixed order).
+// Not `ops::simd::sum8`: the lanes are added in sequence and the tail separately, another order.
 fn sum_squares(x: &[f32]) -> f64 {
     let mut acc = [0.0f64; 8];
     let mut it = x.chunks_exact(8);
