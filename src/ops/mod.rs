@@ -1,10 +1,12 @@
-//! Every op, one family per file: the forward function, its `Backward` struct and its tests together.
+//! Every op, one family per file: the forward function, its `Backward` struct and its tests together
+//! (attention, the largest, is a folder: `mod.rs` the op, `kernels.rs` its inner loops, `tests.rs`).
 //! Each op's tests run a finite-difference gradcheck and compare the forward with an independent
 //! reference (an f64 formula, or for a fused op a composite of primitives).
 //!
 //! Shared by the vectorized kernels of `unary`, `matmul` and `attention`:
 //! - `simd`       run-time dispatch to AVX-512 / AVX2 / baseline builds of a kernel, `madd`, the 16-lane
-//!                `dot` / `dot4` and `lanes_sum` (every level gives the baseline's bits unless it uses `madd`)
+//!                `dot` / `dot4` and `lanes_sum` (every level gives the baseline's bits unless it uses `madd`);
+//!                the 8-lane f64/f32 `sum8` / `dot8` that reductions, softmax and norms share
 //!
 //! Primitives:
 //! - `binary`     add sub mul div pow minimum maximum (broadcasting; scalar forms), comparisons (no grad)
