@@ -85,13 +85,6 @@ pub fn unbroadcast(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     Tensor::new(acc.into_iter().map(|v| v as f32).collect(), shape)
 }
 
-/// `acc += g` in place (same shape; used by the tape to sum gradients).
-pub fn add_inplace(acc: &Tensor, g: &Tensor) {
-    let gd = g.data();
-    let mut ad = acc.data_mut();
-    for_each_chunk(&mut ad, GRAIN, |s, c| c.iter_mut().enumerate().for_each(|(j, a)| *a += gd[s + j]));
-}
-
 // ---- add ----
 /// out = a + b (broadcasting).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
