@@ -10,9 +10,9 @@
 //!
 //! The loss is the mean over pairs; only the policy log-probs get gradients (the reference is frozen).
 
-use crate::autograd::{Backward, record, will_record};
+use crate::autograd::{record, will_record};
 use crate::error::{Error, Result};
-use crate::rl::{check_finite, check_range, f64s, log_sigmoid, per_pair, same_shape, scaled, sigmoid};
+use crate::rl::{PairwiseBackward, check_finite, check_range, f64s, log_sigmoid, per_pair, same_shape, sigmoid};
 use crate::tensor::Tensor;
 
 /// Which DPO-family loss.
@@ -130,7 +130,18 @@ pub fn dpo_loss(
     }
     let out = Tensor::scalar((total / n) as f32);
     let loss = if will_record(&[policy_chosen, policy_rejected]) {
-        record(out, DpoBackward { chosen: policy_chosen.clone(), rejected: policy_rejected.clone(), dpc, dpr })
+        record(
+            out,
+            // loss = (1/B) Σ ℓ(u_i), u_i = (π_c − ref_c) − (π_r − ref_r), so dπ_c = ℓ'(u_i)/B and dπ_r = −ℓ'(u_i)/B,
+            // with ℓ' = β(−(1−ε)σ(−βu) + εσ(βu)) (sigmoid), 2(u − 1/2β) (ipo), −β·[1 − βu > 0] (hinge)
+            PairwiseBackward {
+                op: "dpo_loss",
+                chosen: policy_chosen.clone(),
+                rejected: policy_rejected.clone(),
+                dchosen: dpc,
+                drejected: dpr,
+            },
+        )
     } else {
         out
     };
@@ -141,27 +152,6 @@ pub fn dpo_loss(
         margin: margin / n,
         accuracy: correct as f64 / n,
     })
-}
-struct DpoBackward {
-    chosen: Tensor,
-    rejected: Tensor,
-    dpc: Vec<f32>,
-    dpr: Vec<f32>,
-}
-impl Backward for DpoBackward {
-    fn name(&self) -> &'static str {
-        "dpo_loss"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.chosen.clone(), self.rejected.clone()]
-    }
-    // loss = (1/B) Σ ℓ(u_i), u_i = (π_c − ref_c) − (π_r − ref_r), so dπ_c = ℓ'(u_i)/B and dπ_r = −ℓ'(u_i)/B,
-    // with ℓ' = β(−(1−ε)σ(−βu) + εσ(βu)) (sigmoid), 2(u − 1/2β) (ipo), −β·[1 − βu > 0] (hinge)
-    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dc = if needs[0] { Some(scaled(dout, &self.dpc, &self.chosen)?) } else { None };
-        let dr = if needs[1] { Some(scaled(dout, &self.dpr, &self.rejected)?) } else { None };
-        Ok(vec![dc, dr])
-    }
 }
 
 /// dpo_loss from primitive ops (log(sigmoid(·)) is fine for moderate log-ratios), the reference detached:

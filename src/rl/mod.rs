@@ -140,6 +140,29 @@ pub(crate) fn f64s(x: &Tensor) -> Vec<f64> {
 }
 
 /// `dout` (0-d) times a gradient saved by the forward, as a tensor shaped like `like`.
+/// The backward of a pairwise loss (reward model, DPO): the forward saved d loss / d chosen and
+/// d loss / d rejected per pair, and the backward scales them by the scalar `dout`.
+pub(crate) struct PairwiseBackward {
+    pub(crate) op: &'static str,
+    pub(crate) chosen: Tensor,
+    pub(crate) rejected: Tensor,
+    pub(crate) dchosen: Vec<f32>,
+    pub(crate) drejected: Vec<f32>,
+}
+impl crate::autograd::Backward for PairwiseBackward {
+    fn name(&self) -> &'static str {
+        self.op
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.chosen.clone(), self.rejected.clone()]
+    }
+    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let dc = if needs[0] { Some(scaled(dout, &self.dchosen, &self.chosen)?) } else { None };
+        let dr = if needs[1] { Some(scaled(dout, &self.drejected, &self.rejected)?) } else { None };
+        Ok(vec![dc, dr])
+    }
+}
+
 pub(crate) fn scaled(dout: &Tensor, saved: &[f32], like: &Tensor) -> Result<Tensor> {
     let g = dout.item()?;
     Ok(Tensor::from_vec_unchecked(saved.iter().map(|&s| s * g).collect(), like.shape().to_vec()))

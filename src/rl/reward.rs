@@ -4,9 +4,9 @@
 //! Touvron et al. 2023 "Llama 2" (the per-pair margin), Eisenstein et al. 2023 "Helping or Herding? Reward
 //! Model Ensembles Mitigate but do not Eliminate Reward Hacking" (the reward-centring term).
 
-use crate::autograd::{Backward, record, will_record};
+use crate::autograd::{record, will_record};
 use crate::error::{Error, Result};
-use crate::rl::{check_range, f64s, log_sigmoid, per_pair, same_shape, scaled, sigmoid};
+use crate::rl::{PairwiseBackward, check_range, f64s, log_sigmoid, per_pair, same_shape, sigmoid};
 use crate::tensor::Tensor;
 
 /// The loss (0-d, differentiable w.r.t. both rewards) and what to log about the batch.
@@ -68,7 +68,18 @@ pub fn reward_loss(
     }
     let out = Tensor::scalar((total / n) as f32);
     let loss = if will_record(&[chosen, rejected]) {
-        record(out, RewardLossBackward { chosen: chosen.clone(), rejected: rejected.clone(), dc, dr })
+        record(
+            out,
+            // loss = (1/B) Σ [−log σ(d_i) + k (c_i + r_i)²], d_i = c_i − r_i − m_i, so
+            // dc_i = (−σ(−d_i) + 2k(c_i + r_i)) / B and dr_i = (σ(−d_i) + 2k(c_i + r_i)) / B (saved by the forward)
+            PairwiseBackward {
+                op: "reward_loss",
+                chosen: chosen.clone(),
+                rejected: rejected.clone(),
+                dchosen: dc,
+                drejected: dr,
+            },
+        )
     } else {
         out
     };
@@ -79,27 +90,6 @@ pub fn reward_loss(
         chosen_mean: c.iter().sum::<f64>() / n,
         rejected_mean: r.iter().sum::<f64>() / n,
     })
-}
-struct RewardLossBackward {
-    chosen: Tensor,
-    rejected: Tensor,
-    dc: Vec<f32>,
-    dr: Vec<f32>,
-}
-impl Backward for RewardLossBackward {
-    fn name(&self) -> &'static str {
-        "reward_loss"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.chosen.clone(), self.rejected.clone()]
-    }
-    // loss = (1/B) Σ [−log σ(d_i) + k (c_i + r_i)²], d_i = c_i − r_i − m_i, so
-    // dc_i = (−σ(−d_i) + 2k(c_i + r_i)) / B and dr_i = (σ(−d_i) + 2k(c_i + r_i)) / B (saved by the forward)
-    fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dc = if needs[0] { Some(scaled(dout, &self.dc, &self.chosen)?) } else { None };
-        let dr = if needs[1] { Some(scaled(dout, &self.dr, &self.rejected)?) } else { None };
-        Ok(vec![dc, dr])
-    }
 }
 
 /// reward_loss from primitive ops (−log(sigmoid(d)) is fine for moderate gaps): the composite the fused
