@@ -176,18 +176,10 @@ pub(crate) fn scaled_each(dout: &Tensor, saved: &[f32], like: &Tensor) -> Tensor
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    /// Assert |got − want| ≤ tol elementwise, reporting the worst element (nan counts as worst).
+    /// The crate's one `assert_close` with an absolute tolerance (the objectives' tests compare losses of
+    /// order 1 against f64 formulas).
     pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let mut worst = (0.0f64, 0usize);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let d = if g as f64 == w { 0.0 } else { (g as f64 - w).abs() };
-            if d > worst.0 || d.is_nan() {
-                worst = (if d.is_nan() { f64::INFINITY } else { d }, i);
-            }
-        }
-        let i = worst.1;
-        assert!(worst.0 <= tol, "{what}: max abs diff {:.2e} at element {i}: got {} want {}", worst.0, got[i], want[i]);
+        crate::testutil::assert_close(what, got, want, tol, 0.0);
     }
 }
 
