@@ -91,6 +91,7 @@ def smoke_mode():
 from . import functional, models, nn, optim, testing  # noqa: E402  (they import the names above)
 from . import checkpoint, data, formats, tokenizer, train  # noqa: E402
 from . import rl  # noqa: E402  (post-training objectives)
+from . import tasks  # noqa: E402  (generated tasks for the post-training notebooks)
 
 __all__ = [
     "Tensor",
