@@ -305,17 +305,28 @@ def test_float_targets_name_the_call():
 
 @pytest.mark.parametrize(
     "key",
-    [np.array([True, False]), [True, False], True, "compare2d"],
-    ids=["numpy-bool", "list-bool", "python-bool", "comparison-2d"],
+    [np.array([True, False]), [True, False], True, "compare2d", "compare1d"],
+    ids=["numpy-bool", "list-bool", "python-bool", "comparison-2d", "comparison-1d"],
 )
 def test_boolean_masks_are_refused_with_what_to_use_instead(key):
     x = nf.tensor([[1.0, -2.0], [-3.0, 4.0]])
-    if isinstance(key, str):
+    if isinstance(key, str) and key == "compare2d":
         key = x > 0  # a 2-D 0/1 tensor: what `x[x > 0]` passes
+    elif isinstance(key, str):
+        # 1-D: its 0/1 values would silently read as rows 0 and 1 (x[[1, 0]] gave rows 1 and 0)
+        key = nf.tensor([-1.0, 1.0]) > 0
     with pytest.raises(TypeError, match=r"boolean masks are not supported as indices") as info:
         x[key]
     assert "nf.where" in str(info.value) and "flatnonzero" in str(info.value)
     assert "index arrays must be 1-D" not in str(info.value) or "mask" in str(info.value)
+
+
+def test_a_computed_tensor_still_indexes():
+    x = nf.tensor([10.0, 20.0, 30.0])
+    mask = x > 15  # a mask as a value is fine: arithmetic on it gives an ordinary tensor
+    assert (x * mask).tolist() == [0.0, 20.0, 30.0]
+    assert x[nf.tensor([2.0, 0.0])].tolist() == [30.0, 10.0]
+    assert x[(x > 15) * 1.0 + 0.0].tolist() == [10.0, 20.0, 20.0]  # no longer a comparison result
 
 
 def test_negative_thread_count_is_a_value_error():

@@ -27,11 +27,14 @@ numpy.flatnonzero(mask)";
 #[pyclass(frozen, name = "Tensor", module = "nanofrontier")]
 pub struct PyTensor {
     pub t: Tensor,
+    /// Set on the direct result of a comparison (`x > 0`): its 0.0/1.0 values are a mask, so using it as an
+    /// index (where they would silently read as positions 0 and 1) is refused.
+    is_mask: bool,
 }
 
 impl PyTensor {
     pub fn wrap(t: Tensor) -> PyTensor {
-        PyTensor { t }
+        PyTensor { t, is_mask: false }
     }
 }
 
@@ -394,7 +397,8 @@ impl PyTensor {
             CompareOp::Gt => binary::Cmp::Gt,
             CompareOp::Ge => binary::Cmp::Ge,
         };
-        wrap(run(py, || binary::compare(&self.t, &o, cmp)))
+        let t = run(py, || binary::compare(&self.t, &o, cmp))?;
+        Ok(PyTensor { t, is_mask: true })
     }
     /// Matrix product (numpy.matmul rules), same as `@`.
     fn matmul(&self, py: Python<'_>, o: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
@@ -605,6 +609,9 @@ impl PyTensor {
                 let dim = d as isize;
                 x = run(py, || view::select(&x, dim, i))?;
             } else {
+                if k.cast::<PyTensor>().is_ok_and(|m| m.borrow().is_mask) {
+                    return Err(PyTypeError::new_err(format!("tensor indexing by a comparison: {BOOL_INDEX}")));
+                }
                 let (idx, shape) = to_indices_for(py, k, Some("tensor indexing"))?;
                 if shape.len() != 1 {
                     return Err(PyTypeError::new_err(format!(
