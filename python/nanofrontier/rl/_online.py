@@ -214,6 +214,40 @@ def check_shape(owner, name, arr, shape):
         raise ShapeError(f"{owner}: {name} has shape {tuple(np.shape(arr))}, expected {tuple(shape)}")
 
 
+def check_rollout(owner, ro):
+    """(N, T) of a rollout whose arrays agree with each other; ShapeError naming the one that does not."""
+    ids = np.asarray(ro.input_ids)
+    if ids.ndim != 2 or ids.shape[1] < 2:
+        raise ShapeError(f"{owner}: input_ids must be (N, T) with T >= 2, got shape {ids.shape}")
+    n, t = ids.shape
+    check_shape(owner, "attention_mask", ro.attention_mask, (n, t))
+    check_shape(owner, "completion_mask", ro.completion_mask, (n, t))
+    check_shape(owner, "lengths", ro.lengths, (n,))
+    check_shape(owner, "prompt_lengths", ro.prompt_lengths, (n,))
+    check_shape(owner, "truncated", ro.truncated, (n,))
+    cm, am = np.asarray(ro.completion_mask, bool), np.asarray(ro.attention_mask, bool)
+    if (cm & ~am).any():
+        raise InvalidArgumentError(f"{owner}: completion_mask marks tokens that attention_mask does not")
+    if not np.array_equal(cm.sum(1), ro.lengths):
+        raise InvalidArgumentError(f"{owner}: completion_mask's row sums differ from lengths")
+    if (np.asarray(ro.lengths) < 1).any():
+        raise InvalidArgumentError(f"{owner}: every row needs at least one completion token")
+    return n, t
+
+
+
+def make_diagnostics(owner, diagnostics):
+    """True → nf.rl.diagnostics.Diagnostics() with its default bounds; False/None → none; else the object."""
+    if diagnostics is True:
+        from .diagnostics import Diagnostics
+
+        return Diagnostics()
+    if diagnostics is False or diagnostics is None:
+        return None
+    return diagnostics
+
+
+
 # ------------------------------------------------------------------------------------------ optimizers
 
 
@@ -393,7 +427,7 @@ class OnlineTrainer:
                     self.elapsed = row["time"] = base + time.perf_counter() - start
                     self.history.append(row)
                     self._show(bar, row)
-                    if any([cb(self, row) is True for cb in self.callbacks]):
+                    if any([cb(self, row) is True for cb in self.callbacks]):  # noqa: C419 (all run)
                         reason = "callback"
                     if self._stop_requested:
                         reason = "interrupted"

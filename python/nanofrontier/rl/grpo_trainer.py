@@ -22,7 +22,8 @@ One trainer step::
 import numpy as np
 
 from .. import _core
-from ..exceptions import InvalidArgumentError
+from .._core import Tensor
+from ..exceptions import InvalidArgumentError, ShapeError
 from . import _online as ol
 from .rollout import rollout
 
@@ -75,7 +76,7 @@ class GRPOTrainer(ol.OnlineTrainer):
                  ref_model=None, beta=0.0, loss_type="dapo", eps_low=0.2, eps_high=None,
                  scale_rewards="group", advantage="grpo", grad_clip=1.0, shuffle=True, max_steps=None,
                  max_seconds=None, seed=0, progress=True, checkpoint=None, checkpoint_every=None,
-                 callbacks=(), diagnostics=True):
+                 callbacks=(), diagnostics=True, rule_fn=None):
         owner = "GRPOTrainer"
         self.model = model
         self.optimizer = ol.JointOptimizer(owner, optimizer)
@@ -86,6 +87,7 @@ class GRPOTrainer(ol.OnlineTrainer):
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         self.prompts = ol.Prompts(owner, prompts, prompts_per_step, vocab)
         self.rewards = ol.RewardFunctions(owner, reward_fns, reward_weights, correctness)
+        self.rule = None if rule_fn is None else ol.RewardFunctions(owner, [rule_fn])
         if decode is not None and not callable(decode):
             raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got {type(decode).__name__}")
         self.decode = decode
@@ -130,7 +132,7 @@ class GRPOTrainer(ol.OnlineTrainer):
             ref_model.freeze()
         self.ref_model = ref_model
         self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every, callbacks)
-        self.diagnostics = _diagnostics(owner, diagnostics)
+        self.diagnostics = ol.make_diagnostics(owner, diagnostics)
 
     # ---- checkpoint contents ----
     def _modules(self):
@@ -158,34 +160,64 @@ class GRPOTrainer(ol.OnlineTrainer):
         return self.rewards.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)
 
     def _step(self):
-        if self.model.training is False:
-            self.model.train()
+        self.model.train()
         ro = self.make_rollout()
         rewards, per_fn, correct = self.score(ro)
+        row = self.learn(ro, rewards)
+        for name, vals in zip(self.rewards.names, per_fn):
+            row[f"reward/{name}"] = float(vals.mean())
+        if correct is not None:
+            row["accuracy"] = float(correct.mean())
+        if self.rule is not None:
+            rows = ro.source_index
+            ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode, self.stop_tokens)
+            rule = self.rule.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)[0]
+            row["rule_score"] = float(rule.mean())
+            if self.diagnostics is not None:
+                self.diagnostics.check_reward_hacking(row["reward_mean"], row["rule_score"], self.step)
+        return row
+
+    def learn(self, ro, rewards):
+        """The optimisation half of a step on a given rollout (an ``nf.rl.Rollout`` whose rows come in
+        groups of ``num_generations``) and its (N,) rewards; returns the step's metrics."""
+        owner = "GRPOTrainer"
+        n, _ = ol.check_rollout(owner, ro)
+        rewards = (rewards.numpy() if isinstance(rewards, Tensor) else np.asarray(rewards)).astype(np.float64)
+        if rewards.shape != (n,):
+            raise ShapeError(f"{owner}: rewards has shape {rewards.shape} for a rollout of {n} rows; give one "
+                             "reward per row, (N,)")
+        if not np.isfinite(rewards).all():
+            r = int(np.flatnonzero(~np.isfinite(rewards))[0])
+            raise InvalidArgumentError(f"{owner}: the reward of row {r} is {rewards[r]} (not finite)")
+        if n % self.group:
+            raise InvalidArgumentError(f"{owner}: num_generations={self.group} does not divide the rollout's {n} "
+                                       "rows (rows come in groups of G completions of one prompt)")
+        if n % self.minibatch_size:
+            raise InvalidArgumentError(f"{owner}: minibatch_size={self.minibatch_size} does not divide the "
+                                       f"rollout's {n} rows")
         r32 = rewards.astype(np.float32)
         if self.advantage == "rloo":
             adv = _core.rloo_advantages(r32, self.group).numpy()
         else:
             adv = _core.grpo_advantages(r32, self.group, self.scale_rewards).numpy()
-        ids, mask = ro.input_ids, ro.token_mask
+        ids, mask = ro.input_ids, np.asarray(ro.completion_mask, bool)[:, 1:]
         old_lp, ent = ol.no_grad_forward(self.model, ids, entropy=True)
         ref_lp = None if self.ref_model is None else ol.no_grad_forward(self.ref_model, ids)[0]
 
-        n, mb = len(ro), self.minibatch_size
+        mb = self.minibatch_size
         losses, norms, clip, clip_lo, clip_hi = [], [], [], [], []
         for _ in range(self.num_iterations):
             for start in range(0, n, mb):
                 rows = slice(start, start + mb)
-                t = int(ro.attention_mask[rows].sum(1).max())  # trim the padding this minibatch does not need
-                lp, _ = ol.token_logprobs_and_entropy(self.model, ids[rows, :t])
-                kw = dict(ref_logps=None if ref_lp is None else ref_lp[rows, :t - 1], beta=self.beta,
+                tt = int(np.asarray(ro.attention_mask)[rows].sum(1).max())  # trim padding this minibatch lacks
+                lp, _ = ol.token_logprobs_and_entropy(self.model, ids[rows, :tt])
+                kw = dict(ref_logps=None if ref_lp is None else ref_lp[rows, :tt - 1], beta=self.beta,
                           eps_low=self.eps_low, eps_high=self.eps_high, loss_type=self.loss_type)
                 if self.loss_type == "dr_grpo":
                     kw["max_completion_length"] = self.max_new_tokens
-                loss, m = _core.grpo_loss(lp, old_lp[rows, :t - 1], adv[rows], mask[rows, :t - 1], **kw)
-                norm = self._run_optimizer_step(loss)
+                loss, m = _core.grpo_loss(lp, old_lp[rows, :tt - 1], adv[rows], mask[rows, :tt - 1], **kw)
+                norms.append(self._run_optimizer_step(loss))
                 losses.append(loss.item())
-                norms.append(norm)
                 clip.append(m["clip_fraction"])
                 clip_lo.append(m["clip_low_fraction"])
                 clip_hi.append(m["clip_high_fraction"])
@@ -193,45 +225,32 @@ class GRPOTrainer(ol.OnlineTrainer):
         groups = rewards.reshape(-1, self.group)
         row = {"loss": float(np.mean(losses)), "reward_mean": float(rewards.mean()),
                "reward_std": float(rewards.std())}
-        for name, vals in zip(self.rewards.names, per_fn):
-            row[f"reward/{name}"] = float(vals.mean())
-        if correct is not None:
-            row["accuracy"] = float(correct.mean())
         if ref_lp is not None:
-            row["kl"] = ol.masked_mean(np.exp(ref_lp - old_lp) - (ref_lp - old_lp) - 1.0, mask)
+            d = ref_lp.astype(np.float64) - old_lp
+            row["kl"] = ol.masked_mean(np.exp(d) - d - 1.0, mask)  # k3, per token, at the rollout's policy
         row.update({
             "entropy": ol.masked_mean(ent, mask),
             "clip_fraction": float(np.mean(clip)),
             "clip_low_fraction": float(np.mean(clip_lo)),
             "clip_high_fraction": float(np.mean(clip_hi)),
-            "completion_length": float(ro.lengths.mean()),
-            "zero_std_fraction": float(np.mean(np.all(groups == groups[:, :1], axis=1))),
-            "truncation_rate": float(ro.truncated.mean()),
+            "completion_length": float(np.mean(ro.lengths)),
+            "zero_std_fraction": float(np.mean(groups.max(1) == groups.min(1))),
+            "truncation_rate": float(np.mean(ro.truncated)),
         })
         if self.grad_clip is not None:
             row["grad_norm"] = float(np.mean(norms))
         self.last_rollout, self.last_rewards = ro, rewards
-        self._check(row, ro, rewards, old_lp, ent, mask)
-        return row
-
-    def _check(self, row, ro, rewards, logps, entropy, mask):
         if self.diagnostics is not None:
-            _run_diagnostics(self.diagnostics, row, ro, rewards, self.group, logps, entropy, mask)
-
-
-def _diagnostics(owner, diagnostics):
-    """True → nf.rl.diagnostics.Diagnostics() with its default bounds; False/None → none; else the object."""
-    if diagnostics is True:
-        from .diagnostics import Diagnostics
-
-        return Diagnostics()
-    if diagnostics is False or diagnostics is None:
-        return None
-    return diagnostics
-
-
-def _run_diagnostics(diag, row, ro, rewards, group, logps, entropy, mask):
-    raise NotImplementedError  # wired in once nf.rl.diagnostics is merged
+            d, s = self.diagnostics, self.step
+            for k in ("loss", "reward_mean", "entropy", "kl"):
+                if k in row:
+                    d.check_finite(k, row[k], s)
+            if "kl" in row:
+                d.check_kl(row["kl"], s)
+            d.check_equal_rewards(rewards, self.group, s)
+            d.check_truncation(row["truncation_rate"], s)
+            d.check_entropy(row["entropy"], s)
+        return row
 
 
 __all__ = ["GRPOTrainer"]
