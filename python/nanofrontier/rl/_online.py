@@ -467,6 +467,10 @@ class OnlineTrainer:
     def _load_state(self, state):
         pass
 
+    def _run_params(self):
+        """(prefixed name, tensor) of every model the checkpoint holds (policy., value., ref.)."""
+        return list(_Run(self._modules()).named_parameters())
+
     def save(self, path=None):
         """Write the whole run (models, optimizers, RNG, counters, history) to ``path`` (default: the
         ``checkpoint`` path), atomically."""

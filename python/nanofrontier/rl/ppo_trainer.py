@@ -285,6 +285,7 @@ class PPOTrainer(ol.OnlineTrainer):
         if self.grad_clip is not None:
             row["grad_norm"] = float(np.mean(norms))
         self.last_rollout, self.last_scores = ro, scores
+        self.last_advantages, self.last_returns = adv, ret  # (N, T-1), as the losses used them
         if self.diagnostics is not None:
             d, s = self.diagnostics, self.step
             for k in ("score", "kl", "policy_loss", "value_loss", "entropy"):
