@@ -140,7 +140,10 @@ def test_rollout_refuses_bad_input():
 
 def grpo(model=None, prompts=None, reward_fns=frac_target, **kw):
     model = model or tiny()
-    opt = nf.optim.AdamW(model.parameters(), lr=kw.pop("lr", 3e-3))
+    if kw.pop("sgd", False):  # plain SGD: unlike Adam, the step feels the loss's scale
+        opt = nf.optim.SGD(model.parameters(), lr=0.5)
+    else:
+        opt = nf.optim.AdamW(model.parameters(), lr=kw.pop("lr", 3e-3))
     kw = {"num_generations": 8, "prompts_per_step": 4, "max_new_tokens": 8, "max_steps": 25, "progress": False,
           **kw}
     return GRPOTrainer(model, opt, prompts or prompts_of(8), reward_fns, **kw)
@@ -148,7 +151,7 @@ def grpo(model=None, prompts=None, reward_fns=frac_target, **kw):
 
 def test_grpo_raises_the_rule_reward():
     """reward = fraction of TARGET tokens; 25 steps of 4 prompts x 8 completions. Measured: 0.07 → ~0.9."""
-    tr = grpo()
+    tr = grpo(diagnostics=False)  # (no stop token: every completion is "truncated", which would warn)
     h = tr.train()
     before, after = h[0]["reward_mean"], np.mean([r["reward_mean"] for r in h[-3:]])
     print(f"GRPO reward: step 0 {before:.3f}, last 3 steps {after:.3f}")
@@ -186,8 +189,8 @@ def test_grpo_extras_decode_weights_and_accuracy():
 
     is_answer.is_correctness_rule = True
 
-    def length(prompt, completion, **kw):
-        assert "answer" in kw and "tag" in kw
+    def length(completion, **kw):  # names no prompt: called by keyword, without it
+        assert "answer" in kw and "tag" in kw and "prompt" not in kw
         return -len(completion) / 100
 
     def decode(ids):
@@ -368,7 +371,7 @@ def ppo(policy=None, value=None, reward=frac_target, optimizer=None, **kw):
 
 def test_ppo_raises_the_rule_reward():
     """reward = fraction of TARGET tokens at the end; 25 steps of 16 prompts. Measured: 0.06 → ~0.95."""
-    tr = ppo()
+    tr = ppo(diagnostics=False)
     h = tr.train()
     before, after = h[0]["score"], np.mean([r["score"] for r in h[-3:]])
     print(f"PPO score: step 0 {before:.3f}, last 3 steps {after:.3f}; explained variance "
@@ -461,7 +464,7 @@ def test_ppo_bad_input():
     with pytest.raises(nf.InvalidArgumentError, match="kl_estimator must be 'k1' or 'k3'"):
         ppo(kl_estimator="k2")
     with pytest.raises(nf.InvalidArgumentError, match="value_model must be an nf.rl.ValueModel"):
-        ppo(value=lambda ids: ids)
+        ppo(value=lambda ids: ids, optimizer=nf.optim.AdamW(tiny().parameters()))
     with pytest.raises(nf.InvalidArgumentError, match="reward must be an nf.rl.RewardModel or a function"):
         ppo(reward=3)
     with pytest.raises(nf.InvalidArgumentError, match=r"reward function 'reward_0' returned inf on row 0"):
@@ -488,3 +491,44 @@ def test_ppo_value_model_of_the_wrong_shape_is_named():
     v = _WrongValues()
     with pytest.raises(nf.ShapeError, match=r"value_model returned shape \(16, \d+\) for input_ids of shape"):
         ppo(value=v, max_steps=1, diagnostics=False).train()
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def _weights_after(trainer):
+    trainer.train()
+    return np.concatenate([p.numpy().ravel() for p in trainer.model.parameters()])
+
+
+def test_every_grpo_loss_and_advantage_option_runs_and_takes_effect():
+    common = {"max_steps": 1, "diagnostics": False, "stop_tokens": [STOP], "sgd": True}  # unequal lengths
+    base = _weights_after(grpo(**common))
+    for kw in ({"loss_type": "grpo"}, {"loss_type": "bnpo", "minibatch_size": 16}, {"loss_type": "dr_grpo"},
+               {"advantage": "rloo"}, {"scale_rewards": "batch"}, {"scale_rewards": False},
+               {"eps_high": 0.28, "num_iterations": 2}, {"temperature": 0.7, "top_k": 8}):
+        w = _weights_after(grpo(**common, **kw))
+        assert np.isfinite(w).all() and not np.array_equal(w, base), kw
+
+
+def test_ppo_options_take_effect():
+    base = _weights_after(ppo(max_steps=2, diagnostics=False))  # step 1: the policy has left the reference
+    for kw in ({"ent_coef": 0.1}, {"whiten_advantages": False}, {"kl_estimator": "k3", "kl_coef": 0.5},
+               {"value_clip_eps": None}, {"gamma": 0.9, "lam": 0.5}, {"clip_eps": 0.05}, {"shuffle": False}):
+        w = _weights_after(ppo(max_steps=2, diagnostics=False, **kw))
+        assert np.isfinite(w).all() and not np.array_equal(w, base), kw
+
+
+def test_helper_logprobs_equal_sequence_logprobs():
+    m = tiny()
+    ro = rollout(m, prompts_of(5), num_completions=2, max_new_tokens=6, seed=2, stop_tokens=[STOP])
+    want = nf.rl.sequence_logprobs(m, ro.input_ids, ro.completion_mask, reduce="none").numpy()
+    got = token_logprobs_and_entropy(m, ro.input_ids)[0].numpy()
+    np.testing.assert_allclose(np.where(ro.token_mask, got, 0), want, atol=1e-6)
+
+
+def test_progress_bar_and_time_budget(capsys):
+    h = grpo(max_steps=None, max_seconds=0.5, progress=True, diagnostics=False).train()
+    assert h.stop_reason == "max_seconds" and len(h) >= 1
+    err = capsys.readouterr().err
+    assert "step" in err and "reward_mean" in err  # tqdm's bar, with the step's numbers in its postfix

@@ -42,10 +42,19 @@ from .heads import RewardModel, ValueModel
 from .kl_control import AdaptiveKLController, FixedKLController
 from .sequences import Packed, pack, sequence_logprobs
 
+# online RL: rollouts and the two trainers that learn from them
+from .grpo_trainer import GRPOTrainer
+from .ppo_trainer import PPOTrainer
+from .rollout import Rollout, rollout
+
 __all__ = [
     "AdaptiveKLController",
     "Diagnostics",
     "FixedKLController",
+    "GRPOTrainer",
+    "PPOTrainer",
+    "Rollout",
+    "rollout",
     "Packed",
     "RewardModel",
     "TrainingWarning",

@@ -99,7 +99,9 @@ class RewardFunctions:
 
     ``prompt`` and ``completion`` are text when a ``decode`` function (ids → str) is given, else token-id
     lists; the completion ends before its stop token. A function is given only the extras its signature
-    names (all of them when it takes ``**kwargs``). ``correctness`` (a function of the list or its index;
+    names (all of them when it takes ``**kwargs``). One with a parameter named ``completion`` is called by
+    keyword (``completion=``, and ``prompt=`` only if it names it), so ``f(completion, answer)`` works too;
+    any other gets ``(prompt, completion)`` positionally. ``correctness`` (a function of the list or its index;
     default: the one with ``is_correctness_rule = True``, if any) is the rule whose value > 0 counts a
     completion as correct, for the ``accuracy`` metric."""
 
@@ -143,24 +145,34 @@ class RewardFunctions:
 
     @staticmethod
     def _accepted(fn):
+        """``(by_name, wants_prompt, accepts)``: whether ``fn`` names a ``completion`` parameter (then
+        prompt and completion go by keyword, the prompt only if it is named) and the extras it takes
+        (None: all of them)."""
         try:
             params = inspect.signature(fn).parameters.values()
         except (TypeError, ValueError):
-            return None  # unknown: give everything
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return None
-        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            return False, True, None  # unknown: (prompt, completion) positionally, every extra
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        accepts = None if any(p.kind is p.VAR_KEYWORD for p in params) else named
+        return "completion" in named, "prompt" in named, accepts
 
     def score(self, prompts, completions, extras, prompt_index):
         """``(total (N,), per_function (F, N), correct (N,) bool or None)`` for N rows."""
         n = len(completions)
         per = np.zeros((len(self.fns), n), np.float64)
-        for f, (fn, name, accepts) in enumerate(zip(self.fns, self.names, self._accepts)):
+        for f, (fn, name, (by_name, wants_prompt, accepts)) in enumerate(zip(self.fns, self.names,
+                                                                             self._accepts)):
             for r in range(n):
-                kw = extras[r] if accepts is None else {k: v for k, v in extras[r].items() if k in accepts}
+                kw = {k: v for k, v in extras[r].items()
+                      if (accepts is None or k in accepts) and k not in ("prompt", "completion")}
                 where = f"row {r} (prompt {int(prompt_index[r])})"
                 try:
-                    v = fn(prompts[r], completions[r], **kw)
+                    if by_name:
+                        if wants_prompt:
+                            kw["prompt"] = prompts[r]
+                        v = fn(completion=completions[r], **kw)
+                    else:
+                        v = fn(prompts[r], completions[r], **kw)
                 except Exception as e:
                     raise InvalidArgumentError(f"{self.owner}: reward function {name!r} raised "
                                                f"{type(e).__name__} on {where}: {e}") from e

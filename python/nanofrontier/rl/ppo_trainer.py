@@ -241,8 +241,8 @@ class PPOTrainer(ol.OnlineTrainer):
                          np.where(inside, values[take, cols], 0).astype(np.float32), inside.astype(np.float32),
                          self.gamma, self.lam)
         adv, ret = np.zeros((n, t - 1), np.float32), np.zeros((n, t - 1), np.float32)
-        adv[take, cols] = np.where(inside, a.numpy(), adv[take, cols])
-        ret[take, cols] = np.where(inside, r.numpy(), ret[take, cols])
+        at = (np.broadcast_to(take, cols.shape)[inside], cols[inside])
+        adv[at], ret[at] = a.numpy()[inside], r.numpy()[inside]
         if self.whiten_advantages:
             mu, sd = adv[mask].mean(), adv[mask].std()
             adv = np.where(mask, (adv - mu) / (sd + 1e-8), 0.0).astype(np.float32)
