@@ -176,6 +176,10 @@ def test_grpo_first_pass_has_ratio_one_and_later_passes_clip():
     assert np.array_equal(a, b)
     h = grpo(num_iterations=1, max_steps=3, lr=0.05, diagnostics=False).train()
     assert all(r["clip_fraction"] == 0.0 for r in h)
+    # with dropout in the model too: the trainer runs it in eval mode, and gives the mode back
+    m = tiny(dropout=0.3).train()
+    h = grpo(model=m, num_iterations=1, max_steps=3, lr=0.05, diagnostics=False).train()
+    assert all(r["clip_fraction"] == 0.0 for r in h) and m.training
     h = grpo(num_iterations=3, max_steps=3, lr=0.05, minibatch_size=16, diagnostics=False).train()
     assert max(r["clip_fraction"] for r in h) > 0.0
 
@@ -314,6 +318,22 @@ def test_grpo_diagnostics_fire_on_provoked_runs():
     assert sum("all-equal rewards" in s for s in msgs) == 1
     # off means off
     assert caught(lambda: grpo(reward_fns=lambda p, c: 1.0, max_steps=2, diagnostics=False).train()) == []
+
+
+def test_reward_hacking_and_entropy_collapse_fire():
+    """The reward (TARGET tokens) rises while a held-out rule (no TARGET at all) falls: reward hacking,
+    as the diagnostic sees it; and the run collapses onto TARGET: entropy below the bound."""
+    def no_target(prompt, completion):
+        return float(TARGET not in completion)
+
+    diag = nf.rl.Diagnostics(hacking_window=6, entropy_min=2.0)
+    tr = grpo(rule_fn=no_target, diagnostics=diag, max_new_tokens=8, stop_tokens=[STOP])
+    msgs = caught(tr.train)
+    assert "rule_score" in tr.history[-1]
+    assert any("while the held-out rule score fell" in s for s in msgs), msgs
+    assert any("mean entropy is" in s and "below 2" in s for s in msgs), msgs
+    msgs = caught(lambda: ppo(diagnostics=nf.rl.Diagnostics(entropy_min=1.0), max_steps=15).train())
+    assert any("mean entropy is" in s for s in msgs), msgs
 
 
 def test_grpo_zero_std_metric_and_no_signal():

@@ -81,10 +81,16 @@ class Prompts:
         n, out = len(self.ids), []
         for pos in range(step * self.per_step, (step + 1) * self.per_step):
             epoch, k = divmod(pos, n)
-            order = (np.random.default_rng(derived_seed(seed, epoch, 7)).permutation(n) if shuffle
-                     else np.arange(n))
-            out.append(int(order[k]))
+            out.append(int(self._order(epoch, seed, shuffle)[k]))
         return out
+
+    def _order(self, epoch, seed, shuffle):
+        key = (epoch, seed, shuffle)
+        if getattr(self, "_cached", (None,))[0] != key:
+            order = (np.random.default_rng(derived_seed(seed, epoch, 7)).permutation(len(self.ids)) if shuffle
+                     else np.arange(len(self.ids)))
+            self._cached = (key, order)
+        return self._cached[1]
 
 
 # ------------------------------------------------------------------------------------------ rewards
@@ -125,7 +131,8 @@ class RewardFunctions:
         if not isinstance(weights, (list, tuple, np.ndarray)) or len(weights) != len(fns):
             raise InvalidArgumentError(f"{owner}: reward_weights must be a list of {len(fns)} numbers (one per "
                                        f"reward function), got {weights!r}")
-        self.weights = np.array([number(owner, "reward_weights[i]", w) for w in weights], np.float64)
+        self.weights = np.array([number(owner, f"reward_weights[{i}]", w) for i, w in enumerate(weights)],
+                                np.float64)
         if correctness is None:
             marked = [i for i, f in enumerate(fns) if getattr(f, "is_correctness_rule", False)]
             if len(marked) > 1:
@@ -205,14 +212,12 @@ def token_logprobs_and_entropy(model, input_ids, entropy=False):
     """One forward of ``model`` on right-padded ``input_ids`` (B, T): the (B, T-1) log-probs of the taken
     tokens (column j scores ``input_ids[:, j+1]``, differentiable) and, with ``entropy``, the (B, T-1)
     entropy of the distribution each came from (``nf.rl.entropy_from_logits``)."""
-    from .. import _core as core
-
     b, t = input_ids.shape
     logits, _ = model(input_ids)
     targets = np.full((b, t), -100, np.int64)
     targets[:, :-1] = input_ids[:, 1:]
     lp = token_logprobs(logits, targets).narrow(1, 0, t - 1)
-    ent = core.entropy_from_logits(logits).narrow(1, 0, t - 1) if entropy else None
+    ent = _core.entropy_from_logits(logits).narrow(1, 0, t - 1) if entropy else None
     return lp, ent
 
 
@@ -311,9 +316,8 @@ class _Run(Module):
 
 
 def save_run(path, modules, optimizer, state):
-    """Write every model, every optimizer's state, the global RNG and the trainer ``state`` (JSON),
-    atomically, as one nanofrontier checkpoint per file (the optimizers go into ``extra``'s tensors via
-    separate files would break atomicity, so their state is stored as tensors of the same file)."""
+    """Write every model (under its prefix), every optimizer's state, the global RNG and the trainer
+    ``state`` (JSON) into one ``nf.checkpoint`` file, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(modules)
@@ -423,6 +427,10 @@ class OnlineTrainer:
                 bar = None
         start, base = time.perf_counter(), self.elapsed
         reason, self._stop_requested = None, False
+        models = self._trained_models()
+        modes = [m.training for m in models]
+        for m in models:  # dropout off: the ratio π/π_old needs the same function in both forwards
+            m.eval()
         try:
             with _StopOnCtrlC(self):
                 while True:
@@ -453,6 +461,8 @@ class OnlineTrainer:
         finally:
             if bar is not None:
                 bar.close()
+            for m, mode in zip(models, modes):
+                m.train(mode)
         self.history.stop_reason = reason
         if reason == "interrupted" and self.progress:
             where = f"; checkpoint {self.checkpoint}" if self.checkpoint is not None else ""
@@ -472,6 +482,9 @@ class OnlineTrainer:
     # ---- checkpoints: subclasses say what to save ----
     def _modules(self):
         raise NotImplementedError
+
+    def _trained_models(self):
+        return [self.model]
 
     def _state(self):
         return {}

@@ -160,7 +160,6 @@ class GRPOTrainer(ol.OnlineTrainer):
         return self.rewards.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)
 
     def _step(self):
-        self.model.train()
         ro = self.make_rollout()
         rewards, per_fn, correct = self.score(ro)
         row = self.learn(ro, rewards)

@@ -156,6 +156,9 @@ class PPOTrainer(ol.OnlineTrainer):
     def _modules(self):
         return {"policy": self.policy, "value": self.value_model, "ref": self.ref_model}
 
+    def _trained_models(self):
+        return [self.policy, self.value_model]
+
     def _state(self):
         return {"kl_coef": self.kl_controller.value}
 
@@ -196,8 +199,6 @@ class PPOTrainer(ol.OnlineTrainer):
         return scores, metrics
 
     def _step(self):
-        for m in (self.policy, self.value_model):
-            m.train()
         ro = self.make_rollout()
         scores, metrics = self.score(ro)
         row = self.learn(ro, scores)
