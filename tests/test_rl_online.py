@@ -144,8 +144,8 @@ def grpo(model=None, prompts=None, reward_fns=frac_target, **kw):
         opt = nf.optim.SGD(model.parameters(), lr=0.5)
     else:
         opt = nf.optim.AdamW(model.parameters(), lr=kw.pop("lr", 3e-3))
-    kw = {"num_generations": 8, "prompts_per_step": 4, "max_new_tokens": 8, "max_steps": 25, "progress": False,
-          **kw}
+    kw = {"num_generations": 8, "prompts_per_step": 4, "max_new_tokens": 8, "max_steps": 25,
+          "progress": False, **kw}
     return GRPOTrainer(model, opt, prompts or prompts_of(8), reward_fns, **kw)
 
 
@@ -285,7 +285,7 @@ def test_grpo_bad_input():
     with pytest.raises(nf.InvalidArgumentError, match="the reward of row 3 is nan"):
         tr.learn(ro, np.where(np.arange(8) == 3, np.nan, 0.0))
     bad = rollout(m, prompts_of(3), num_completions=2, max_new_tokens=4, seed=0)  # 6 rows, G = 4
-    with pytest.raises(nf.InvalidArgumentError, match="num_generations=4 does not divide the rollout's 6 rows"):
+    with pytest.raises(nf.InvalidArgumentError, match="num_generations=4 does not divide the rollout's 6"):
         tr.learn(bad, np.zeros(6))
     ro.completion_mask = ro.completion_mask[:, :-1]
     with pytest.raises(nf.ShapeError, match=r"completion_mask has shape \(8, \d+\), expected \(8, \d+\)"):

@@ -105,11 +105,12 @@ class RewardFunctions:
 
     ``prompt`` and ``completion`` are text when a ``decode`` function (ids → str) is given, else token-id
     lists; the completion ends before its stop token. A function is given only the extras its signature
-    names (all of them when it takes ``**kwargs``). One with a parameter named ``completion`` is called by
-    keyword (``completion=``, and ``prompt=`` only if it names it), so ``f(completion, answer)`` works too;
-    any other gets ``(prompt, completion)`` positionally. ``correctness`` (a function of the list or its index;
-    default: the one with ``is_correctness_rule = True``, if any) is the rule whose value > 0 counts a
-    completion as correct, for the ``accuracy`` metric."""
+    names (all of them when it takes ``**kwargs``); it returns a number (True / False count as 1 / 0).
+    One with a parameter named ``completion`` is called by keyword (``completion=``, and ``prompt=`` only
+    if it names it), so ``f(completion, answer)`` works too; any other gets ``(prompt, completion)``
+    positionally. ``correctness`` (a function of the list or its index; default: the one with
+    ``is_correctness_rule = True``, if any) is the rule whose value > 0 counts a completion as correct,
+    for the ``accuracy`` metric."""
 
     def __init__(self, owner, fns, weights=None, correctness=None):
         self.owner = owner
@@ -129,8 +130,8 @@ class RewardFunctions:
         if weights is None:
             weights = [1.0] * len(fns)
         if not isinstance(weights, (list, tuple, np.ndarray)) or len(weights) != len(fns):
-            raise InvalidArgumentError(f"{owner}: reward_weights must be a list of {len(fns)} numbers (one per "
-                                       f"reward function), got {weights!r}")
+            raise InvalidArgumentError(f"{owner}: reward_weights must be a list of {len(fns)} numbers (one "
+                                       f"per reward function), got {weights!r}")
         self.weights = np.array([number(owner, f"reward_weights[{i}]", w) for i, w in enumerate(weights)],
                                 np.float64)
         if correctness is None:
@@ -183,7 +184,7 @@ class RewardFunctions:
                 except Exception as e:
                     raise InvalidArgumentError(f"{self.owner}: reward function {name!r} raised "
                                                f"{type(e).__name__} on {where}: {e}") from e
-                if v is None or isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                if not isinstance(v, (int, float, np.integer, np.floating, np.bool_)):  # bool: 0 / 1
                     raise InvalidArgumentError(f"{self.owner}: reward function {name!r} returned {v!r} on "
                                                f"{where}; a reward must be a finite number")
                 if not math.isfinite(v):
@@ -341,7 +342,8 @@ def load_run(path, modules, optimizer, owner, kind):
             raise InvalidArgumentError(f"{owner}: {path} holds {got}, not a {kind} run; it cannot continue "
                                        "this trainer")
 
-    opt = optimizer.optimizers[0] if len(optimizer.optimizers) == 1 else _MergedOptimizer(optimizer.optimizers)
+    opts = optimizer.optimizers
+    opt = opts[0] if len(opts) == 1 else _MergedOptimizer(opts)
     info = _checkpoint.load(path, _Run(modules), opt, check_extra=check)
     return info["extra"]["trainer"]
 
@@ -385,7 +387,8 @@ class OnlineTrainer:
         self.max_steps = None if max_steps is None else positive_int(owner, "max_steps", max_steps)
         self.max_seconds = None if max_seconds is None else number(owner, "max_seconds", max_seconds, 0,
                                                                     lo_ok=False)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
             raise InvalidArgumentError(f"{owner}: seed must be an int >= 0 or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
         if progress not in (True, False):
@@ -393,13 +396,15 @@ class OnlineTrainer:
         self.progress = progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         if checkpoint_every is not None and checkpoint is None:
-            raise InvalidArgumentError(f"{owner}: checkpoint_every={checkpoint_every} needs a checkpoint path")
+            raise InvalidArgumentError(f"{owner}: checkpoint_every={checkpoint_every} needs a checkpoint "
+                                       "path")
         self.checkpoint_every = (None if checkpoint_every is None
                                  else positive_int(owner, "checkpoint_every", checkpoint_every))
         self.callbacks = [callbacks] if callable(callbacks) else list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
-                raise TypeError(f"{owner}: callbacks must be functions f(trainer, row), got {type(cb).__name__}")
+                raise TypeError(f"{owner}: callbacks must be functions f(trainer, row), got "
+                                f"{type(cb).__name__}")
         self.step = 0
         self.history = History()
         self.elapsed = 0.0

@@ -89,7 +89,8 @@ class GRPOTrainer(ol.OnlineTrainer):
         self.rewards = ol.RewardFunctions(owner, reward_fns, reward_weights, correctness)
         self.rule = None if rule_fn is None else ol.RewardFunctions(owner, [rule_fn])
         if decode is not None and not callable(decode):
-            raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got {type(decode).__name__}")
+            raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got "
+                                       f"{type(decode).__name__}")
         self.decode = decode
         batch = self.prompts.per_step * self.group
         self.minibatch_size = batch if minibatch_size is None else ol.positive_int(owner, "minibatch_size",
@@ -119,9 +120,10 @@ class GRPOTrainer(ol.OnlineTrainer):
                                        f"False), got {scale_rewards!r}")
         self.scale_rewards = _SCALES[scale_rewards]
         if advantage == "rloo" and scale_rewards != "group":
-            raise InvalidArgumentError(f"{owner}: scale_rewards applies to advantage='grpo' only (rloo does not "
-                                       "scale)")
-        self.grad_clip = None if grad_clip is None else ol.number(owner, "grad_clip", grad_clip, 0.0, lo_ok=False)
+            raise InvalidArgumentError(f"{owner}: scale_rewards applies to advantage='grpo' only (rloo does "
+                                       "not scale)")
+        self.grad_clip = (None if grad_clip is None
+                          else ol.number(owner, "grad_clip", grad_clip, 0.0, lo_ok=False))
         self.shuffle = bool(shuffle)
         if ref_model is None and self.beta > 0:
             ref_model = model.copy().freeze()
@@ -131,7 +133,8 @@ class GRPOTrainer(ol.OnlineTrainer):
                                            "(model.copy().freeze()) or leave it None")
             ref_model.freeze()
         self.ref_model = ref_model
-        self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every, callbacks)
+        self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
+                        callbacks)
         self.diagnostics = ol.make_diagnostics(owner, diagnostics)
 
     # ---- checkpoint contents ----
@@ -183,14 +186,14 @@ class GRPOTrainer(ol.OnlineTrainer):
         n, _ = ol.check_rollout(owner, ro)
         rewards = (rewards.numpy() if isinstance(rewards, Tensor) else np.asarray(rewards)).astype(np.float64)
         if rewards.shape != (n,):
-            raise ShapeError(f"{owner}: rewards has shape {rewards.shape} for a rollout of {n} rows; give one "
-                             "reward per row, (N,)")
+            raise ShapeError(f"{owner}: rewards has shape {rewards.shape} for a rollout of {n} rows; give "
+                             "one reward per row, (N,)")
         if not np.isfinite(rewards).all():
             r = int(np.flatnonzero(~np.isfinite(rewards))[0])
             raise InvalidArgumentError(f"{owner}: the reward of row {r} is {rewards[r]} (not finite)")
         if n % self.group:
-            raise InvalidArgumentError(f"{owner}: num_generations={self.group} does not divide the rollout's {n} "
-                                       "rows (rows come in groups of G completions of one prompt)")
+            raise InvalidArgumentError(f"{owner}: num_generations={self.group} does not divide the rollout's "
+                                       f"{n} rows (rows come in groups of G completions of one prompt)")
         if n % self.minibatch_size:
             raise InvalidArgumentError(f"{owner}: minibatch_size={self.minibatch_size} does not divide the "
                                        f"rollout's {n} rows")
@@ -208,7 +211,8 @@ class GRPOTrainer(ol.OnlineTrainer):
         for _ in range(self.num_iterations):
             for start in range(0, n, mb):
                 rows = slice(start, start + mb)
-                tt = int(np.asarray(ro.attention_mask)[rows].sum(1).max())  # trim padding this minibatch lacks
+                # trim the padding this minibatch does not need
+                tt = int(np.asarray(ro.attention_mask)[rows].sum(1).max())
                 lp, _ = ol.token_logprobs_and_entropy(self.model, ids[rows, :tt])
                 kw = dict(ref_logps=None if ref_lp is None else ref_lp[rows, :tt - 1], beta=self.beta,
                           eps_low=self.eps_low, eps_high=self.eps_high, loss_type=self.loss_type)

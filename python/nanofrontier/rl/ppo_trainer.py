@@ -93,14 +93,14 @@ class PPOTrainer(ol.OnlineTrainer):
         self.minibatch_size = n if minibatch_size is None else ol.positive_int(owner, "minibatch_size",
                                                                                minibatch_size)
         if n % self.minibatch_size:
-            raise InvalidArgumentError(f"{owner}: minibatch_size={self.minibatch_size} must divide the batch of "
-                                       f"prompts_per_step={n} rows")
+            raise InvalidArgumentError(f"{owner}: minibatch_size={self.minibatch_size} must divide the batch "
+                                       f"of prompts_per_step={n} rows")
         self.ppo_epochs = ol.positive_int(owner, "ppo_epochs", ppo_epochs)
 
         if isinstance(reward, Module):
             if reward_weights is not None or correctness is not None:
-                raise InvalidArgumentError(f"{owner}: reward_weights and correctness apply to reward functions, "
-                                           "not to a reward model")
+                raise InvalidArgumentError(f"{owner}: reward_weights and correctness apply to reward "
+                                           "functions, not to a reward model")
             self.reward_model, self.rewards = reward, None
         elif callable(reward) or isinstance(reward, (list, tuple)):
             self.reward_model = None
@@ -110,7 +110,8 @@ class PPOTrainer(ol.OnlineTrainer):
                                        f"completion, **extras) -> float, got {type(reward).__name__}")
         self.rule = None if rule_fn is None else ol.RewardFunctions(owner, [rule_fn])
         if decode is not None and not callable(decode):
-            raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got {type(decode).__name__}")
+            raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got "
+                                       f"{type(decode).__name__}")
         self.decode = decode
 
         self.max_new_tokens = ol.positive_int(owner, "max_new_tokens", max_new_tokens)
@@ -122,7 +123,8 @@ class PPOTrainer(ol.OnlineTrainer):
         if ref_model is None:
             ref_model = policy.copy().freeze()
         elif ref_model is policy:
-            raise InvalidArgumentError(f"{owner}: ref_model is the policy itself; pass a copy or leave it None")
+            raise InvalidArgumentError(f"{owner}: ref_model is the policy itself; pass a copy or leave it "
+                                       "None")
         else:
             ref_model.freeze()
         self.ref_model = ref_model
@@ -147,9 +149,11 @@ class PPOTrainer(ol.OnlineTrainer):
                                else ol.number(owner, "value_clip_eps", value_clip_eps, 0.0, lo_ok=False))
         self.vf_coef = ol.number(owner, "vf_coef", vf_coef, 0.0)
         self.ent_coef = ol.number(owner, "ent_coef", ent_coef, 0.0)
-        self.grad_clip = None if grad_clip is None else ol.number(owner, "grad_clip", grad_clip, 0.0, lo_ok=False)
+        self.grad_clip = (None if grad_clip is None
+                          else ol.number(owner, "grad_clip", grad_clip, 0.0, lo_ok=False))
         self.shuffle = bool(shuffle)
-        self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every, callbacks)
+        self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
+                        callbacks)
         self.diagnostics = ol.make_diagnostics(owner, diagnostics)
 
     # ---- checkpoint contents ----
@@ -220,8 +224,8 @@ class PPOTrainer(ol.OnlineTrainer):
             r = int(np.flatnonzero(~np.isfinite(scores))[0])
             raise InvalidArgumentError(f"PPOTrainer: the score of row {r} is {scores[r]} (not finite)")
         if n % self.minibatch_size:
-            raise InvalidArgumentError(f"PPOTrainer: minibatch_size={self.minibatch_size} does not divide the "
-                                       f"rollout's {n} rows")
+            raise InvalidArgumentError(f"PPOTrainer: minibatch_size={self.minibatch_size} does not divide "
+                                       f"the rollout's {n} rows")
         ids, mask = ro.input_ids, ro.token_mask
         maskf = mask.astype(np.float32)
         old_lp, ent = ol.no_grad_forward(self.policy, ids, entropy=True)
@@ -239,8 +243,8 @@ class PPOTrainer(ol.OnlineTrainer):
         cols = np.where(inside, cols, 0)
         take = np.arange(n)[:, None]
         a, r = _core.gae(np.where(inside, rewards[take, cols], 0).astype(np.float32),
-                         np.where(inside, values[take, cols], 0).astype(np.float32), inside.astype(np.float32),
-                         self.gamma, self.lam)
+                         np.where(inside, values[take, cols], 0).astype(np.float32),
+                         inside.astype(np.float32), self.gamma, self.lam)
         adv, ret = np.zeros((n, t - 1), np.float32), np.zeros((n, t - 1), np.float32)
         at = (np.broadcast_to(take, cols.shape)[inside], cols[inside])
         adv[at], ret[at] = a.numpy()[inside], r.numpy()[inside]
@@ -250,14 +254,15 @@ class PPOTrainer(ol.OnlineTrainer):
 
         pol_l, val_l, clip, vclip, akl, norms = [], [], [], [], [], []
         for epoch in range(self.ppo_epochs):
-            order = (np.random.default_rng(ol.derived_seed(self._base_seed, self.step, epoch, 3)).permutation(n)
-                     if self.shuffle else np.arange(n))
+            rng = np.random.default_rng(ol.derived_seed(self._base_seed, self.step, epoch, 3))
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
             for start in range(0, n, self.minibatch_size):
                 rows = np.sort(order[start:start + self.minibatch_size])
                 tt = int(ro.attention_mask[rows].sum(1).max())
                 mids, mm = ids[rows, :tt], maskf[rows, :tt - 1]
                 lp, e = ol.token_logprobs_and_entropy(self.policy, mids, entropy=self.ent_coef > 0)
-                pl, pm = _core.ppo_policy_loss(lp, old_lp[rows, :tt - 1], adv[rows, :tt - 1], mm, self.clip_eps)
+                pl, pm = _core.ppo_policy_loss(lp, old_lp[rows, :tt - 1], adv[rows, :tt - 1], mm,
+                                               self.clip_eps)
                 v = _values(self.value_model, mids, tt)
                 vl, vm = _core.ppo_value_loss(v, values[rows, :tt - 1], ret[rows, :tt - 1], mm,
                                               self.value_clip_eps)

@@ -57,8 +57,9 @@ class Rollout:
 
     def __repr__(self):
         n, t = self.input_ids.shape
-        return (f"Rollout({len(self.prompts)} prompts x {self.num_completions} completions, input_ids ({n}, {t}), "
-                f"mean length {self.lengths.mean() if n else 0:.1f}, truncated {int(self.truncated.sum())}/{n})")
+        return (f"Rollout({len(self.prompts)} prompts x {self.num_completions} completions, input_ids "
+                f"({n}, {t}), mean length {self.lengths.mean() if n else 0:.1f}, truncated "
+                f"{int(self.truncated.sum())}/{n})")
 
 
 def _int(name, v, lo):
@@ -84,16 +85,17 @@ def check_prompts(prompts, vocab=None, what="rollout"):
     if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
         prompts = list(prompts)
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise InvalidArgumentError(f"{what}: prompts must be a non-empty list of token-id lists, got "
-                                   f"{type(prompts).__name__ if not isinstance(prompts, (list, tuple)) else 'an empty list'}")
+        got = type(prompts).__name__ if not isinstance(prompts, (list, tuple)) else "an empty list"
+        raise InvalidArgumentError(f"{what}: prompts must be a non-empty list of token-id lists, got {got}")
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, (int, np.integer)):
             raise InvalidArgumentError(
-                f"{what}: prompts must be a list of token-id lists; element {i} is the int {p} (for one prompt "
-                "write [[...]])")
+                f"{what}: prompts must be a list of token-id lists; element {i} is the int {p} (for one "
+                "prompt write [[...]])")
         if not isinstance(p, (list, tuple, np.ndarray)):
-            raise InvalidArgumentError(f"{what}: prompt {i} must be a list of token ids, got {type(p).__name__}")
+            raise InvalidArgumentError(f"{what}: prompt {i} must be a list of token ids, got "
+                                       f"{type(p).__name__}")
         arr = np.asarray(p)
         if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
             raise InvalidArgumentError(f"{what}: prompt {i} must be a flat list of integer token ids")
