@@ -276,6 +276,9 @@ def test_grpo_bad_input():
         make(ref_model=m)
     with pytest.raises(nf.InvalidArgumentError, match="eps_low must be a finite number"):
         make(eps_low=1.5)
+    with pytest.raises(nf.InvalidArgumentError, match=r"prompt 1 has 30 tokens, so max_new_tokens=4 would "
+                                                      r"need 34 positions; the model has 32"):
+        GRPOTrainer(m, opt, [[1], [2] * 30], frac_target, prompts_per_step=1, **ok)
     # learn() on a rollout given by hand checks it against the trainer
     tr = make(prompts_per_step=2, num_generations=4, diagnostics=False)
     tr._base_seed = 0

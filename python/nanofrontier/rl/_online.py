@@ -18,7 +18,7 @@ from ..functional import token_logprobs
 from ..nn import Module
 from ..optim import clip_grad_norm_
 from ..train import History, _StopOnCtrlC
-from .rollout import check_prompts
+from .rollout import check_prompts, context_length
 
 # ------------------------------------------------------------------------------------------ arguments
 
@@ -76,6 +76,15 @@ class Prompts:
 
     def __len__(self):
         return len(self.ids)
+
+    def check_fits(self, owner, model, max_new_tokens):
+        """Refuse now (not at some later step) a prompt that leaves no room for ``max_new_tokens``."""
+        ctx = context_length(model)
+        i = int(np.argmax([len(p) for p in self.ids]))
+        if len(self.ids[i]) + max_new_tokens > ctx:
+            raise InvalidArgumentError(
+                f"{owner}: prompt {i} has {len(self.ids[i])} tokens, so max_new_tokens={max_new_tokens} would "
+                f"need {len(self.ids[i]) + max_new_tokens} positions; the model has {ctx}")
 
     def indices(self, step, seed, shuffle=True):
         n, out = len(self.ids), []

@@ -101,6 +101,7 @@ class GRPOTrainer(ol.OnlineTrainer):
                 f"num_generations = {self.prompts.per_step} x {self.group} = {batch} rows")
         self.num_iterations = ol.positive_int(owner, "num_iterations", num_iterations)
         self.max_new_tokens = ol.positive_int(owner, "max_new_tokens", max_new_tokens)
+        self.prompts.check_fits(owner, self.model, self.max_new_tokens)
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens,
                              pad_token_id=pad_token_id)
         self.stop_tokens = (None if stop_tokens is None else [stop_tokens] if np.isscalar(stop_tokens)
@@ -114,12 +115,11 @@ class GRPOTrainer(ol.OnlineTrainer):
         if advantage not in ("grpo", "rloo"):
             raise InvalidArgumentError(f"{owner}: advantage must be 'grpo' or 'rloo', got {advantage!r}")
         self.advantage = advantage
-        if not any(scale_rewards is k or scale_rewards == k for k in _SCALES if isinstance(k, str)) \
-                and scale_rewards not in (True, False):
+        if not (isinstance(scale_rewards, bool) or scale_rewards in ("group", "batch", "none")):
             raise InvalidArgumentError(f"{owner}: scale_rewards must be 'group', 'batch', 'none' (or True/"
                                        f"False), got {scale_rewards!r}")
         self.scale_rewards = _SCALES[scale_rewards]
-        if advantage == "rloo" and scale_rewards != "group":
+        if advantage == "rloo" and self.scale_rewards != "group":
             raise InvalidArgumentError(f"{owner}: scale_rewards applies to advantage='grpo' only (rloo does "
                                        "not scale)")
         self.grad_clip = (None if grad_clip is None
@@ -158,7 +158,7 @@ class GRPOTrainer(ol.OnlineTrainer):
 
     def score(self, ro):
         """``(rewards (N,), per_function (F, N), correct (N,) or None)`` of a rollout."""
-        rows = ro.source_index
+        rows = getattr(ro, "source_index", ro.prompt_index)
         ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode, self.stop_tokens)
         return self.rewards.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)
 
