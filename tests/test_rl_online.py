@@ -271,7 +271,7 @@ def test_grpo_bad_input():
     with pytest.raises(nf.InvalidArgumentError, match="a dict without a 'prompt' key"):
         GRPOTrainer(m, opt, [{"text": [1]}], frac_target, **ok)
     with pytest.raises(nf.InvalidArgumentError, match="give a budget"):
-        GRPOTrainer(m, opt, prompts_of(8), frac_target, progress=False)
+        GRPOTrainer(m, opt, prompts_of(8), frac_target, progress=False, max_new_tokens=4)
     with pytest.raises(nf.InvalidArgumentError, match="ref_model is the policy itself"):
         make(ref_model=m)
     with pytest.raises(nf.InvalidArgumentError, match="eps_low must be a finite number"):

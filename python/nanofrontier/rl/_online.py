@@ -83,8 +83,8 @@ class Prompts:
         i = int(np.argmax([len(p) for p in self.ids]))
         if len(self.ids[i]) + max_new_tokens > ctx:
             raise InvalidArgumentError(
-                f"{owner}: prompt {i} has {len(self.ids[i])} tokens, so max_new_tokens={max_new_tokens} would "
-                f"need {len(self.ids[i]) + max_new_tokens} positions; the model has {ctx}")
+                f"{owner}: prompt {i} has {len(self.ids[i])} tokens, so max_new_tokens={max_new_tokens} "
+                f"would need {len(self.ids[i]) + max_new_tokens} positions; the model has {ctx}")
 
     def indices(self, step, seed, shuffle=True):
         n, out = len(self.ids), []
