@@ -478,6 +478,12 @@ def test_ppo_diagnostics_fire_on_provoked_runs():
     assert any("hit the length limit" in s for s in msgs), msgs
 
 
+def test_ppo_non_finite_loss_fires():
+    """A score of 1e30 is finite, but its squared value error overflows float32: the value loss is inf."""
+    msgs = caught(lambda: ppo(reward=lambda p, c: 1e30, max_steps=1).train())
+    assert any("value_loss is inf at step 0 (not a finite number)" in s for s in msgs), msgs
+
+
 def test_ppo_bad_input():
     with pytest.raises(nf.InvalidArgumentError, match="minibatch_size=5 must divide the batch of "
                                                       "prompts_per_step=16 rows"):
