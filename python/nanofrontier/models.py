@@ -140,6 +140,14 @@ class _CausalLM(Module):
         Positions whose target is ``ignore_index`` give 0 (use it to mask prompts out)."""
         return self._core.token_logprobs(_ids(idx), _ids(targets), ignore_index)
 
+    def sequence_logprobs(self, input_ids, completion_mask, reduce="sum"):
+        """Log-probs of the completion tokens of right-padded rows, differentiable, in one forward:
+        ``(B,)`` for ``reduce="sum"``/``"mean"``, ``(B, T-1)`` for ``"none"``
+        (:func:`nanofrontier.rl.sequence_logprobs`)."""
+        from .rl.sequences import sequence_logprobs
+
+        return sequence_logprobs(self, input_ids, completion_mask, reduce)
+
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
                  stop_tokens=None, attention_mask=None):
         """Continue each prompt with a KV cache, all rows in one batch. Returns ``(tokens, logprobs)``:

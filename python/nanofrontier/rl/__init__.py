@@ -17,6 +17,11 @@ constants. Each function's docstring names the paper its variant comes from.
   and the KL coefficient controllers ``AdaptiveKLController`` / ``FixedKLController``
 - GRPO: ``grpo_advantages`` (group / batch / none), ``rloo_advantages``, ``grpo_loss`` (grpo, bnpo,
   dr_grpo, dapo; clip-higher; k3 KL)
+
+Around them: ``pack`` and ``sequence_logprobs`` (right-padded prompt + completion rows and their
+log-probs, :mod:`.sequences`), ``RewardModel`` / ``ValueModel`` (a scalar head on a model's trunk,
+:mod:`.heads`), and ``Diagnostics`` / ``TrainingWarning`` (plain-word warnings for a run gone wrong,
+:mod:`.diagnostics`).
 """
 
 from .._core import (
@@ -31,19 +36,40 @@ from .._core import (
     reward_loss,
     rloo_advantages,
 )
+from . import diagnostics
+from .diagnostics import Diagnostics, TrainingWarning
+from .heads import RewardModel, ValueModel
 from .kl_control import AdaptiveKLController, FixedKLController
+from .sequences import Packed, pack, sequence_logprobs
+
+# online RL: rollouts and the two trainers that learn from them
+from .grpo_trainer import GRPOTrainer
+from .ppo_trainer import PPOTrainer
+from .rollout import Rollout, rollout
 
 __all__ = [
     "AdaptiveKLController",
+    "Diagnostics",
     "FixedKLController",
+    "GRPOTrainer",
+    "PPOTrainer",
+    "Rollout",
+    "rollout",
+    "Packed",
+    "RewardModel",
+    "TrainingWarning",
+    "ValueModel",
+    "diagnostics",
     "dpo_loss",
     "entropy_from_logits",
     "gae",
     "grpo_advantages",
     "grpo_loss",
     "kl_penalty",
+    "pack",
     "ppo_policy_loss",
     "ppo_value_loss",
     "reward_loss",
     "rloo_advantages",
+    "sequence_logprobs",
 ]
