@@ -21,7 +21,8 @@ constants. Each function's docstring names the paper its variant comes from.
 Around them: ``pack`` and ``sequence_logprobs`` (right-padded prompt + completion rows and their
 log-probs, :mod:`.sequences`), ``RewardModel`` / ``ValueModel`` (a scalar head on a model's trunk,
 :mod:`.heads`), and ``Diagnostics`` / ``TrainingWarning`` (plain-word warnings for a run gone wrong,
-:mod:`.diagnostics`).
+:mod:`.diagnostics`), and the offline trainers ``SFTTrainer``, ``RewardTrainer``, ``DPOTrainer`` on
+``nf.train.Trainer`` (:mod:`.trainers`).
 """
 
 from .._core import (
@@ -41,13 +42,18 @@ from .diagnostics import Diagnostics, TrainingWarning
 from .heads import RewardModel, ValueModel
 from .kl_control import AdaptiveKLController, FixedKLController
 from .sequences import Packed, pack, sequence_logprobs
+from .trainers import DPOTrainer, RewardTrainer, SFTTrainer, ShuffledIndices
 
 __all__ = [
     "AdaptiveKLController",
+    "DPOTrainer",
     "Diagnostics",
     "FixedKLController",
     "Packed",
     "RewardModel",
+    "RewardTrainer",
+    "SFTTrainer",
+    "ShuffledIndices",
     "TrainingWarning",
     "ValueModel",
     "diagnostics",
