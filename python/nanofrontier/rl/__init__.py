@@ -21,7 +21,8 @@ constants. Each function's docstring names the paper its variant comes from.
 Around them: ``pack`` and ``sequence_logprobs`` (right-padded prompt + completion rows and their
 log-probs, :mod:`.sequences`), ``RewardModel`` / ``ValueModel`` (a scalar head on a model's trunk,
 :mod:`.heads`), and ``Diagnostics`` / ``TrainingWarning`` (plain-word warnings for a run gone wrong,
-:mod:`.diagnostics`).
+:mod:`.diagnostics`), and the offline trainers ``SFTTrainer``, ``RewardTrainer``, ``DPOTrainer`` on
+``nf.train.Trainer`` (:mod:`.trainers`).
 """
 
 from .._core import (
@@ -41,6 +42,7 @@ from .diagnostics import Diagnostics, TrainingWarning
 from .heads import RewardModel, ValueModel
 from .kl_control import AdaptiveKLController, FixedKLController
 from .sequences import Packed, pack, sequence_logprobs
+from .trainers import DPOTrainer, RewardTrainer, SFTTrainer, ShuffledIndices
 
 # online RL: rollouts and the two trainers that learn from them
 from .grpo_trainer import GRPOTrainer
@@ -49,6 +51,7 @@ from .rollout import Rollout, rollout
 
 __all__ = [
     "AdaptiveKLController",
+    "DPOTrainer",
     "Diagnostics",
     "FixedKLController",
     "GRPOTrainer",
@@ -57,6 +60,9 @@ __all__ = [
     "rollout",
     "Packed",
     "RewardModel",
+    "RewardTrainer",
+    "SFTTrainer",
+    "ShuffledIndices",
     "TrainingWarning",
     "ValueModel",
     "diagnostics",
