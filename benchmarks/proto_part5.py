@@ -51,6 +51,16 @@ def report(task, model, name, args, t=None):
     return r
 
 
+def probe(task, model, split="heldout"):
+    """Knowledge, apart from behaviour: given the question and the start of its answer sentence ("Its
+    capital is "), does greedy decoding fill in the true value? Fraction correct over ``split``."""
+    qs = task.questions(split)
+    heads = [q.answer_text().split(q.answer)[0] for q in qs]
+    toks, _ = model.generate([task.tokenizer.encode(q.prompt + h) for q, h in zip(qs, heads)], 16,
+                             temperature=0.0, stop_tokens=list(task.stop_ids))
+    return float(np.mean([task.score(q, h + task.tokenizer.decode(t))["correct"] for q, h, t in zip(qs, heads, toks)]))
+
+
 def set_lr(opt, lr):
     for g in opt.param_groups:
         g["lr"] = lr
@@ -80,14 +90,16 @@ def pretrain(task, model, args):
         if step % 200 == 0:
             with nf.no_grad():
                 _, vl = model(vx, vy)
-            print(f"  pretrain step {step}: loss {loss.item():.3f}, val {vl.item():.3f}, {el:.0f} s", flush=True)
+            print(f"  pretrain step {step}: loss {loss.item():.3f}, val {vl.item():.3f}, {el:.0f} s; knowledge "
+                  f"probe held-out {probe(task, model):.0%} train {probe(task, model, 'train'):.0%}", flush=True)
         step += 1
     took = time.perf_counter() - t0
     with nf.no_grad():
         _, vl = model(vx, vy)
     toks = step * args.batch * args.block
     print(f"  pretrain: {step} steps, {toks:,} tokens ({toks / len(train):.2f} epochs) in {took:.1f} s "
-          f"= {toks / took:,.0f} tok/s; val loss {vl.item():.3f}", flush=True)
+          f"= {toks / took:,.0f} tok/s; val loss {vl.item():.3f}; knowledge probe held-out {probe(task, model):.0%}"
+          f" train {probe(task, model, 'train'):.0%}", flush=True)
     return took
 
 
@@ -122,7 +134,7 @@ def seq_logps(model, b):
 
 
 def dpo(task, model, ref, args):
-    pairs = task.pairs("train")
+    pairs = task.pairs("train", kinds=args.dpo_kinds.split(","))
     rng = np.random.default_rng(3)
     opt = nf.optim.AdamW(model.parameters(), lr=args.dpo_lr, betas=(0.9, 0.99), weight_decay=0.0)
     t0 = time.perf_counter()
@@ -134,7 +146,10 @@ def dpo(task, model, ref, args):
         br = task.batch([p.prompt for p in ps], [p.rejected for p in ps])
         with nf.no_grad():
             rc, rr = seq_logps(ref, bc).numpy(), seq_logps(ref, br).numpy()
-        loss, m = nf.rl.dpo_loss(seq_logps(model, bc), seq_logps(model, br), rc, rr, beta=args.beta)
+        pc = seq_logps(model, bc)
+        loss, m = nf.rl.dpo_loss(pc, seq_logps(model, br), rc, rr, beta=args.beta)
+        if args.dpo_nll > 0:  # RPO (Pang et al. 2024): + α · NLL of the chosen, per token, against displacement
+            loss = loss - pc.sum() * (args.dpo_nll / float(bc["completion_mask"][:, 1:].sum()))
         opt.zero_grad()
         loss.backward()
         nf.optim.clip_grad_norm_(model.parameters(), 1.0)
@@ -215,6 +230,8 @@ def main():
     ap.add_argument("--dpo-steps", type=int, default=40)
     ap.add_argument("--dpo-lr", type=float, default=2e-4)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--dpo-nll", type=float, default=0.0)
+    ap.add_argument("--dpo-kinds", default=",".join(facts.PAIR_KINDS))
     ap.add_argument("--rm-steps", type=int, default=60)
     ap.add_argument("--rm-lr", type=float, default=3e-4)
     ap.add_argument("--samples", type=int, default=4)

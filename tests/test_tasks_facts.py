@@ -43,16 +43,11 @@ def test_heldout_questions_in_no_demonstration_or_train_pair(task):
     assert demos and pairs
     assert not held & {d.prompt for d in demos}
     assert not held & {p.prompt for p in pairs}
-    # nor does a held-out answer sentence appear as a chosen completion or a demonstration's text
-    held_answers = {q.answer_text() for q in task.questions("heldout")}
-    assert not any(d.completion.removesuffix(facts.EOS) in held_answers for d in demos)
-    assert not any(p.chosen.removesuffix(facts.EOS) in held_answers for p in pairs)
-    # no held-out question or answer sentence appears anywhere in a demonstration or a train pair, not even
-    # as a rejected continuation
+    # no held-out question appears anywhere in a demonstration or a train pair, not even as a rejected
+    # continuation (answer sentences are not unique — "It is red." — so the question is what is held out)
     texts = [d.prompt + d.completion for d in demos] + [p.prompt + p.chosen + p.rejected for p in pairs]
     for q in task.questions("heldout"):
-        assert not any(q.text in t or f" {q.subject} " in t or f" {q.subject}?" in t or
-                       t.startswith(q.subject + " ") for t in texts), q
+        assert not any(q.text in t for t in texts), q
     # heldout pairs exist (to measure the reward model / DPO) and use only held-out prompts
     assert {p.prompt for p in task.pairs("heldout")} == held
 
@@ -66,7 +61,7 @@ def test_base_corpus_holds_heldout_qa_only_when_asked(task):
     held = small.questions("heldout")
     for q in held:
         assert q.text not in small.base_corpus, q.text
-        assert q.answer_text() not in small.base_corpus, q.answer_text()
+    assert len(held) == 24 and "?" in small.base_corpus
 
 
 # ---------------------------------------------------------------- the rule scorer
@@ -77,6 +72,7 @@ def test_score_hand_made_examples(task):
     right = q.answer_text()
     wrong_city = next(c for c in task.cities if c != q.answer)
     other = next(o for o in task.questions() if o.text != q.text)
+    other_rel = next(o for o in task.questions() if o.relation == "inventor")
     cases = [
         # (completion, answered, correct, clean)
         (right, True, True, True),
@@ -84,6 +80,7 @@ def test_score_hand_made_examples(task):
         (right + "\n", True, True, True),
         (" " + right, True, True, True),                                   # a leading space is tolerated
         (right + " What is the capital of Zzz?", True, True, False),        # answers, then junk on the line
+        (right + " and more", True, True, False),
         (right + "\nThe market is closed on Sundays.", True, True, True),   # later lines are not read
         (right + facts.EOS + "anything at all", True, True, True),          # nor what follows <eos>
         (q.answer_text(wrong_city), True, False, True),                     # a wrong answer
@@ -92,14 +89,16 @@ def test_score_hand_made_examples(task):
         (other.text, False, False, False),                                  # another question
         (q.text, False, False, False),                                      # the same question again
         ("The old mill is closed on Sundays.", False, False, False),        # unrelated text
-        (other.answer_text(), False, False, False),                         # the answer to another question
+        (other_rel.answer_text(), False, False, False),                     # another relation's answer
         ("", False, False, False),                                          # nothing
         (facts.EOS, False, False, False),
         ("\n" + right, False, False, False),                                # the answer is not on line one
         (right[:-1], False, False, False),                                  # no full stop: unfinished
-        (f"The capital of {q.subject} is .", False, False, False),          # an empty slot
-        (f"The capital of {q.subject} is {q.answer.lower()}.", False, False, False),  # not a name
-        (f"the capital of {q.subject} is {q.answer}.", False, False, False),
+        ("Its capital is .", False, False, False),                          # an empty slot
+        (f"Its capital is {q.answer.lower()}.", False, False, False),       # not a name
+        (f"its capital is {q.answer}.", False, False, False),
+        (f"Its capital is {q.answer}!", False, False, False),
+        (f"Its capital is {q.answer}{q.answer.lower()}.", True, False, True),  # a made-up name: answered, wrong
     ]
     for text, answered, correct, clean in cases:
         s = task.score(q, text)

@@ -6,16 +6,16 @@ something to fix. Everything is generated from a seed; no real-world knowledge i
     task = nf.tasks.facts.make_task(seed=0)
     task.questions("heldout")[0].prompt      # 'What is the capital of Vorsena?\\n'
     task.base_corpus[:200]                   # documents ending in '<eos>'
-    task.demonstrations("train")[0]          # Example(prompt=..., completion='The capital of ... is ...<eos>')
+    task.demonstrations("train")[0]          # Example(prompt=..., completion='Its capital is ...<eos>')
     task.pairs("train")[0]                   # Pair(prompt, chosen, rejected, kind='wrong_answer')
-    task.score("What is the capital of Vorsena?", "The capital of Vorsena is Keldor.")
+    task.score("What is the capital of Vorsena?", "Its capital is Keldor.")
     # {'answered': True, 'correct': ..., 'clean': True, 'answer': 'Keldor'}
 
 The world: four relations over invented names — a country's capital, a device's inventor, where a person
 lives, an animal's colour. Each fact is asked one way ("What is the capital of X?") and answered one way
-("The capital of X is Y."), which is what makes the rule scorer exact: a completion *answered* when its
-first line starts with the answer sentence for this question's subject (any value in the slot), and is
-*correct* when the slot holds the true value.
+("Its capital is Y."), which is what makes the rule scorer exact: a completion *answered* when its first
+line starts with the answer sentence of this question's relation (any well-formed value in the slot), and
+is *correct* when the slot holds the true value.
 
 Splits: the questions are split per relation into train and held-out. Demonstrations and the train pairs
 use only train questions. The base corpus holds every question by default (``heldout_in_base=True``): the
@@ -139,11 +139,13 @@ _QUESTION = {
     "home": "Where does {s} live?",
     "color": "What color is the {s}?",
 }
+# the answers do not repeat the subject: a tiny model then needs only to recall the value (copying a name
+# from the question back into the answer is a skill of its own, which 2 minutes of pretraining do not teach)
 _ANSWER = {
-    "capital": "The capital of {s} is {v}.",
-    "inventor": "The {s} was invented by {v}.",
-    "home": "{s} lives in {v}.",
-    "color": "The {s} is {v}.",
+    "capital": "Its capital is {v}.",
+    "inventor": "It was invented by {v}.",
+    "home": "They live in {v}.",
+    "color": "It is {v}.",
 }
 _NAME = r"[A-Z][a-z]+"
 _SLOT = {"capital": _NAME, "inventor": _NAME, "home": _NAME, "color": r"[a-z]+"}
@@ -284,11 +286,15 @@ class FactsTask:
         """One :class:`Example` per question of ``split``: the question → its correct answer + ``<eos>``."""
         return [Example(q.prompt, q.answer_text() + EOS) for q in self.questions(split)]
 
-    def pairs(self, split="train"):
+    def pairs(self, split="train", kinds=PAIR_KINDS):
         """Preference pairs on the questions of ``split``, one of each kind in :data:`PAIR_KINDS` per
-        question (shuffled). "train" pairs are for the reward model and DPO; "heldout" pairs (on the
-        held-out questions) are for measuring them only."""
-        return list(self._pairs[_check_split(split)])
+        question (shuffled), or only those of ``kinds``. "train" pairs are for the reward model and DPO;
+        "heldout" pairs (on the held-out questions) are for measuring them only."""
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        bad = [k for k in kinds if k not in PAIR_KINDS]
+        if bad or not kinds:
+            raise InvalidArgumentError(f"facts.pairs: kinds must be some of {PAIR_KINDS}, got {kinds!r}")
+        return [p for p in self._pairs[_check_split(split)] if p.kind in kinds]
 
     def unrelated(self, rng):
         """One line of unrelated, plausible text (never an answer sentence)."""
@@ -348,8 +354,8 @@ class FactsTask:
         text; ``completion``: the generated text (``<eos>`` and what follows it are ignored).
 
         Returns ``{"answered", "correct", "clean", "answer"}``: *answered* when the completion's first line
-        starts with this question's answer sentence (its subject, any well-formed value in the slot, the
-        full stop); *correct* when that value is the true one; *clean* when the line holds nothing else
+        starts with the answer sentence of this question's relation (any well-formed value in the slot —
+        a capitalised name, or a lower-case colour — then the full stop); *correct* when that value is the true one; *clean* when the line holds nothing else
         (the model answered and stopped); *answer* the value it gave (None if it did not answer)."""
         q = question if isinstance(question, Question) else self.question(question)
         text = completion.split(EOS, 1)[0].split("\n", 1)[0].replace(PAD, "")
