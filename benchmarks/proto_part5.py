@@ -26,7 +26,7 @@ from nanofrontier.tasks import facts
 
 
 def load_avg():
-    return "load %.1f %.1f %.1f" % os.getloadavg()
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def save(model, path):
@@ -43,11 +43,16 @@ def report(task, model, name, args, t=None):
     tr = task.evaluate(model, "train", samples_per_question=1, temperature=1.0, seed=321)
     g = task.evaluate(model, "heldout", samples_per_question=1, temperature=0.0)
     took = "" if t is None else f" after {t:.1f} s"
-    print(f"[{name}]{took}: held-out answer rate {r['answer_rate']:.0%}, accuracy {r['accuracy']:.0%}, "
-          f"clean {r['clean_rate']:.0%} (n={r['n']}, T=1); greedy {g['answer_rate']:.0%}/{g['accuracy']:.0%}; "
-          f"train {tr['answer_rate']:.0%}/{tr['accuracy']:.0%}; {load_avg()}", flush=True)
+    print(
+        f"[{name}]{took}: held-out answer rate {r['answer_rate']:.0%}, accuracy {r['accuracy']:.0%}, "
+        f"clean {r['clean_rate']:.0%} (n={r['n']}, T=1); greedy {g['answer_rate']:.0%}/{g['accuracy']:.0%}; "
+        f"train {tr['answer_rate']:.0%}/{tr['accuracy']:.0%}; {load_avg()}",
+        flush=True,
+    )
     for q, c, s in r["samples"][: args.show]:
-        print(f"    {q!r} -> {c!r} {'answered' if s['answered'] else '-'}{' correct' if s['correct'] else ''}")
+        print(
+            f"    {q!r} -> {c!r} {'answered' if s['answered'] else '-'}{' correct' if s['correct'] else ''}"
+        )
     return r
 
 
@@ -56,9 +61,15 @@ def probe(task, model, split="heldout"):
     capital is "), does greedy decoding fill in the true value? Fraction correct over ``split``."""
     qs = task.questions(split)
     heads = [q.answer_text().split(q.answer)[0] for q in qs]
-    toks, _ = model.generate([task.tokenizer.encode(q.prompt + h) for q, h in zip(qs, heads)], 16,
-                             temperature=0.0, stop_tokens=list(task.stop_ids))
-    return float(np.mean([task.score(q, h + task.tokenizer.decode(t))["correct"] for q, h, t in zip(qs, heads, toks)]))
+    toks, _ = model.generate(
+        [task.tokenizer.encode(q.prompt + h) for q, h in zip(qs, heads)],
+        16,
+        temperature=0.0,
+        stop_tokens=list(task.stop_ids),
+    )
+    return float(
+        np.mean([task.score(q, h + task.tokenizer.decode(t))["correct"] for q, h, t in zip(qs, heads, toks)])
+    )
 
 
 def set_lr(opt, lr):
@@ -76,9 +87,9 @@ def pretrain(task, model, args):
     t0, step = time.perf_counter(), 0
     while True:
         el = time.perf_counter() - t0
-        if el >= args.pretrain_seconds:
+        frac = max(el / args.pretrain_seconds, step / (args.pretrain_steps or float("inf")))
+        if frac >= 1:
             break
-        frac = el / args.pretrain_seconds
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         set_lr(opt, lr)
         x, y = nf.data.get_batch(train, args.batch, args.block, rng)
@@ -90,16 +101,22 @@ def pretrain(task, model, args):
         if step % 200 == 0:
             with nf.no_grad():
                 _, vl = model(vx, vy)
-            print(f"  pretrain step {step}: loss {loss.item():.3f}, val {vl.item():.3f}, {el:.0f} s; knowledge "
-                  f"probe held-out {probe(task, model):.0%} train {probe(task, model, 'train'):.0%}", flush=True)
+            print(
+                f"  pretrain step {step}: loss {loss.item():.3f}, val {vl.item():.3f}, {el:.0f} s; knowledge "
+                f"probe held-out {probe(task, model):.0%} train {probe(task, model, 'train'):.0%}",
+                flush=True,
+            )
         step += 1
     took = time.perf_counter() - t0
     with nf.no_grad():
         _, vl = model(vx, vy)
     toks = step * args.batch * args.block
-    print(f"  pretrain: {step} steps, {toks:,} tokens ({toks / len(train):.2f} epochs) in {took:.1f} s "
-          f"= {toks / took:,.0f} tok/s; val loss {vl.item():.3f}; knowledge probe held-out {probe(task, model):.0%}"
-          f" train {probe(task, model, 'train'):.0%}", flush=True)
+    print(
+        f"  pretrain: {step} steps, {toks:,} tokens ({toks / len(train):.2f} epochs) in {took:.1f} s "
+        f"= {toks / took:,.0f} tok/s; val loss {vl.item():.3f}; knowledge probe held-out {probe(task, model):.0%}"
+        f" train {probe(task, model, 'train'):.0%}",
+        flush=True,
+    )
     return took
 
 
@@ -115,7 +132,9 @@ def sft(task, model, args):
         idx = rng.choice(len(demos), min(args.batch, len(demos)), replace=False)
         b = task.batch([demos[i].prompt for i in idx], [demos[i].completion for i in idx])
         x = b["input_ids"][:, :-1]
-        y = np.where(b["completion_mask"][:, 1:], b["input_ids"][:, 1:], -100)  # only the completion is scored
+        y = np.where(
+            b["completion_mask"][:, 1:], b["input_ids"][:, 1:], -100
+        )  # only the completion is scored
         _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
@@ -148,15 +167,20 @@ def dpo(task, model, ref, args):
             rc, rr = seq_logps(ref, bc).numpy(), seq_logps(ref, br).numpy()
         pc = seq_logps(model, bc)
         loss, m = nf.rl.dpo_loss(pc, seq_logps(model, br), rc, rr, beta=args.beta)
-        if args.dpo_nll > 0:  # RPO (Pang et al. 2024): + α · NLL of the chosen, per token, against displacement
+        if (
+            args.dpo_nll > 0
+        ):  # RPO (Pang et al. 2024): + α · NLL of the chosen, per token, against displacement
             loss = loss - pc.sum() * (args.dpo_nll / float(bc["completion_mask"][:, 1:].sum()))
         opt.zero_grad()
         loss.backward()
         nf.optim.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 10 == 0:
-            print(f"  dpo step {step}: loss {loss.item():.3f} (ln 2 = {math.log(2):.3f}), margin {m['margin']:.2f}, "
-                  f"accuracy {m['accuracy']:.2f}", flush=True)
+            print(
+                f"  dpo step {step}: loss {loss.item():.3f} (ln 2 = {math.log(2):.3f}), margin {m['margin']:.2f}, "
+                f"accuracy {m['accuracy']:.2f}",
+                flush=True,
+            )
     return time.perf_counter() - t0
 
 
@@ -165,7 +189,9 @@ def kl_to(task, model, ref, args):
     (a k1 estimate of KL(model ‖ ref) per completion)."""
     qs = task.questions("heldout")
     prompts = [task.tokenizer.encode(q.prompt) for q in qs]
-    g = model.generate_batch(prompts, task.max_new_tokens, temperature=1.0, seed=7, stop_tokens=list(task.stop_ids))
+    g = model.generate_batch(
+        prompts, task.max_new_tokens, temperature=1.0, seed=7, stop_tokens=list(task.stop_ids)
+    )
     comps = [task.tokenizer.decode(t[m]) for t, m in zip(g.tokens, g.mask)]
     b = task.batch([q.prompt for q in qs], comps)
     with nf.no_grad():
@@ -198,7 +224,7 @@ def reward_model(task, sft_model, args):
         ps = [pairs[i] for i in idx]
         bc = task.batch([p.prompt for p in ps], [p.chosen for p in ps])
         br = task.batch([p.prompt for p in ps], [p.rejected for p in ps])
-        loss, m = nf.rl.reward_loss(rewards(bc), rewards(br))
+        loss, _ = nf.rl.reward_loss(rewards(bc), rewards(br))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -206,8 +232,11 @@ def reward_model(task, sft_model, args):
             print(f"  rm step {step}: loss {loss.item():.3f}", flush=True)
     took = time.perf_counter() - t0
     by_kind = {k: accuracy([p for p in held if p.kind == k]) for k in facts.PAIR_KINDS}
-    print(f"[rm] after {took:.1f} s: held-out pair accuracy {accuracy(held):.0%} "
-          f"({', '.join(f'{k} {v:.0%}' for k, v in by_kind.items())}); train {accuracy(pairs):.0%}", flush=True)
+    print(
+        f"[rm] after {took:.1f} s: held-out pair accuracy {accuracy(held):.0%} "
+        f"({', '.join(f'{k} {v:.0%}' for k, v in by_kind.items())}); train {accuracy(pairs):.0%}",
+        flush=True,
+    )
     return took
 
 
@@ -216,25 +245,26 @@ def main():
     ap.add_argument("--stages", default="pretrain,sft,dpo,rm")
     ap.add_argument("--dir", default="/tmp/proto_part5")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-per-relation", type=int, default=24)
+    ap.add_argument("--n-per-relation", type=int, default=12)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--pretrain-seconds", type=float, default=120.0)
-    ap.add_argument("--n-demos", type=int, default=32)
-    ap.add_argument("--sft-steps", type=int, default=60)
+    ap.add_argument("--pretrain-seconds", type=float, default=240.0)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="stop here if the time is not up first")
+    ap.add_argument("--n-demos", type=int, default=16)
+    ap.add_argument("--sft-steps", type=int, default=10)
     ap.add_argument("--sft-lr", type=float, default=3e-4)
-    ap.add_argument("--dpo-steps", type=int, default=40)
-    ap.add_argument("--dpo-lr", type=float, default=2e-4)
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--dpo-steps", type=int, default=60)
+    ap.add_argument("--dpo-lr", type=float, default=3e-5)
+    ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--dpo-nll", type=float, default=0.0)
     ap.add_argument("--dpo-kinds", default=",".join(facts.PAIR_KINDS))
     ap.add_argument("--rm-steps", type=int, default=60)
     ap.add_argument("--rm-lr", type=float, default=3e-4)
-    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--show", type=int, default=4)
     args = ap.parse_args()
     stages = args.stages.split(",")
@@ -242,8 +272,14 @@ def main():
     task = facts.make_task(args.seed, n_per_relation=args.n_per_relation)
     print(f"{task}; {nf.get_num_threads()} threads; {load_avg()}")
     nf.manual_seed(args.seed)
-    cfg = GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=args.block, n_layer=args.n_layer,
-                    n_head=args.n_head, n_embd=args.n_embd, bias=False)
+    cfg = GPTConfig(
+        vocab_size=task.tokenizer.vocab_size,
+        block_size=args.block,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        bias=False,
+    )
     model = GPT(cfg)
     print(f"model: {cfg} ({model.num_parameters():,} parameters)")
     base_path, sft_path, dpo_path = (os.path.join(args.dir, f"{s}.npz") for s in ("base", "sft", "dpo"))
@@ -265,7 +301,9 @@ def main():
         t = dpo(task, model, ref, args)
         save(model, dpo_path)
         report(task, model, "dpo", args, t)
-        print(f"[dpo] KL(dpo || sft) per completion on held-out prompts: {kl_to(task, model, ref, args):.2f} nats")
+        print(
+            f"[dpo] KL(dpo || sft) per completion on held-out prompts: {kl_to(task, model, ref, args):.2f} nats"
+        )
         load(model, sft_path)
     if "rm" in stages:
         reward_model(task, model, args)

@@ -30,10 +30,10 @@ def answer_lines_in_base(task):
 def test_splits_are_disjoint_and_cover_every_question(task):
     train, held = task.questions("train"), task.questions("heldout")
     assert not {q.text for q in train} & {q.text for q in held}
-    assert len({q.text for q in task.questions()}) == len(train) + len(held) == 4 * 24
+    assert len({q.text for q in task.questions()}) == len(train) + len(held) == 4 * 12
     # held out per relation: a quarter of each
     for rel in facts.RELATIONS:
-        assert sum(q.relation == rel for q in held) == 6, rel
+        assert sum(q.relation == rel for q in held) == 3, rel
 
 
 def test_heldout_questions_in_no_demonstration_or_train_pair(task):
@@ -61,7 +61,7 @@ def test_base_corpus_holds_heldout_qa_only_when_asked(task):
     held = small.questions("heldout")
     for q in held:
         assert q.text not in small.base_corpus, q.text
-    assert len(held) == 24 and "?" in small.base_corpus
+    assert len(held) == 12 and "?" in small.base_corpus
 
 
 # ---------------------------------------------------------------- the rule scorer
@@ -78,27 +78,32 @@ def test_score_hand_made_examples(task):
         (right, True, True, True),
         (right + facts.EOS, True, True, True),
         (right + "\n", True, True, True),
-        (" " + right, True, True, True),                                   # a leading space is tolerated
-        (right + " What is the capital of Zzz?", True, True, False),        # answers, then junk on the line
+        (" " + right, True, True, True),  # a leading space is tolerated
+        (right + " What is the capital of Zzz?", True, True, False),  # answers, then junk on the line
         (right + " and more", True, True, False),
-        (right + "\nThe market is closed on Sundays.", True, True, True),   # later lines are not read
-        (right + facts.EOS + "anything at all", True, True, True),          # nor what follows <eos>
-        (q.answer_text(wrong_city), True, False, True),                     # a wrong answer
+        (right + "\nThe market is closed on Sundays.", True, True, True),  # later lines are not read
+        (right + facts.EOS + "anything at all", True, True, True),  # nor what follows <eos>
+        (q.answer_text(wrong_city), True, False, True),  # a wrong answer
         (q.answer_text(wrong_city) + facts.EOS, True, False, True),
-        (q.answer_text(q.answer + "ia"), True, False, True),                # a near miss is wrong
-        (other.text, False, False, False),                                  # another question
-        (q.text, False, False, False),                                      # the same question again
-        ("The old mill is closed on Sundays.", False, False, False),        # unrelated text
-        (other_rel.answer_text(), False, False, False),                     # another relation's answer
-        ("", False, False, False),                                          # nothing
+        (q.answer_text(q.answer + "ia"), True, False, True),  # a near miss is wrong
+        (other.text, False, False, False),  # another question
+        (q.text, False, False, False),  # the same question again
+        ("The old mill is closed on Sundays.", False, False, False),  # unrelated text
+        (other_rel.answer_text(), False, False, False),  # another relation's answer
+        ("", False, False, False),  # nothing
         (facts.EOS, False, False, False),
-        ("\n" + right, False, False, False),                                # the answer is not on line one
-        (right[:-1], False, False, False),                                  # no full stop: unfinished
-        ("Its capital is .", False, False, False),                          # an empty slot
-        (f"Its capital is {q.answer.lower()}.", False, False, False),       # not a name
+        ("\n" + right, False, False, False),  # the answer is not on line one
+        (right[:-1], False, False, False),  # no full stop: unfinished
+        ("Its capital is .", False, False, False),  # an empty slot
+        (f"Its capital is {q.answer.lower()}.", False, False, False),  # not a name
         (f"its capital is {q.answer}.", False, False, False),
         (f"Its capital is {q.answer}!", False, False, False),
-        (f"Its capital is {q.answer}{q.answer.lower()}.", True, False, True),  # a made-up name: answered, wrong
+        (
+            f"Its capital is {q.answer}{q.answer.lower()}.",
+            True,
+            False,
+            True,
+        ),  # a made-up name: answered, wrong
     ]
     for text, answered, correct, clean in cases:
         s = task.score(q, text)
@@ -111,10 +116,17 @@ def test_score_hand_made_examples(task):
 def test_score_every_relation(task):
     for rel in facts.RELATIONS:
         q = next(q for q in task.questions() if q.relation == rel)
-        assert task.score(q, q.answer_text() + facts.EOS) == {"answered": True, "correct": True, "clean": True,
-                                                               "answer": q.answer}
-        wrong = next(p for p in task.pairs("heldout") + task.pairs("train")
-                     if p.prompt == q.prompt and p.kind == "wrong_answer")
+        assert task.score(q, q.answer_text() + facts.EOS) == {
+            "answered": True,
+            "correct": True,
+            "clean": True,
+            "answer": q.answer,
+        }
+        wrong = next(
+            p
+            for p in task.pairs("heldout") + task.pairs("train")
+            if p.prompt == q.prompt and p.kind == "wrong_answer"
+        )
         s = task.score(q, wrong.rejected)
         assert s["answered"] and not s["correct"], (rel, wrong.rejected, s)
     with pytest.raises(nf.InvalidArgumentError, match="not a question"):
@@ -128,13 +140,22 @@ def test_every_pair_prefers_a_correct_answer_to_a_non_answer_or_wrong_one(task):
         assert {p.kind for p in pairs} == set(facts.PAIR_KINDS)
         for p in pairs:
             c, r = task.score(p.prompt, p.chosen), task.score(p.prompt, p.rejected)
-            assert c["correct"] and c["clean"] and p.chosen.endswith(facts.EOS) and p.rejected.endswith(facts.EOS)
+            assert (
+                c["correct"]
+                and c["clean"]
+                and p.chosen.endswith(facts.EOS)
+                and p.rejected.endswith(facts.EOS)
+            )
             assert not r["correct"], p
             assert r["answered"] == (p.kind == "wrong_answer"), p
             assert p.chosen != p.rejected
     for d in task.demonstrations("train"):
-        assert task.score(d.prompt, d.completion) == {"answered": True, "correct": True, "clean": True,
-                                                      "answer": task.question(d.prompt).answer}
+        assert task.score(d.prompt, d.completion) == {
+            "answered": True,
+            "correct": True,
+            "clean": True,
+            "answer": task.question(d.prompt).answer,
+        }
 
 
 # ---------------------------------------------------------------- the base corpus
@@ -143,9 +164,9 @@ def test_every_pair_prefers_a_correct_answer_to_a_non_answer_or_wrong_one(task):
 def test_base_corpus_continues_questions_more_often_than_it_answers(task):
     follow = [(q, nxt) for q, nxt in answer_lines_in_base(task) if q.endswith("?")]
     answered = sum(task.score(q, nxt)["answered"] for q, nxt in follow) / len(follow)
-    assert 0.20 <= answered <= 0.30, answered                              # p_answer = 0.25
+    assert 0.20 <= answered <= 0.30, answered  # p_answer = 0.25
     questions = sum(nxt.endswith("?") for _, nxt in follow) / len(follow)
-    assert questions >= 0.45, questions                                    # another one or a repetition
+    assert questions >= 0.45, questions  # another one or a repetition
     # the answers it does give are correct, and unrelated lines are never an answer sentence
     assert all(task.score(q, nxt)["correct"] for q, nxt in follow if task.score(q, nxt)["answered"])
     docs = task.base_corpus.split(facts.EOS)
@@ -160,7 +181,7 @@ def test_unrelated_lines_never_answer_anything(task):
     for _ in range(500):
         line = task.unrelated(rng)
         assert not line.endswith("?")
-        assert not any(task.score(q, line)["answered"] for q in qs[:: 7]), line
+        assert not any(task.score(q, line)["answered"] for q in qs[::7]), line
 
 
 # ---------------------------------------------------------------- tokenizer and tensors
@@ -209,23 +230,31 @@ def test_every_sequence_fits_the_block_size(task):
 
 def test_evaluate_scores_generations_by_rule(task):
     nf.manual_seed(0)
-    model = nf.models.GPT(nf.models.GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=128, n_layer=1,
-                                              n_head=2, n_embd=16))
+    model = nf.models.GPT(
+        nf.models.GPTConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16
+        )
+    )
     r = task.evaluate(model, "heldout", samples_per_question=2, max_new_tokens=8)
     assert r["n"] == 2 * len(task.questions("heldout")) == len(r["samples"])
-    assert r["answer_rate"] == 0.0 and r["accuracy"] == 0.0     # an untrained model answers nothing
+    assert r["answer_rate"] == 0.0 and r["accuracy"] == 0.0  # an untrained model answers nothing
     for q, c, s in r["samples"]:
         assert s == task.score(q, c) and len(task.tokenizer.encode(c)) <= 8
-    assert task.evaluate(model, "heldout", max_new_tokens=8, seed=3)["samples"] == \
+    assert (
         task.evaluate(model, "heldout", max_new_tokens=8, seed=3)["samples"]
+        == task.evaluate(model, "heldout", max_new_tokens=8, seed=3)["samples"]
+    )
 
 
 # ---------------------------------------------------------------- seeds and sizes
 
 
 def test_same_seed_same_data_different_seed_different_data():
-    a, b, c = facts.make_task(5, n_base_docs=2000), facts.make_task(5, n_base_docs=2000), facts.make_task(
-        6, n_base_docs=2000)
+    a, b, c = (
+        facts.make_task(5, n_base_docs=2000),
+        facts.make_task(5, n_base_docs=2000),
+        facts.make_task(6, n_base_docs=2000),
+    )
     assert a.base_corpus == b.base_corpus
     assert a.questions("train") == b.questions("train") and a.questions("heldout") == b.questions("heldout")
     assert a.pairs("train") == b.pairs("train") and a.demonstrations() == b.demonstrations()
@@ -239,9 +268,9 @@ def test_sizes_follow_the_arguments():
     assert len(t.questions()) == 40 and len(t.questions("heldout")) == 8 and len(t.questions("train")) == 32
     assert len(t.demonstrations()) == 32 and len(t.pairs()) == 128 and len(t.pairs("heldout")) == 32
     assert t.base_corpus.count(facts.EOS) == 500
-    assert len({q.subject for q in t.questions()}) == 40           # every name is one thing
+    assert len({q.subject for q in t.questions()}) == 40  # every name is one thing
     default = facts.make_task(0)
-    assert 1_000_000 <= len(default.base_corpus) <= 3_000_000      # ≈ 1.8M characters: a minute's reading
+    assert 1_000_000 <= len(default.base_corpus) <= 3_000_000  # ≈ 1.8M characters: a minute's reading
     none_held = facts.make_task(2, n_per_relation=4, heldout_fraction=0.0, n_base_docs=10)
     assert none_held.questions("heldout") == [] and len(none_held.questions("train")) == 16
 
@@ -252,14 +281,17 @@ def test_p_answer_takes_effect():
     assert sum(hi.score(q, n)["answered"] for q, n in follow) / len(follow) > 0.8
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(seed="0"), "seed"),
-    (dict(n_per_relation=1), "n_per_relation"),
-    (dict(heldout_fraction=1.0), "heldout_fraction"),
-    (dict(n_base_docs=-1), "n_base_docs"),
-    (dict(p_answer=1.5), "p_answer"),
-    (dict(p_answer=0.5, p_question=0.4, p_repeat=0.2), "> 1"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"seed": "0"}, "seed"),
+        ({"n_per_relation": 1}, "n_per_relation"),
+        ({"heldout_fraction": 1.0}, "heldout_fraction"),
+        ({"n_base_docs": -1}, "n_base_docs"),
+        ({"p_answer": 1.5}, "p_answer"),
+        ({"p_answer": 0.5, "p_question": 0.4, "p_repeat": 0.2}, "> 1"),
+    ],
+)
 def test_bad_arguments_are_refused(kw, match):
     with pytest.raises(nf.InvalidArgumentError, match=match):
         facts.make_task(**kw)
@@ -270,3 +302,17 @@ def test_split_names_are_checked(task):
         task.questions("test")
     with pytest.raises(nf.InvalidArgumentError, match="split"):
         task.pairs("all")
+
+
+def test_pairs_kinds_filter(task):
+    only = task.pairs("train", kinds=("continuation", "unrelated"))
+    assert {p.kind for p in only} == {"continuation", "unrelated"} and len(only) == 2 * len(
+        task.questions("train")
+    )
+    assert task.pairs("train", kinds="wrong_answer") == [
+        p for p in task.pairs("train") if p.kind == "wrong_answer"
+    ]
+    with pytest.raises(nf.InvalidArgumentError, match="kinds"):
+        task.pairs("train", kinds=("helpful",))
+    with pytest.raises(nf.InvalidArgumentError, match="kinds"):
+        task.pairs("train", kinds=())

@@ -41,8 +41,20 @@ from ..exceptions import InvalidArgumentError
 PAD, EOS = "<pad>", "<eos>"
 ALPHABET = string.ascii_letters + string.digits + " .,?'-\n"
 RELATIONS = ("capital", "inventor", "home", "color")
-COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink",
-          "silver", "golden")
+COLORS = (
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "white",
+    "black",
+    "grey",
+    "pink",
+    "silver",
+    "golden",
+)
 # what a rejected completion of a preference pair is, in the guide's words: the raw model continues the
 # question with another one, repeats it, writes something unrelated — or answers, wrongly
 PAIR_KINDS = ("continuation", "repetition", "unrelated", "wrong_answer")
@@ -78,7 +90,9 @@ class FactsTokenizer:
             for c in piece:
                 i = stoi.get(c)
                 if i is None:
-                    raise InvalidArgumentError(f"FactsTokenizer.encode: character {c!r} is not in the alphabet")
+                    raise InvalidArgumentError(
+                        f"FactsTokenizer.encode: character {c!r} is not in the alphabet"
+                    )
                 ids.append(i)
         return ids
 
@@ -88,7 +102,9 @@ class FactsTokenizer:
         for i in ids:
             i = int(i)
             if not 0 <= i < n:
-                raise InvalidArgumentError(f"FactsTokenizer.decode: id {i} is outside the vocabulary [0, {n})")
+                raise InvalidArgumentError(
+                    f"FactsTokenizer.decode: id {i} is outside the vocabulary [0, {n})"
+                )
             if skip_special and i < len(self.specials):
                 continue
             out.append(self.itos[i])
@@ -170,22 +186,70 @@ class Pair:
     kind: str
 
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kl",
-           "tr", "th", "sh", "st"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kl",
+    "tr",
+    "th",
+    "sh",
+    "st",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "a", "e", "i", "o", "u", "ae", "ou"]
 _CODAS = ["", "", "", "n", "r", "l", "s", "th", "m", "x"]
 _DEVICE_ENDS = ["scope", "phone", "wheel", "loom", "lamp", "press", "meter", "graph"]
 _ANIMAL_ENDS = ["bat", "fox", "mole", "wing", "hound", "toad", "finch", "crab"]
-_FILLER_SUBJECTS = ["The old mill", "The market", "A quiet road", "The harbour", "My neighbour's garden",
-                    "The library", "The north bridge", "This winter", "The night train", "The bakery",
-                    "Our kitchen", "The long valley"]
-_FILLER_PREDICATES = ["is closed on Sundays", "smells of rain", "was painted last year",
-                      "looks lovely in spring", "needs a new roof", "is busy in the morning",
-                      "was quiet all week", "has a blue door", "is full of birds", "stays warm at night",
-                      "is older than it looks", "opens at nine"]
-_FILLER_PLACES = ["Many people visit {c} in summer.", "The roads around {c} are narrow.",
-                  "{p} walked to the river and back.", "{p} likes to read in the evening.",
-                  "It rained in {c} for three days.", "{p} has two brothers and a cat."]
+_FILLER_SUBJECTS = [
+    "The old mill",
+    "The market",
+    "A quiet road",
+    "The harbour",
+    "My neighbour's garden",
+    "The library",
+    "The north bridge",
+    "This winter",
+    "The night train",
+    "The bakery",
+    "Our kitchen",
+    "The long valley",
+]
+_FILLER_PREDICATES = [
+    "is closed on Sundays",
+    "smells of rain",
+    "was painted last year",
+    "looks lovely in spring",
+    "needs a new roof",
+    "is busy in the morning",
+    "was quiet all week",
+    "has a blue door",
+    "is full of birds",
+    "stays warm at night",
+    "is older than it looks",
+    "opens at nine",
+]
+_FILLER_PLACES = [
+    "Many people visit {c} in summer.",
+    "The roads around {c} are narrow.",
+    "{p} walked to the river and back.",
+    "{p} likes to read in the evening.",
+    "It rained in {c} for three days.",
+    "{p} has two brothers and a cat.",
+]
 
 
 class _Names:
@@ -197,7 +261,8 @@ class _Names:
     def _stem(self, syllables):
         r = self.rng
         return "".join(r.choice(_ONSETS) + r.choice(_VOWELS) for _ in range(syllables - 1)) + (
-            r.choice(_ONSETS) + r.choice(_VOWELS) + r.choice(_CODAS))
+            r.choice(_ONSETS) + r.choice(_VOWELS) + r.choice(_CODAS)
+        )
 
     def take(self, make):
         for _ in range(1000):
@@ -225,8 +290,17 @@ class FactsTask:
     (one string of documents each ending in ``<eos>``), ``block_size``, ``stop_ids``; methods
     ``questions``, ``demonstrations``, ``pairs``, ``score``, ``batch``, ``evaluate``."""
 
-    def __init__(self, seed, n_per_relation, heldout_fraction, n_base_docs, p_answer, p_question, p_repeat,
-                 heldout_in_base):
+    def __init__(
+        self,
+        seed,
+        n_per_relation,
+        heldout_fraction,
+        n_base_docs,
+        p_answer,
+        p_question,
+        p_repeat,
+        heldout_in_base,
+    ):
         self.seed, self.heldout_in_base = seed, heldout_in_base
         self.p_answer, self.p_question, self.p_repeat = p_answer, p_question, p_repeat
         self.tokenizer = FactsTokenizer()
@@ -260,9 +334,12 @@ class FactsTask:
         longest_name = max(len(n) for n in cities + people)
         self._longest_unrelated = max(
             max(len(x) for x in _FILLER_SUBJECTS) + 1 + max(len(x) for x in _FILLER_PREDICATES) + 1,
-            max(len(x.format(c="", p="")) for x in _FILLER_PLACES) + longest_name)
+            max(len(x.format(c="", p="")) for x in _FILLER_PLACES) + longest_name,
+        )
         self.base_corpus = self._make_base_corpus(n_base_docs, random.Random(f"facts:{seed}:base"))
-        longest = max(len(self.tokenizer.encode(q.prompt)) + self._longest_completion(q) for q in self.questions())
+        longest = max(
+            len(self.tokenizer.encode(q.prompt)) + self._longest_completion(q) for q in self.questions()
+        )
         self.block_size = longest
         self.max_new_tokens = max(self._longest_completion(q) for q in self.questions())
         self._pairs = {s: self._make_pairs(s, random.Random(f"facts:{seed}:pairs:{s}")) for s in self._split}
@@ -366,8 +443,12 @@ class FactsTask:
         if m is None:
             return {"answered": False, "correct": False, "clean": False, "answer": None}
         value = m.group(1)
-        return {"answered": True, "correct": value == q.answer, "clean": text[m.end():].strip() == "",
-                "answer": value}
+        return {
+            "answered": True,
+            "correct": value == q.answer,
+            "clean": text[m.end() :].strip() == "",
+            "answer": value,
+        }
 
     # ------------------------------------------------------------ tensors for training
 
@@ -376,8 +457,10 @@ class FactsTask:
         ``input_ids`` (B, T) int64 (``<pad>`` after the end), ``attention_mask`` (B, T) bool (prompt and
         completion tokens), ``completion_mask`` (B, T) bool (the completion tokens, the ones scored)."""
         if len(prompts) != len(completions) or not prompts:
-            raise InvalidArgumentError(f"facts.batch: {len(prompts)} prompts and {len(completions)} completions;"
-                                       " need the same number, at least one")
+            raise InvalidArgumentError(
+                f"facts.batch: {len(prompts)} prompts and {len(completions)} completions;"
+                " need the same number, at least one"
+            )
         enc = self.tokenizer.encode
         rows = [(enc(p), enc(c)) for p, c in zip(prompts, completions)]
         t = max(len(p) + len(c) for p, c in rows)
@@ -385,34 +468,55 @@ class FactsTask:
         attn = np.zeros((len(rows), t), bool)
         comp = np.zeros((len(rows), t), bool)
         for r, (p, c) in enumerate(rows):
-            ids[r, :len(p) + len(c)] = p + c
-            attn[r, :len(p) + len(c)] = True
-            comp[r, len(p):len(p) + len(c)] = True
+            ids[r, : len(p) + len(c)] = p + c
+            attn[r, : len(p) + len(c)] = True
+            comp[r, len(p) : len(p) + len(c)] = True
         return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
 
-    def evaluate(self, model, split="heldout", samples_per_question=1, temperature=1.0, top_k=None, seed=0,
-                 max_new_tokens=None):
+    def evaluate(
+        self,
+        model,
+        split="heldout",
+        samples_per_question=1,
+        temperature=1.0,
+        top_k=None,
+        seed=0,
+        max_new_tokens=None,
+    ):
         """Generate from ``model`` for every question of ``split`` (``samples_per_question`` times each, in one
         batch) and score by rule. Returns ``{"answer_rate", "accuracy", "clean_rate", "n", "samples"}``:
         rates over all samples (accuracy = correct / all), ``samples`` a list of (question text, completion
         text, score). Generation stops at ``<eos>`` or a newline (``stop_ids``)."""
         qs = [q for q in self.questions(split) for _ in range(samples_per_question)]
         prompts = [self.tokenizer.encode(q.prompt) for q in qs]
-        tokens, _ = model.generate(prompts, max_new_tokens or self.max_new_tokens, temperature=temperature,
-                                   top_k=top_k, seed=seed, stop_tokens=list(self.stop_ids))
+        tokens, _ = model.generate(
+            prompts,
+            max_new_tokens or self.max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            stop_tokens=list(self.stop_ids),
+        )
         samples = []
         for q, t in zip(qs, tokens):
             text = self.tokenizer.decode(t)
             samples.append((q.text, text, self.score(q, text)))
         n = len(samples)
         rate = {k: sum(s[2][k] for s in samples) / n for k in ("answered", "correct", "clean")}
-        return {"answer_rate": rate["answered"], "accuracy": rate["correct"], "clean_rate": rate["clean"],
-                "n": n, "samples": samples}
+        return {
+            "answer_rate": rate["answered"],
+            "accuracy": rate["correct"],
+            "clean_rate": rate["clean"],
+            "n": n,
+            "samples": samples,
+        }
 
     def __repr__(self):
-        return (f"FactsTask(seed={self.seed}, questions={len(self.questions())} "
-                f"(train {len(self._split['train'])}, heldout {len(self._split['heldout'])}), "
-                f"base_corpus={len(self.base_corpus):,} chars, pairs={len(self._pairs['train'])})")
+        return (
+            f"FactsTask(seed={self.seed}, questions={len(self.questions())} "
+            f"(train {len(self._split['train'])}, heldout {len(self._split['heldout'])}), "
+            f"base_corpus={len(self.base_corpus):,} chars, pairs={len(self._pairs['train'])})"
+        )
 
 
 def _other(rng, pool, q):
@@ -431,11 +535,21 @@ def _check_split(split):
     return split
 
 
-def make_task(seed=0, *, n_per_relation=24, heldout_fraction=0.25, n_base_docs=20000, p_answer=0.25,
-              p_question=0.35, p_repeat=0.15, heldout_in_base=True):
+def make_task(
+    seed=0,
+    *,
+    n_per_relation=12,
+    heldout_fraction=0.25,
+    n_base_docs=20000,
+    p_answer=0.25,
+    p_question=0.35,
+    p_repeat=0.15,
+    heldout_in_base=True,
+):
     """Build the task from ``seed`` (same seed → same world, corpus, splits and pairs).
 
-    ``n_per_relation`` facts for each of the four relations; ``heldout_fraction`` of each relation's
+    ``n_per_relation`` facts for each of the four relations (12: a 4-layer, 128-wide GPT knows all 48
+    after ≈ 1,800 steps of 16 × 128 tokens; twice as many facts need well over twice the steps); ``heldout_fraction`` of each relation's
     questions held out; ``n_base_docs`` documents in the base corpus, where each line after a question is
     its answer with probability ``p_answer``, another question with ``p_question``, the same question
     again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether held-out questions
@@ -443,16 +557,22 @@ def make_task(seed=0, *, n_per_relation=24, heldout_fraction=0.25, n_base_docs=2
     if not isinstance(seed, int):
         raise InvalidArgumentError(f"facts.make_task: seed must be an int, got {seed!r}")
     if not 2 <= n_per_relation <= 200:
-        raise InvalidArgumentError(f"facts.make_task: n_per_relation must be in [2, 200], got {n_per_relation}")
+        raise InvalidArgumentError(
+            f"facts.make_task: n_per_relation must be in [2, 200], got {n_per_relation}"
+        )
     if not 0 <= heldout_fraction < 1:
-        raise InvalidArgumentError(f"facts.make_task: heldout_fraction must be in [0, 1), got {heldout_fraction}")
+        raise InvalidArgumentError(
+            f"facts.make_task: heldout_fraction must be in [0, 1), got {heldout_fraction}"
+        )
     if n_base_docs < 0:
         raise InvalidArgumentError(f"facts.make_task: n_base_docs must be >= 0, got {n_base_docs}")
     for name, p in (("p_answer", p_answer), ("p_question", p_question), ("p_repeat", p_repeat)):
         if not 0 <= p <= 1:
             raise InvalidArgumentError(f"facts.make_task: {name} must be in [0, 1], got {p}")
     if p_answer + p_question + p_repeat > 1 + 1e-9:
-        raise InvalidArgumentError(f"facts.make_task: p_answer + p_question + p_repeat = "
-                                   f"{p_answer + p_question + p_repeat:.3f} > 1")
-    return FactsTask(seed, n_per_relation, heldout_fraction, n_base_docs, p_answer, p_question, p_repeat,
-                     heldout_in_base)
+        raise InvalidArgumentError(
+            f"facts.make_task: p_answer + p_question + p_repeat = {p_answer + p_question + p_repeat:.3f} > 1"
+        )
+    return FactsTask(
+        seed, n_per_relation, heldout_fraction, n_base_docs, p_answer, p_question, p_repeat, heldout_in_base
+    )
