@@ -97,7 +97,7 @@ class FactsTokenizer:
         return ids
 
     def decode(self, ids, skip_special=False):
-        """The text of a sequence of ids (any iterable of ints); ``skip_special`` drops ``<pad>``/``<eos>``."""
+        """The text of a sequence of ids (any iterable of ints); ``skip_special`` drops the specials."""
         out, n = [], len(self.itos)
         for i in ids:
             i = int(i)
@@ -169,7 +169,7 @@ _SLOT = {"capital": _NAME, "inventor": _NAME, "home": _NAME, "color": r"[a-z]+"}
 
 @dataclass(frozen=True)
 class Example:
-    """An SFT demonstration: ``prompt`` (the question and a newline) and ``completion`` (ends in ``<eos>``)."""
+    """An SFT demonstration: ``prompt`` (the question and a newline), ``completion`` (ends in ``<eos>``)."""
 
     prompt: str
     completion: str
@@ -432,8 +432,8 @@ class FactsTask:
 
         Returns ``{"answered", "correct", "clean", "answer"}``: *answered* when the completion's first line
         starts with the answer sentence of this question's relation (any well-formed value in the slot —
-        a capitalised name, or a lower-case colour — then the full stop); *correct* when that value is the true one; *clean* when the line holds nothing else
-        (the model answered and stopped); *answer* the value it gave (None if it did not answer)."""
+        a capitalised name, or a lower-case colour — then the full stop); *correct* when that value is the
+        true one; *clean* when the line holds nothing else (the model answered and stopped); *answer* the value it gave (None if it did not answer)."""
         q = question if isinstance(question, Question) else self.question(question)
         text = completion.split(EOS, 1)[0].split("\n", 1)[0].replace(PAD, "")
         text = text.lstrip(" ")
@@ -483,8 +483,8 @@ class FactsTask:
         seed=0,
         max_new_tokens=None,
     ):
-        """Generate from ``model`` for every question of ``split`` (``samples_per_question`` times each, in one
-        batch) and score by rule. Returns ``{"answer_rate", "accuracy", "clean_rate", "n", "samples"}``:
+        """Generate from ``model`` for every question of ``split`` (``samples_per_question`` times each, in
+        one batch) and score by rule. Returns ``{"answer_rate", "accuracy", "clean_rate", "n", "samples"}``:
         rates over all samples (accuracy = correct / all), ``samples`` a list of (question text, completion
         text, score). Generation stops at ``<eos>`` or a newline (``stop_ids``)."""
         qs = [q for q in self.questions(split) for _ in range(samples_per_question)]
@@ -549,8 +549,8 @@ def make_task(
     """Build the task from ``seed`` (same seed → same world, corpus, splits and pairs).
 
     ``n_per_relation`` facts for each of the four relations (12: a 4-layer, 128-wide GPT knows all 48
-    after ≈ 1,800 steps of 16 × 128 tokens; twice as many facts need well over twice the steps); ``heldout_fraction`` of each relation's
-    questions held out; ``n_base_docs`` documents in the base corpus, where each line after a question is
+    after ≈ 1,600-1,800 steps of 16 × 128 tokens; twice as many facts need far more); ``heldout_fraction``
+    of each relation's questions held out; ``n_base_docs`` documents in the base corpus, where each line after a question is
     its answer with probability ``p_answer``, another question with ``p_question``, the same question
     again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether held-out questions
     (and so their answers) appear in the base corpus (see the module docstring)."""
