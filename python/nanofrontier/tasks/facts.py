@@ -433,7 +433,8 @@ class FactsTask:
         Returns ``{"answered", "correct", "clean", "answer"}``: *answered* when the completion's first line
         starts with the answer sentence of this question's relation (any well-formed value in the slot —
         a capitalised name, or a lower-case colour — then the full stop); *correct* when that value is the
-        true one; *clean* when the line holds nothing else (the model answered and stopped); *answer* the value it gave (None if it did not answer)."""
+        true one; *clean* when the line holds nothing else (the model answered and stopped); *answer* the
+        value it gave (None if it did not answer)."""
         q = question if isinstance(question, Question) else self.question(question)
         text = completion.split(EOS, 1)[0].split("\n", 1)[0].replace(PAD, "")
         text = text.lstrip(" ")
@@ -550,9 +551,9 @@ def make_task(
 
     ``n_per_relation`` facts for each of the four relations (12: a 4-layer, 128-wide GPT knows all 48
     after ≈ 1,600-1,800 steps of 16 × 128 tokens; twice as many facts need far more); ``heldout_fraction``
-    of each relation's questions held out; ``n_base_docs`` documents in the base corpus, where each line after a question is
-    its answer with probability ``p_answer``, another question with ``p_question``, the same question
-    again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether held-out questions
+    of each relation's questions held out; ``n_base_docs`` documents in the base corpus, where each line
+    after a question is its answer with probability ``p_answer``, another question with ``p_question``,
+    the same question again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether held-out questions
     (and so their answers) appear in the base corpus (see the module docstring)."""
     if not isinstance(seed, int):
         raise InvalidArgumentError(f"facts.make_task: seed must be an int, got {seed!r}")
