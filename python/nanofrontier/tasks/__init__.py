@@ -3,3 +3,5 @@ rule that scores a model's answer without any learned judge.
 
 Each submodule is one task family (the notebooks that use it say which).
 """
+
+from . import facts as facts  # Part 5: a world of facts, a base corpus that rarely answers, preference pairs
