@@ -224,12 +224,14 @@ def main():
         b = rc.median_of([r["phases"] for r in theirs], "rollout")
         print(f"| ms | {a:.2f} | {b:.2f} | {b / a:.2f} |")
         print(f"| new tokens/s | {B * NEW / a * 1e3:,.0f} | {B * NEW / b * 1e3:,.0f} | {b / a:.2f} |")
+        rc.spread(ours, theirs, "rollout")
         g1, g2 = np.array(ours[0]["greedy"]), np.array(theirs[0]["greedy"])
         rows = int((g1 == g2).all(1).sum())
         print(f"\ngreedy decode: {np.mean(g1 == g2):.1%} of the tokens agree, {rows}/{B} rows identical")
     else:
         print(f"| ms | {a:.2f} | — | — |")
         print(f"| new tokens/s | {B * NEW / a * 1e3:,.0f} | — | — |")
+        rc.spread(ours, theirs, "rollout")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ def phase_table(ours, theirs, phases):
             print(f"| {ph} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
         else:
             print(f"| {ph} | {a:.2f} | — | — |")
+    spread(ours, theirs, "total")
+
+
+def spread(ours, theirs, key):
+    """Each process's median, so the machine's noise shows beside the medians."""
+    for name, rs in (("nanofrontier", ours), ("torch", theirs)):
+        if rs:
+            print(f"{name} {key} ms per process: " + ", ".join(f"{r['phases'][key]:.1f}" for r in rs))
 
 
 def loss_check(ours, theirs):
