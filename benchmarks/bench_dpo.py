@@ -1,5 +1,5 @@
-"""One DPO step on the tiny GPT: nanofrontier vs the same step in plain PyTorch (eager, float32), same weights,
-same batch, same threads, each side in its own processes, alternating.
+"""One DPO step on the tiny GPT: nanofrontier vs the same step in plain PyTorch (eager, float32), same
+weights, same batch, same threads, each side in its own processes, alternating.
 
     python benchmarks/bench_dpo.py --torch-python /path/to/torch-env/bin/python
     python benchmarks/bench_dpo.py --rounds 7 --steps 30 --threads 2 --no-torch
@@ -20,7 +20,6 @@ import sys
 import tempfile
 
 import numpy as np
-
 import rl_common as rc
 
 B_PAIRS, T, BETA = 8, 64, 0.1

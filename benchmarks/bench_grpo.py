@@ -25,7 +25,6 @@ import sys
 import tempfile
 
 import numpy as np
-
 import rl_common as rc
 
 N_PROMPTS, GROUP, PROMPT, NEW = 2, 8, 16, 48

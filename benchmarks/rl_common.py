@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 
-TINY = dict(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128)  # nf.models.GPTConfig.tiny()
+# nf.models.GPTConfig.tiny()
+TINY = {"vocab_size": 65, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128}
 
 
 def parser(doc):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20, help="timed steps (or rollouts) per process, after warm-up")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (rollouts) per process")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="processes per side (alternating)")
@@ -51,7 +52,7 @@ def torch_python(args):
 
 
 def load():
-    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 class PhaseTimer:
@@ -71,7 +72,8 @@ class PhaseTimer:
     def medians_ms(self, skip):
         """Median ms per phase over the steps after the first ``skip`` (warm-up), and of their total."""
         out = {k: 1e3 * statistics.median(v[skip:]) for k, v in self.laps.items()}
-        totals = [sum(v[i] for v in self.laps.values()) for i in range(skip, len(next(iter(self.laps.values()))))]
+        n = len(next(iter(self.laps.values())))
+        totals = [sum(v[i] for v in self.laps.values()) for i in range(skip, n)]
         out["total"] = 1e3 * statistics.median(totals)
         return out
 
@@ -80,7 +82,7 @@ def run_child(script, python, args, side, part, data):
     cmd = [python, script, "--side", side, "--part", part, "--data", data, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"child failed: {shlex.join(cmd)}\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])

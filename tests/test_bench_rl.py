@@ -14,8 +14,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run(script):
-    cmd = [sys.executable, str(BENCH / script), "--rounds", "1", "--steps", "1", "--warmup", "0", "--threads", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(BENCH / script), "--rounds", "1", "--steps", "1", "--warmup", "0",
+           "--threads", "1"]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout
 
@@ -30,7 +31,7 @@ def first_losses(out):
 def test_benchmark_runs_one_step(script):
     out = run(script)
     for phase in ("forward", "loss", "backward", "optimizer", "total"):
-        row = re.search(rf"^\| {phase} \| ([0-9.]+) \|", out, re.M)
+        row = re.search(rf"^\| {phase} \| ([0-9.]+) \|", out, re.MULTILINE)
         assert row and float(row.group(1)) > 0, f"no timing for {phase}:\n{out}"
     losses = first_losses(out)
     assert all(math.isfinite(x) for x in losses), out
@@ -38,5 +39,5 @@ def test_benchmark_runs_one_step(script):
         assert abs(losses[0] - losses[1]) < 1e-4, out
     assert out.count("command: ") == 1
     if script == "bench_grpo.py":  # the rollout, reported apart
-        row = re.search(r"^\| new tokens/s \| ([0-9,]+) \|", out, re.M)
+        row = re.search(r"^\| new tokens/s \| ([0-9,]+) \|", out, re.MULTILINE)
         assert row and int(row.group(1).replace(",", "")) > 0, out
