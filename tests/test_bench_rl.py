@@ -1,6 +1,7 @@
 """The post-training benchmarks run: each script's nanofrontier side for one step (and one rollout), as the
 script itself runs it (a preparing child, then a measuring child), so they cannot rot. Where torch is
-installed the scripts pick it up and its side runs too; then both sides' losses must agree."""
+importable, or NF_BENCH_TORCH_PYTHON names a python that has it, its side runs too and both sides'
+first-step losses must agree."""
 
 import math
 import re
@@ -22,7 +23,7 @@ def run(script):
 
 
 def first_losses(out):
-    m = re.search(r"first-step loss: nanofrontier (\S+)(?:, torch (\S+),)?", out)
+    m = re.search(r"first-step loss: nanofrontier ([-0-9.e+]+)(?:, torch ([-0-9.e+]+),)?", out)
     assert m, out
     return [float(x) for x in m.groups() if x is not None]
 
