@@ -1,6 +1,6 @@
 """Prototype for Part 8 (issue 12): is DeepSeek-R1-Zero-style pure RL feasible from scratch on 2 CPU cores?
 
-    python benchmarks/proto_part8.py                          # pretrain, measure the base, GRPO (both variants)
+    python benchmarks/proto_part8.py                 # the recipe below: pretrain, measure the base, GRPO x 2
     python benchmarks/proto_part8.py --loss-types dr_grpo --grpo-steps 60 --lr 1e-3
 
 Phases, each timed:
@@ -14,6 +14,28 @@ Phases, each timed:
      "." is the sum) and format (the completion is one sentence ending "<number>."); held-out accuracy and
      mean response length measured along the way; one run per --loss-types entry, each from the same base.
 The task generator lives here on purpose (the official one is nf.tasks.arithmetic). Prints a JSON summary.
+
+What was measured (2-digit sums; 100 held-out problems never in the text nor in the RL prompts; pass@k from
+k=8 samples at temperature 1; one seed):
+  recipe: GPT 3 layers x 96 wide, 4 heads, block 96 (349k params), char-level; 20k lines of text, half
+  worked column lines in 6 sentence frames (one with 1-4 filler phrases between the problem and its columns,
+  which teaches the model to find the operands); 2500 steps, batch 16, lr 3e-3 cosine -> loss 0.387.
+  GRPO: G=8, 16 prompts/step, max_new_tokens 48, lr 2e-4 (AdamW, no decay), beta 0, rewards correctness 1.0
+  + format 0.1, 40 steps.
+  base in the prompt format: greedy 0.06, pass@1 0.019, pass@8 0.13 (13% of groups carry signal); 98% of
+  its samples already write columns (it copies the first column right, loses the second operand's tens).
+  (the same base in the text's own frame "to add a + b:" is greedy 1.00: the skill is there, the transfer
+  to the new frame is what RL has to find.)
+  after 40 steps: grpo (std-scaled)        greedy 0.62, pass@1 0.40, pass@8 0.89   (77 s)
+                  dr_grpo (no std scaling) greedy 1.00, pass@1 0.70, pass@8 1.00   (67 s)
+  mean response length: 29.2 (base) -> 25.2 (grpo) / 24.2 (dr_grpo) characters: it does NOT grow; RL
+  picked the right operands inside the worked form the base already used, and pruned the ill-formed tails.
+What did not work: the prompt "Q: what is a + b?\nA:" (Q, A, ? never in the text; base pass@8 0.02-0.07,
+  nothing to learn from); a 2-layer base of 1500 steps (pass@8 <= 0.08); reading questions in the text
+  (the model answers "what is ..." with a thing); std-scaled grpo with format weight 0.1 at lr 1e-3 or with
+  beta 0.04 (format differences dominate the scaled advantages of all-wrong groups: collapse to " 9." or
+  stuck at 0.08); dr_grpo with std scaling at lr 1e-3 (collapse). Correctness alone (format weight 0, grpo,
+  lr 2e-4): greedy 0.06 -> 0.99 in 60 steps.
 """
 
 import argparse
@@ -23,9 +45,8 @@ import re
 import sys
 import time
 
-import numpy as np
-
 import nanofrontier as nf
+import numpy as np
 
 NAMES = ["ann", "bob", "cara", "dan", "eve", "finn", "gus", "hana", "ivy", "joe"]
 FILLER = ["on the board", "in a book", "at school", "today", "and then", "on a card", "with a pen", "later",
@@ -85,7 +106,7 @@ def prose(rng, a, b, qa=False):
     return f"adding {a} + {b} goes {cols}, so {c}."
 
 
-PROMPT = "Q: what is {a} + {b}?\nA:"
+PROMPT = "question: {a} + {b}. answer:"
 
 
 def prompt_text(a, b):
@@ -158,7 +179,8 @@ def evaluate(model, tok, problems, k, max_new, seed, stop):
     greedy = model.generate_batch(prompts, max_new_tokens=max_new, temperature=0.0, stop_tokens=[stop])
     g_text = [tok.decode(greedy.tokens[r, :greedy.lengths[r]]).rstrip("\n") for r in range(len(prompts))]
     g_ok = np.array([correct(c, a) for c, a in zip(g_text, answers)])
-    ro = nf.rl.rollout(model, prompts, num_completions=k, max_new_tokens=max_new, seed=seed, stop_tokens=[stop])
+    ro = nf.rl.rollout(model, prompts, num_completions=k, max_new_tokens=max_new, seed=seed,
+                       stop_tokens=[stop])
     s_text = [tok.decode(c).rstrip("\n") for c in ro.completions]
     s_ok = np.array([correct(c, answers[i]) for c, i in zip(s_text, ro.prompt_index)]).reshape(-1, k)
     return {
@@ -179,17 +201,17 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--corpus-lines", type=int, default=20000)
-    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--n-layer", type=int, default=3)
     p.add_argument("--n-embd", type=int, default=96)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--block", type=int, default=96)
-    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--pretrain-steps", type=int, default=2500)
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--grpo-steps", type=int, default=40)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--G", type=int, default=8)
-    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=16)
     p.add_argument("--max-new", type=int, default=48)
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--format-weight", type=float, default=0.1)
@@ -197,8 +219,8 @@ def parse_args():
     p.add_argument("--eval-n", type=int, default=100)
     p.add_argument("--eval-k", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--dr-unscaled", action="store_true",
-                   help="dr_grpo runs also drop the group std from the advantage (Dr. GRPO's full recipe)")
+    p.add_argument("--dr-scaled", action="store_true",
+                   help="dr_grpo runs keep the group-std scaling (default: dropped, Dr. GRPO's full recipe)")
     p.add_argument("--qa", action="store_true", help="reading questions (who/what, never sums) in the text")
     p.add_argument("--prompt", default=PROMPT, help="the RL prompt, with {a} and {b} (\\n for newline)")
     p.add_argument("--seed", type=int, default=0)
@@ -215,7 +237,8 @@ def main():
     timings = {}
     train_pairs, test_pairs = split_pairs(args.digits, args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    lines = [prose(rng, *train_pairs[i], qa=args.qa) for i in rng.integers(0, len(train_pairs), args.corpus_lines)]
+    picks = rng.integers(0, len(train_pairs), args.corpus_lines)
+    lines = [prose(rng, *train_pairs[i], qa=args.qa) for i in picks]
     text = "\n".join(lines) + "\n"
     # a fixed alphabet, so one base model serves every prompt format tried
     tok = nf.tokenizer.CharTokenizer(text + "QA:?=+\n0123456789abcdefghijklmnopqrstuvwxyz .,")
@@ -223,7 +246,8 @@ def main():
     data = np.array(tok.encode(text), np.int64)
     # no line of the text puts a sum after a question (the format GRPO rewards is never demonstrated)
     assert not re.search(r"Q: what is \d", text) and not re.search(r"\?\nA: \d", text)
-    print(f"corpus: {len(lines)} lines, {len(data)} chars, vocab {tok.vocab_size}; e.g. {lines[:4]}", flush=True)
+    print(f"corpus: {len(lines)} lines, {len(data)} chars, vocab {tok.vocab_size}; e.g. {lines[:4]}",
+          flush=True)
 
     model = nf.models.GPT(vocab_size=tok.vocab_size, block_size=args.block, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=0.0)
@@ -252,7 +276,7 @@ def main():
         opt = nf.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
         curve = []
 
-        def cb(trainer, row, policy=policy, curve=curve):
+        def cb(trainer, row, policy=policy, curve=curve, loss_type=loss_type):
             s = trainer.step
             if s % args.eval_every == 0 or s == args.grpo_steps:
                 e = evaluate(policy, tok, eval_set, args.eval_k, args.max_new, 123, stop)
@@ -268,7 +292,7 @@ def main():
             policy, opt, train_prompts, [correct, well_formed], reward_weights=[1.0, args.format_weight],
             decode=tok.decode, num_generations=args.G, prompts_per_step=args.prompts_per_step,
             max_new_tokens=args.max_new, stop_tokens=[stop], beta=args.beta, loss_type=loss_type,
-            scale_rewards="none" if loss_type == "dr_grpo" and args.dr_unscaled else "group",
+            scale_rewards="none" if loss_type == "dr_grpo" and not args.dr_scaled else "group",
             max_steps=args.grpo_steps, seed=args.seed, progress=False, callbacks=[cb], diagnostics=False)
         t0 = time.perf_counter()
         hist = trainer.train()
