@@ -3,3 +3,5 @@ rule that scores a model's answer without any learned judge.
 
 Each submodule is one task family (the notebooks that use it say which).
 """
+
+from . import arithmetic, countdown  # noqa: F401  (Parts 6 and 8)
