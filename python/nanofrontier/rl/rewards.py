@@ -52,8 +52,6 @@ correctness_reward.is_correctness_rule = True
 
 _STRICT = re.compile(r"<think>(?:(?!</?think>|</?answer>).)*</think>\s*<answer>((?:(?!</?think>|</?answer>).)*)"
                      r"</answer>", re.DOTALL)
-_LENIENT = re.compile(r"(?:<think>)?(?:(?!</think>).)*</think>.*?<answer>(.*?)</answer>", re.DOTALL)
-_ANSWER_ONLY = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _MAX = 200_000  # completions longer than this score 0 (the regexes stay linear-time on the rest)
 
 
@@ -70,11 +68,13 @@ def lenient_format_reward(completion, **_):
     around allowed; 0.5 for an answer block alone; else 0.0."""
     if not isinstance(completion, str) or len(completion) > _MAX:
         return 0.0
-    m = _LENIENT.search(completion)
-    if m and m.group(1).strip():
-        return 1.0
-    m = _ANSWER_ONLY.search(completion)
-    return 0.5 if m and m.group(1).strip() else 0.0
+    # plain finds, not a regex search: linear time on any text
+    think = completion.find("</think>")
+    start = completion.find("<answer>", max(think, 0))
+    end = completion.find("</answer>", start) if start >= 0 else -1
+    if start < 0 or end < 0 or not completion[start + len("<answer>"):end].strip():
+        return 0.0
+    return 1.0 if think >= 0 else 0.5
 
 
 def countdown_reward(completion, numbers, target, **_):

@@ -193,7 +193,6 @@ def score(problem, text):
 
 # ---- the answer extractor (shared by the countdown task and nf.rl.rewards) ----
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _MARKER = re.compile(r"(?:final\s+answer|answer)\s*(?:is\s*)?[:=]", re.IGNORECASE)
 _MAX_TEXT = 1_000_000  # longer text is not searched (a verdict of "no answer")
 
@@ -208,9 +207,11 @@ def extract_answer(text):
     Anything that is not a ``str`` (or longer than 1 MB) gives None; it never raises."""
     if not isinstance(text, str) or len(text) > _MAX_TEXT:
         return None
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        return tags[-1].strip()
+    close = text.rfind("</answer>")  # the last pair by two scans: linear in the text, whatever it holds
+    if close >= 0:
+        open_ = text.rfind("<answer>", 0, close)
+        if open_ >= 0:
+            return text[open_ + len("<answer>"):close].strip()
     last = None
     for last in _MARKER.finditer(text):
         pass
