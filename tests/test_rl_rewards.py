@@ -109,6 +109,6 @@ def test_countdown_reward_plugs_into_grpo_trainer():
     tr_rewards = nf.rl._online.RewardFunctions("t", [countdown_reward, lenient_format_reward])
     p = cd.generate(1, 3, seed=0)[0]
     ex = {"numbers": list(p.numbers), "target": p.target, "level": 3}
-    total, per, correct = tr_rewards.score(["q", "q"], [f"</think><answer>{p.solution}</answer>", "1+1"],
-                                           [ex, ex], np.arange(2))
+    _, per, correct = tr_rewards.score(["q", "q"], [f"</think><answer>{p.solution}</answer>", "1+1"],
+                                       [ex, ex], np.arange(2))
     assert per.tolist() == [[1.0, 0.0], [1.0, 0.0]] and correct.tolist() == [True, False]

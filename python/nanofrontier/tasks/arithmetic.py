@@ -236,8 +236,7 @@ def parse_number(s):
     if not isinstance(s, str) or len(s) > 100:
         return None
     t = s.strip().strip("*$").strip()
-    if t.endswith("."):
-        t = t[:-1]
+    t = t.removesuffix(".")
     if _GROUPED.fullmatch(t):
         t = t.replace(",", "")
     t = t.replace(" ", "")
