@@ -5,7 +5,19 @@ both ways on held-out problems of growing difficulty (number of carries), greedy
     python benchmarks/proto_part6.py [--digits 3] [--seconds 240] [--n-layer 2] [--n-embd 64]
 
 Prints accuracy per level for both prompts and the gap on the hardest level (the issue's headline asks
-step-by-step ≥ direct + 30 points there)."""
+step-by-step ≥ direct + 30 points there).
+
+Measured (2026-12-01, defaults: 3-digit addition, levels 0-3 carries, 2000 train problems per level each
+rendered both ways, GPT 2 layers × 4 heads × 64, AdamW lr 3e-3 linearly decayed to 10%, batch 32, 240 s
+wall = 1684 steps on a shared machine, load 6.8-10, the process got 45 s of CPU), 100 held-out problems
+per level, greedy:
+
+    carries  direct  steps
+          0    0.96   0.96
+          1    0.68   1.00
+          2    0.40   1.00
+          3    0.17   1.00      → +83 points on the hardest level
+"""
 
 import argparse
 import time
