@@ -49,6 +49,10 @@ from .grpo_trainer import GRPOTrainer
 from .ppo_trainer import PPOTrainer
 from .rollout import Rollout, rollout
 
+# rule rewards (plain functions for GRPOTrainer)
+from . import rewards
+from .rewards import correctness_reward, countdown_reward, format_reward, lenient_format_reward
+
 __all__ = [
     "AdaptiveKLController",
     "DPOTrainer",
@@ -77,5 +81,10 @@ __all__ = [
     "ppo_value_loss",
     "reward_loss",
     "rloo_advantages",
+    "rewards",
+    "correctness_reward",
+    "countdown_reward",
+    "format_reward",
+    "lenient_format_reward",
     "sequence_logprobs",
 ]
