@@ -1,12 +1,14 @@
 //! `matmul` with numpy semantics: 1-D promotion, batch dims that broadcast, `(…, M, K) @ (…, K, N)`.
-//! All arithmetic is matrixmultiply's `sgemm` called on the contiguous buffers with row/column strides,
-//! so the backward's transposed products (dA = dC·Bᵀ, dB = Aᵀ·dC) read the same buffers with swapped
+//! All arithmetic is one strided GEMM on the contiguous buffers (our own AVX-512 / AVX2 kernels in
+//! `kernels`, matrixmultiply's `sgemm` on other CPUs), so the backward's transposed products (dA = dC·Bᵀ, dB = Aᵀ·dC) read the same buffers with swapped
 //! strides instead of making transposed copies. Parallelism splits the OUTPUT into disjoint tiles of a
 //! size fixed by the shapes alone (never by the thread count), so results are bit-identical on 1 or N
 //! threads. Not here: integer/other dtypes, `out=` arguments, splitting the K (reduction) dim.
 //! `linear` (torch's nn.Linear: x @ Wᵀ + b) is the same engine reading W through swapped strides, with
 //! the bias written into each output tile just before its product adds on top.
 //! References: numpy.matmul's broadcasting rules; llm.c `matmul_forward` / `matmul_backward`.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -18,6 +20,14 @@ use crate::tensor::shape::broadcast_strides;
 use crate::tensor::{Tensor, alloc_zeros, checked_numel, numel, strides};
 
 const OP: &str = "matmul";
+
+mod kernels;
+pub(crate) use kernels::fma_peak;
+
+/// The GEMM path this process uses, e.g. `"avx512 (own 12x32 FMA kernel)"`.
+pub fn gemm_path() -> &'static str {
+    kernels::level_name(kernels::level())
+}
 
 // ---- how the work is cut (work in flops = 2·rows·cols·k per product; nothing depends on the thread count) ----
 
@@ -33,6 +43,8 @@ const MIN_TILE_ROWS: usize = 128;
 const MIN_TILE_COLS: usize = 256;
 /// At most this much work per tile (~10 ms on one core), so a group holds several tiles to balance.
 const MAX_TILE_FLOPS: usize = 1 << 30;
+/// Tiles per product when B is packed once and shared (row cuts then cost no re-packing).
+const SHARED_TILES: usize = 16;
 /// Tile edges are multiples of this (matrixmultiply's AVX-512 micro-kernel is 16×16).
 const ALIGN: usize = 16;
 /// Below this much total work everything runs on the calling thread (a rayon fork costs microseconds).
@@ -176,6 +188,28 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+thread_local! {
+    /// The calling thread's buffer for a product's shared packed B (taken out while in use).
+    static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), rows
+/// in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns cut (multiples of 64, a multiple
+/// of both kernels' NR, ≥ 128) only when the rows alone give too few. Depends only on the shapes.
+fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize) {
+    if 2 * m * k * n <= 2 * SERIAL_FLOPS {
+        return (m, n);
+    }
+    let want = SHARED_TILES.max((2 * m * k * n).div_ceil(MAX_TILE_FLOPS));
+    let rows = round_up(m.div_ceil(want), 48).max(96).min(m);
+    let row_tiles = m.div_ceil(rows);
+    let mut cols = n;
+    if row_tiles < want {
+        cols = round_up(n.div_ceil(want.div_ceil(row_tiles)), 64).max(128).min(n);
+    }
+    (rows, cols)
+}
+
 fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
@@ -255,8 +289,18 @@ impl<'a> Gemm<'a> {
         self.starts.len().saturating_sub(1)
     }
 
-    fn tiles(&self) -> Vec<Tile> {
-        let (rows, cols) = tile_shape(self.count(), self.m, self.k, self.n);
+    /// One product whose B all tiles share: packed once, so tiles are cut by rows (re-packing nothing
+    /// but A's rows), by columns too only when the rows are few.
+    fn shares_b(&self, level: Isa) -> bool {
+        level >= 1 && self.count() == 1 && self.terms.len() == 1 && self.m > 1 && self.n > 1
+    }
+
+    fn tiles(&self, level: Isa) -> Vec<Tile> {
+        let (rows, cols) = if self.shares_b(level) {
+            shared_b_tile_shape(self.m, self.k, self.n)
+        } else {
+            tile_shape(self.count(), self.m, self.k, self.n)
+        };
         let mut tiles = Vec::new();
         if self.m == 0 || self.n == 0 || self.k == 0 {
             return tiles; // the output stays zeros
@@ -281,7 +325,7 @@ impl<'a> Gemm<'a> {
     /// Compute one tile: its terms in order, the first overwriting (β = 0), the rest adding (β = 1).
     ///
     /// SAFETY: `out` points to a buffer of `count·m·n` floats, and no other task writes this tile.
-    unsafe fn run_tile(&self, t: &Tile, out: OutPtr) {
+    unsafe fn run_tile(&self, t: &Tile, out: OutPtr, level: Isa, packed: Option<&kernels::PackedB>) {
         let (a, b) = (self.a, self.b);
         // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
         let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
@@ -313,6 +357,29 @@ impl<'a> Gemm<'a> {
                 gemv(y, overwrite, (b.data, bo, b.rs), (a.data, ao, a.cs, a.rs), self.k);
                 continue;
             }
+            if level >= 1 {
+                let view = |s: Strided, off: usize| kernels::View { ptr: s.data[off..].as_ptr(), rs: s.rs, cs: s.cs };
+                // the shared panels from this tile's first column on (tile columns start at multiples of NR)
+                let panels = packed.map(|p| {
+                    debug_assert_eq!(t.c0 % p.nr, 0);
+                    (&p.panels()[t.c0 / p.nr * p.k * p.nr..], p.k)
+                });
+                // SAFETY: operands in bounds (checked in `Gemm::new`), the tile is this task's alone,
+                // and `level` came from `kernels::level()`, which never exceeds the CPU's features.
+                unsafe {
+                    kernels::gemm(
+                        level,
+                        (t.rows, self.k, t.cols),
+                        view(a, ao),
+                        view(b, bo),
+                        panels,
+                        cp,
+                        self.n,
+                        !overwrite,
+                    )
+                };
+                continue;
+            }
             // SAFETY: offsets are in bounds (checked in `Gemm::new`: r0 < m, c0 < n).
             unsafe {
                 matrixmultiply::sgemm(
@@ -338,9 +405,32 @@ impl<'a> Gemm<'a> {
     /// Fill `out` (zeros, length count·m·n). Tiles run in groups of about GROUP_FLOPS; between groups
     /// the calling thread checks for Ctrl-C.
     fn run(&self, out: &mut [f32]) -> Result<()> {
+        self.run_at(out, kernels::level())
+    }
+
+    /// `run` with the GEMM of `level` (≤ `kernels::level()`; tests compare the levels).
+    fn run_at(&self, out: &mut [f32], level: Isa) -> Result<()> {
         assert_eq!(out.len(), self.count() * self.m * self.n);
-        let tiles = self.tiles();
+        assert!(level <= kernels::level(), "matmul: level {level} above this CPU's");
+        let tiles = self.tiles(level);
+        if tiles.is_empty() {
+            return Ok(());
+        }
         let ptr = OutPtr(out.as_mut_ptr());
+        // B packed once for all tiles of a single product, in the calling thread's reused buffer
+        let packed = self.shares_b(level).then(|| {
+            let b = kernels::View { ptr: self.b.data[self.terms[0].1..].as_ptr(), rs: self.b.rs, cs: self.b.cs };
+            let reuse = SHARED_B.with(|c| std::mem::take(&mut *c.borrow_mut()));
+            kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)
+        });
+        let res = self.run_tiles(&tiles, ptr, level, packed.as_ref());
+        if let Some(p) = packed {
+            SHARED_B.with(|c| *c.borrow_mut() = p.into_buf());
+        }
+        res
+    }
+
+    fn run_tiles(&self, tiles: &[Tile], ptr: OutPtr, level: Isa, packed: Option<&kernels::PackedB>) -> Result<()> {
         let mut start = 0;
         while start < tiles.len() {
             let (mut end, mut work) = (start, 0usize);
@@ -354,7 +444,7 @@ impl<'a> Gemm<'a> {
             if group.len() == 1 || work <= SERIAL_FLOPS && !split_gemv {
                 for t in group {
                     // SAFETY: tiles are disjoint and `out` lives through this call.
-                    unsafe { self.run_tile(t, ptr) };
+                    unsafe { self.run_tile(t, ptr, level, packed) };
                 }
             } else {
                 // many tiny tiles (small batched matmuls) are handed out in runs of ~SERIAL_FLOPS
@@ -363,7 +453,7 @@ impl<'a> Gemm<'a> {
                 install(|| {
                     group.par_iter().with_min_len(min_len).for_each(|t| {
                         // SAFETY: tiles are disjoint and `out` lives until `install` returns.
-                        unsafe { self.run_tile(t, ptr) }
+                        unsafe { self.run_tile(t, ptr, level, packed) }
                     })
                 });
             }
