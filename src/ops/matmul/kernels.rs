@@ -20,8 +20,19 @@ use crate::ops::simd::Isa;
 /// K is cut into blocks of this many terms: a B micro-panel (KC×32 floats = 32 KB) stays in L1 while
 /// the A panels of a row block pass it. Changing it changes the bits (never the thread dependence).
 pub(super) const KC: usize = 256;
-/// Rows of A packed per block (KC·MC floats = 192 KB, in L2); a multiple of both kernels' MR.
+/// Rows of A packed per block (KC·MC floats = 192 KB); a multiple of both kernels' MR.
 const MC: usize = 192;
+/// Columns of B per block (KC·NC floats = 512 KB, in L2); a multiple of both kernels' NR.
+const NC: usize = 512;
+
+/// (KC, MC, NC), tunable for experiments (TUNE ONLY).
+fn blocks() -> (usize, usize, usize) {
+    static B: OnceLock<(usize, usize, usize)> = OnceLock::new();
+    *B.get_or_init(|| {
+        let g = |v: &str, d: usize| std::env::var(v).ok().and_then(|x| x.parse().ok()).unwrap_or(d);
+        (g("NF_KC", KC), g("NF_MC", MC), g("NF_NC", NC))
+    })
+}
 
 /// Which GEMM runs: 2 = AVX-512 kernel, 1 = AVX2 kernel, 0 = matrixmultiply (portable).
 pub(crate) fn level() -> Isa {
@@ -224,36 +235,41 @@ pub(super) unsafe fn gemm(
                 (&bbuf[off..off + len], k)
             }
         };
-        let a_len = MC.min(m.div_ceil(mr) * mr) * KC.min(k);
+        let (kcb, mcb, ncb) = blocks();
+        let a_len = mcb.min(m.div_ceil(mr) * mr) * kcb.min(k);
         let aoff = aligned(abuf, a_len);
         let ablk = &mut abuf[aoff..aoff + a_len];
         let mut tmp = [0f32; 12 * 32];
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        for pc in (0..k).step_by(kcb) {
+            let kc = kcb.min(k - pc);
             let add = accumulate || pc > 0;
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
+            for ic in (0..m).step_by(mcb) {
+                let mc = mcb.min(m - ic);
                 // SAFETY: rows ic.., terms pc.. lie inside a.
                 let av = View { ptr: unsafe { a.ptr.add(ic * a.rs + pc * a.cs) }, ..a };
                 pack_a(av, mc, kc, mr, ablk);
-                for jp in 0..n.div_ceil(nr) {
-                    let cols = nr.min(n - jp * nr);
-                    let bpanel = bp[jp * bk * nr + pc * nr..].as_ptr();
+                // an A panel (kc·MR floats) stays in L1 while the B panels of an NC block (in L2) pass it
+                for jc in (0..n).step_by(ncb) {
+                    let nc = ncb.min(n - jc);
                     for ip in 0..mc.div_ceil(mr) {
                         let rows = mr.min(mc - ip * mr);
                         let apanel = ablk[ip * kc * mr..].as_ptr();
-                        // SAFETY: the micro-tile lies inside C; panels hold kc·mr / kc·nr floats.
-                        unsafe {
-                            let cp = c.add((ic + ip * mr) * ldc + jp * nr);
-                            if rows == mr && cols == nr {
-                                micro(level, kc, apanel, bpanel, cp, ldc, add);
-                            } else {
-                                // an edge: the whole micro-tile into tmp, then its valid part into C
-                                micro(level, kc, apanel, bpanel, tmp.as_mut_ptr(), nr, false);
-                                for i in 0..rows {
-                                    for j in 0..cols {
-                                        let (dst, v) = (cp.add(i * ldc + j), tmp[i * nr + j]);
-                                        *dst = if add { *dst + v } else { v };
+                        for jp in jc / nr..(jc + nc).div_ceil(nr) {
+                            let cols = nr.min(n - jp * nr);
+                            let bpanel = bp[jp * bk * nr + pc * nr..].as_ptr();
+                            // SAFETY: the micro-tile lies inside C; panels hold kc·mr / kc·nr floats.
+                            unsafe {
+                                let cp = c.add((ic + ip * mr) * ldc + jp * nr);
+                                if rows == mr && cols == nr {
+                                    micro(level, kc, apanel, bpanel, cp, ldc, add);
+                                } else {
+                                    // an edge: the whole micro-tile into tmp, then its valid part into C
+                                    micro(level, kc, apanel, bpanel, tmp.as_mut_ptr(), nr, false);
+                                    for i in 0..rows {
+                                        for j in 0..cols {
+                                            let (dst, v) = (cp.add(i * ldc + j), tmp[i * nr + j]);
+                                            *dst = if add { *dst + v } else { v };
+                                        }
                                     }
                                 }
                             }
@@ -438,4 +454,88 @@ unsafe fn fma_chains_avx2(iters: usize) -> f64 {
     }
     std::hint::black_box(acc);
     (iters * 16 * 8 * 2) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::random::Rng;
+
+    fn levels() -> Vec<Isa> {
+        (1..=level()).collect()
+    }
+
+    /// A (rows × cols) matrix stored row-major or transposed (column-major), its values, and its View.
+    fn mat(rng: &mut Rng, rows: usize, cols: usize, transposed: bool) -> (Vec<f32>, Vec<f64>, usize, usize) {
+        let data: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+        let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
+        let vals = (0..rows * cols).map(|i| data[(i / cols) * rs + (i % cols) * cs] as f64).collect();
+        (data, vals, rs, cs)
+    }
+
+    /// Every level's `gemm` against an f64 product (odd sizes, K across several KC blocks, k = 1, both
+    /// operand layouts, B packed here or shared, overwrite and accumulate), and the levels against each
+    /// other bit for bit.
+    #[test]
+    fn gemm_matches_f64_and_levels_agree_bitwise() {
+        let mut rng = Rng::new(21);
+        let shapes = [(1, 1, 1), (5, 1, 7), (13, 3, 33), (12, 256, 32), (37, 257, 65), (70, 600, 50), (2, 9, 131)];
+        for (m, k, n) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (ad, av, ars, acs) = mat(&mut rng, m, k, ta);
+                let (bd, bv, brs, bcs) = mat(&mut rng, k, n, tb);
+                let c0: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
+                let mut bits: Vec<Vec<u32>> = Vec::new();
+                for lvl in levels() {
+                    for (accumulate, shared) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let a = View { ptr: ad.as_ptr(), rs: ars, cs: acs };
+                        let b = View { ptr: bd.as_ptr(), rs: brs, cs: bcs };
+                        let packed = shared.then(|| pack_b(lvl, b, k, n, true, Vec::new()));
+                        let mut c = c0.clone();
+                        // SAFETY: the views match their buffers, c is m × n, lvl <= level().
+                        unsafe {
+                            gemm(
+                                lvl,
+                                (m, k, n),
+                                a,
+                                b,
+                                packed.as_ref().map(|p| (p.panels(), p.k)),
+                                c.as_mut_ptr(),
+                                n,
+                                accumulate,
+                            )
+                        };
+                        let mut worst = 0f64;
+                        for i in 0..m {
+                            for j in 0..n {
+                                let dot: f64 = (0..k).map(|q| av[i * k + q] * bv[q * n + j]).sum();
+                                let want = dot + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                                worst = worst.max((c[i * n + j] as f64 - want).abs() / (1.0 + want.abs()));
+                            }
+                        }
+                        let tol = 2e-6 * (k as f64).sqrt() * 4.0;
+                        assert!(
+                            worst <= tol,
+                            "level {lvl}, ({m}, {k}) @ ({k}, {n}), transposed {ta}/{tb}, accumulate {accumulate}, \
+                             shared B {shared}: off by {worst:.2e} (tolerance {tol:.1e})"
+                        );
+                        if !accumulate {
+                            bits.push(c.iter().map(|v| v.to_bits()).collect());
+                        }
+                    }
+                }
+                // shared or local packing, AVX2 or AVX-512: the same bits
+                for (q, b) in bits.iter().enumerate().skip(1) {
+                    let diff = b.iter().zip(&bits[0]).position(|(x, y)| x != y);
+                    assert!(diff.is_none(), "({m}, {k}, {n}) {ta}/{tb}: run {q} differs from run 0 at {diff:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fma_probe_measures_something() {
+        let (gf, width) = fma_peak(1, 0.01);
+        assert!(gf > 0.1 && gf.is_finite(), "{gf} GFLOP/s ({width})");
+    }
 }

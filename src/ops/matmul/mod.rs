@@ -1227,4 +1227,62 @@ mod tests {
             assert!(m.div_ceil(r) * n.div_ceil(c) > 1, "({m}, {k}) @ ({k}, {n}) is one tile");
         }
     }
+
+    /// Every GEMM path (the portable one and each own kernel the CPU runs) through the tiling engine:
+    /// against f64, 1 vs 2 threads bit-identical per path, and the own kernels identical to each other.
+    /// Shapes: a single product big enough for a shared packed B cut into row and column tiles, a
+    /// transposed-A product (dW), a transposed-B one (linear), a batched one, K = 1, odd sizes.
+    #[test]
+    fn every_path_matches_f64_and_is_thread_independent() {
+        let mut rng = crate::tensor::random::Rng::new(31);
+        assert!(shared_b_tile_shape(1000, 64, 700).0 < 1000, "1000-row product should be cut into row tiles");
+        let (r, c) = shared_b_tile_shape(50, 512, 1000);
+        assert!(r == 50 && c < 1000 && c % 64 == 0, "a short product is cut into 64-aligned columns: {c}");
+        // (m, k, n, count, a transposed, b transposed)
+        let cases = [
+            (1000, 64, 700, 1, false, false),
+            (50, 512, 1000, 1, false, false),
+            (333, 301, 97, 1, true, false),
+            (517, 129, 258, 1, false, true),
+            (65, 40, 130, 12, false, false),
+            (300, 1, 200, 1, false, false),
+        ];
+        for (m, k, n, count, ta, tb) in cases {
+            let a: Vec<f32> = (0..count * m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..count * k * n).map(|_| rng.normal() as f32).collect();
+            let sa = if ta { Strided { data: &a, rs: 1, cs: m } } else { plain(&a, k) };
+            let sb = if tb { Strided { data: &b, rs: 1, cs: k } } else { plain(&b, n) };
+            let terms = (0..count).map(|i| (i * m * k, i * k * n)).collect::<Vec<_>>();
+            let gemm = Gemm::one_term_each((m, k, n), sa, sb, terms);
+            let mut own: Vec<Vec<u32>> = Vec::new();
+            for level in 0..=kernels::level() {
+                let run = || {
+                    let mut out = vec![0f32; count * m * n];
+                    gemm.run_at(&mut out, level).unwrap();
+                    out
+                };
+                let (one, two) = (with_threads(1, run), with_threads(2, run));
+                let pos = one.iter().zip(&two).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(pos.is_none(), "level {level}, ({m}, {k}, {n}) ×{count}: 1 vs 2 threads differ at {pos:?}");
+                let at = |s: Strided, off: usize, r: usize, c: usize| s.data[off + r * s.rs + c * s.cs] as f64;
+                let mut worst = 0f64;
+                for (i, &(ao, bo)) in gemm.terms.iter().enumerate() {
+                    for r in 0..m {
+                        for c in 0..n {
+                            let want: f64 = (0..k).map(|q| at(sa, ao, r, q) * at(sb, bo, q, c)).sum();
+                            worst = worst.max((one[i * m * n + r * n + c] as f64 - want).abs() / (1.0 + want.abs()));
+                        }
+                    }
+                }
+                assert!(worst <= tol_k(k), "level {level}, ({m}, {k}, {n}) ×{count}: off by {worst:.2e}");
+                if level >= 1 {
+                    own.push(one.iter().map(|v| v.to_bits()).collect());
+                }
+            }
+            if own.len() == 2 {
+                let pos = own[0].iter().zip(&own[1]).position(|(x, y)| x != y);
+                assert!(pos.is_none(), "({m}, {k}, {n}) ×{count}: AVX2 and AVX-512 kernels differ at {pos:?}");
+            }
+        }
+    }
 }
