@@ -247,13 +247,29 @@ pub(super) unsafe fn gemm(
                 let mc = mcb.min(m - ic);
                 // SAFETY: rows ic.., terms pc.. lie inside a.
                 let av = View { ptr: unsafe { a.ptr.add(ic * a.rs + pc * a.cs) }, ..a };
-                pack_a(av, mc, kc, mr, ablk);
+                // A is read in place when one of its strides is 1 (packing would cost as much as the
+                // products when n is small); only a ragged last panel, or other strides, get packed
+                let direct = a.rs == 1 || a.cs == 1;
+                let full = mc / mr;
+                if !direct {
+                    pack_a(av, mc, kc, mr, ablk);
+                } else if mc % mr != 0 {
+                    // SAFETY: row full·mr.. of this block lies inside a.
+                    let edge = View { ptr: unsafe { av.ptr.add(full * mr * a.rs) }, ..a };
+                    pack_a(edge, mc - full * mr, kc, mr, &mut ablk[full * kc * mr..]);
+                }
                 // an A panel (kc·MR floats) stays in L1 while the B panels of an NC block (in L2) pass it
                 for jc in (0..n).step_by(ncb) {
                     let nc = ncb.min(n - jc);
                     for ip in 0..mc.div_ceil(mr) {
                         let rows = mr.min(mc - ip * mr);
-                        let apanel = ablk[ip * kc * mr..].as_ptr();
+                        let apanel = if direct && ip < full {
+                            // SAFETY: rows ip·mr.. of the block lie inside a.
+                            let ptr = unsafe { av.ptr.add(ip * mr * a.rs) };
+                            if a.rs == 1 { APanel::Cols(ptr, a.cs) } else { APanel::Rows(ptr, a.rs) }
+                        } else {
+                            APanel::Cols(ablk[ip * kc * mr..].as_ptr(), mr)
+                        };
                         for jp in jc / nr..(jc + nc).div_ceil(nr) {
                             let cols = nr.min(n - jp * nr);
                             let bpanel = bp[jp * bk * nr + pc * nr..].as_ptr();
@@ -281,16 +297,29 @@ pub(super) unsafe fn gemm(
     });
 }
 
+/// Where a micro-kernel reads its MR rows of A: `Cols(p, s)`: the MR values of term q are contiguous at
+/// p + q·s (a packed panel, s = MR, or Aᵀ read in place); `Rows(p, s)`: row i is contiguous at p + i·s.
+#[derive(Clone, Copy)]
+enum APanel {
+    Cols(*const f32, usize),
+    Rows(*const f32, usize),
+}
+
 /// One micro-tile at `level`.
 ///
 /// # Safety
-/// As `gemm`; a holds kc·MR floats, b kc·NR (its rows NR apart), c MR rows of NR at stride ldc.
+/// As `gemm`; a holds kc terms of MR rows, b kc·NR (its rows NR apart), c MR rows of NR at stride ldc.
 #[inline]
-unsafe fn micro(level: Isa, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+unsafe fn micro(level: Isa, kc: usize, a: APanel, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `level` was checked against the CPU's features by the caller.
     unsafe {
-        if level >= 2 { micro_avx512(kc, a, b, c, ldc, add) } else { micro_avx2(kc, a, b, c, ldc, add) }
+        match (level >= 2, a) {
+            (true, APanel::Cols(p, s)) => micro_avx512::<true>(kc, p, s, b, c, ldc, add),
+            (true, APanel::Rows(p, s)) => micro_avx512::<false>(kc, p, s, b, c, ldc, add),
+            (false, APanel::Cols(p, s)) => micro_avx2::<true>(kc, p, s, b, c, ldc, add),
+            (false, APanel::Rows(p, s)) => micro_avx2::<false>(kc, p, s, b, c, ldc, add),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -302,23 +331,36 @@ unsafe fn micro(level: Isa, kc: usize, a: *const f32, b: *const f32, c: *mut f32
 /// 12 rows × 32 columns: 24 zmm accumulators; per term two loads of B and twelve broadcasts of A.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn micro_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+unsafe fn micro_avx512<const COLS: bool>(
+    kc: usize,
+    a: *const f32,
+    s: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
     use std::arch::x86_64::*;
     const MR: usize = 12;
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     // SAFETY: reads stay inside the panels (kc terms), writes inside the C micro-tile.
     unsafe {
+        // the C rows are needed only at the end: start fetching them now
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = _mm512_loadu_ps(b);
             let b1 = _mm512_loadu_ps(b.add(16));
             for i in 0..MR {
-                let ai = _mm512_set1_ps(*a.add(i));
+                let ai = _mm512_set1_ps(*a.add(if COLS { i } else { i * s }));
                 lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
                 hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
             }
-            a = a.add(MR);
+            a = a.add(if COLS { s } else { 1 });
             b = b.add(32);
         }
         for i in 0..MR {
@@ -337,7 +379,15 @@ unsafe fn micro_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc
 /// 6 rows × 16 columns: 12 ymm accumulators; per term two loads of B and six broadcasts of A.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+unsafe fn micro_avx2<const COLS: bool>(
+    kc: usize,
+    a: *const f32,
+    s: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     let mut lo = [_mm256_setzero_ps(); MR];
@@ -349,11 +399,11 @@ unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: 
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
             for i in 0..MR {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
+                let ai = _mm256_broadcast_ss(&*a.add(if COLS { i } else { i * s }));
                 lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
                 hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
             }
-            a = a.add(MR);
+            a = a.add(if COLS { s } else { 1 });
             b = b.add(16);
         }
         for i in 0..MR {

@@ -417,13 +417,23 @@ impl<'a> Gemm<'a> {
             return Ok(());
         }
         let ptr = OutPtr(out.as_mut_ptr());
-        // B packed once for all tiles of a single product, in the calling thread's reused buffer
+        let total: usize = tiles.iter().map(|t| self.tile_flops(t)).sum();
+        if total > SERIAL_FLOPS && self.shares_b(level) {
+            // one hand-off to the pool for the packing and all tiles (each `install` from outside the
+            // pool wakes a worker, 10–50 µs on a VM; inside it they are plain calls)
+            return install(|| self.run_shared(&tiles, ptr, level));
+        }
+        self.run_shared(&tiles, ptr, level)
+    }
+
+    fn run_shared(&self, tiles: &[Tile], ptr: OutPtr, level: Isa) -> Result<()> {
+        // B packed once for all tiles of a single product, in this thread's reused buffer
         let packed = self.shares_b(level).then(|| {
             let b = kernels::View { ptr: self.b.data[self.terms[0].1..].as_ptr(), rs: self.b.rs, cs: self.b.cs };
             let reuse = SHARED_B.with(|c| std::mem::take(&mut *c.borrow_mut()));
             kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)
         });
-        let res = self.run_tiles(&tiles, ptr, level, packed.as_ref());
+        let res = self.run_tiles(tiles, ptr, level, packed.as_ref());
         if let Some(p) = packed {
             SHARED_B.with(|c| *c.borrow_mut() = p.into_buf());
         }
