@@ -1,7 +1,9 @@
 //! The f32 GEMM of our own: register-blocked FMA micro-kernels (AVX-512: 12×32, AVX2: 6×16), chosen at
-//! run time, fed from packed panels in cache-sized blocks. `mod.rs` cuts a product into output tiles and
-//! hands each tile here; a single large product packs B once for all of its tiles (`pack_b`), so a row
-//! split of the output re-packs nothing but A's rows, which each tile packs itself.
+//! run time, in cache-sized blocks (KC terms × MC rows of A × NC columns of B). `mod.rs` cuts a product
+//! into output tiles and hands each tile here; a single large product packs B once for all of its tiles
+//! (`pack_b`), so no tile re-packs B. A is read in place when one of its strides is 1 (packing it would
+//! cost about as much as the products when N is small, e.g. attention's P·V with N = 64); it is packed
+//! only for a ragged last panel, other strides, or row strides of a multiple of 4 KB at large N.
 //!
 //! Bits: every output element is one f32 accumulator that adds its products with FMA in k order over a
 //! block of `KC` terms, starting from zero; then C = acc (first block, no β) or C = C + acc. Nothing else
@@ -17,22 +19,14 @@ use std::sync::OnceLock;
 
 use crate::ops::simd::Isa;
 
-/// K is cut into blocks of this many terms: a B micro-panel (KC×32 floats = 32 KB) stays in L1 while
-/// the A panels of a row block pass it. Changing it changes the bits (never the thread dependence).
+/// K is cut into blocks of this many terms (an A panel, KC×12 floats = 12 KB, stays in L1 while the B
+/// panels of a block pass it). Changing it changes the bits (never the thread dependence). 256, 384
+/// and 512 measured the same here.
 pub(super) const KC: usize = 256;
-/// Rows of A packed per block (KC·MC floats = 192 KB); a multiple of both kernels' MR.
+/// Rows of A per block (KC·MC floats = 192 KB, in L2); a multiple of both kernels' MR.
 const MC: usize = 192;
 /// Columns of B per block (KC·NC floats = 512 KB, in L2); a multiple of both kernels' NR.
 const NC: usize = 512;
-
-/// (KC, MC, NC), tunable for experiments (TUNE ONLY).
-fn blocks() -> (usize, usize, usize) {
-    static B: OnceLock<(usize, usize, usize)> = OnceLock::new();
-    *B.get_or_init(|| {
-        let g = |v: &str, d: usize| std::env::var(v).ok().and_then(|x| x.parse().ok()).unwrap_or(d);
-        (g("NF_KC", KC), g("NF_MC", MC), g("NF_NC", NC))
-    })
-}
 
 /// Which GEMM runs: 2 = AVX-512 kernel, 1 = AVX2 kernel, 0 = matrixmultiply (portable).
 pub(crate) fn level() -> Isa {
@@ -235,7 +229,7 @@ pub(super) unsafe fn gemm(
                 (&bbuf[off..off + len], k)
             }
         };
-        let (kcb, mcb, ncb) = blocks();
+        let (kcb, mcb, ncb) = (KC, MC, NC);
         let a_len = mcb.min(m.div_ceil(mr) * mr) * kcb.min(k);
         let aoff = aligned(abuf, a_len);
         let ablk = &mut abuf[aoff..aoff + a_len];
@@ -249,7 +243,10 @@ pub(super) unsafe fn gemm(
                 let av = View { ptr: unsafe { a.ptr.add(ic * a.rs + pc * a.cs) }, ..a };
                 // A is read in place when one of its strides is 1 (packing would cost as much as the
                 // products when n is small); only a ragged last panel, or other strides, get packed
-                let direct = a.rs == 1 || a.cs == 1;
+                // (but packed when the other stride is a multiple of 4 KB, so the panel's rows would all
+                // fall into one L1 set, and n is large enough to repay the packing: measured at 2048²)
+                let aliased = |stride: usize| stride % 1024 == 0 && n >= 1024;
+                let direct = a.rs == 1 && !aliased(a.cs) || a.cs == 1 && !aliased(a.rs);
                 let full = mc / mr;
                 if !direct {
                     pack_a(av, mc, kc, mr, ablk);

@@ -43,8 +43,8 @@ const MIN_TILE_ROWS: usize = 128;
 const MIN_TILE_COLS: usize = 256;
 /// At most this much work per tile (~10 ms on one core), so a group holds several tiles to balance.
 const MAX_TILE_FLOPS: usize = 1 << 30;
-/// Tiles per product when B is packed once and shared (row cuts then cost no re-packing).
-const SHARED_TILES: usize = 16;
+/// Tiles per product (when big enough) when B is packed once and shared.
+const SHARED_TILES: usize = 8;
 /// Tile edges are multiples of this (matrixmultiply's AVX-512 micro-kernel is 16×16).
 const ALIGN: usize = 16;
 /// Below this much total work everything runs on the calling thread (a rayon fork costs microseconds).
@@ -193,21 +193,30 @@ thread_local! {
     static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), rows
-/// in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns cut (multiples of 64, a multiple
-/// of both kernels' NR, ≥ 128) only when the rows alone give too few. Depends only on the shapes.
+/// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), each at
+/// most MAX_TILE_FLOPS, rows in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns in
+/// multiples of 64 (both kernels' NR divide it) and ≥ 128. Among those cuts, the one that streams the
+/// least of A and B through the caches (each tile reads its rows of A and its columns of B once: Σ over
+/// tiles of rows + cols); fewer tiles on a tie. Depends only on the shapes.
 fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize) {
     if 2 * m * k * n <= 2 * SERIAL_FLOPS {
         return (m, n);
     }
-    let want = SHARED_TILES.max((2 * m * k * n).div_ceil(MAX_TILE_FLOPS));
-    let rows = round_up(m.div_ceil(want), 48).max(96).min(m);
-    let row_tiles = m.div_ceil(rows);
-    let mut cols = n;
-    if row_tiles < want {
-        cols = round_up(n.div_ceil(want.div_ceil(row_tiles)), 64).max(128).min(n);
+    let mut best = ((true, usize::MAX, usize::MAX), (m, n));
+    for r in 1..=m.div_ceil(48).min(64) {
+        let rows = round_up(m.div_ceil(r), 48).max(96).min(m);
+        for c in 1..=n.div_ceil(64).min(64) {
+            let cols = round_up(n.div_ceil(c), 64).max(128).min(n);
+            let tiles = m.div_ceil(rows) * n.div_ceil(cols);
+            let ok = tiles >= SHARED_TILES && 2 * rows * cols * k <= MAX_TILE_FLOPS;
+            // acceptable cuts by traffic; if none is, the most tiles
+            let key = (!ok, if ok { tiles * (rows + cols) } else { usize::MAX - tiles }, tiles);
+            if key < best.0 {
+                best = (key, (rows, cols));
+            }
+        }
     }
-    (rows, cols)
+    best.1
 }
 
 fn round_up(x: usize, to: usize) -> usize {
@@ -289,8 +298,7 @@ impl<'a> Gemm<'a> {
         self.starts.len().saturating_sub(1)
     }
 
-    /// One product whose B all tiles share: packed once, so tiles are cut by rows (re-packing nothing
-    /// but A's rows), by columns too only when the rows are few.
+    /// One product whose B all tiles share: packed once (`shared_b_tile_shape` cuts its tiles).
     fn shares_b(&self, level: Isa) -> bool {
         level >= 1 && self.count() == 1 && self.terms.len() == 1 && self.m > 1 && self.n > 1
     }
