@@ -426,9 +426,11 @@ impl<'a> Gemm<'a> {
         }
         let ptr = OutPtr(out.as_mut_ptr());
         let total: usize = tiles.iter().map(|t| self.tile_flops(t)).sum();
-        if total > SERIAL_FLOPS && self.shares_b(level) {
+        if total > SERIAL_FLOPS && total <= GROUP_FLOPS && self.shares_b(level) {
             // one hand-off to the pool for the packing and all tiles (each `install` from outside the
-            // pool wakes a worker, 10–50 µs on a VM; inside it they are plain calls)
+            // pool wakes a worker, 10–50 µs on a VM; inside it they are plain calls). Only for products
+            // of one group: bigger ones check for Ctrl-C between groups, which works on the calling
+            // thread, not on a pool worker (`check_interrupt`).
             return install(|| self.run_shared(&tiles, ptr, level));
         }
         self.run_shared(&tiles, ptr, level)
