@@ -17,12 +17,15 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use crate::error::Result;
 use crate::ops::simd::Isa;
 
 /// K is cut into blocks of this many terms (an A panel, KC×12 floats = 12 KB, stays in L1 while the B
 /// panels of a block pass it). Changing it changes the bits (never the thread dependence). 256, 384
 /// and 512 measured the same here.
 pub(super) const KC: usize = 256;
+/// A large B is packed in runs of this many floats (64 MB), with a Ctrl-C check between runs.
+const PACK_RUN: usize = 1 << 24;
 /// Rows of A per block (KC·MC floats = 192 KB, in L2); a multiple of both kernels' MR.
 const MC: usize = 192;
 /// Columns of B per block (KC·NC floats = 512 KB, in L2); a multiple of both kernels' NR.
@@ -98,7 +101,8 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> usize {
 
 /// Pack columns `0..n` of the k×n matrix `b` into `panels` (len ≥ k·round_up(n, nr)). When `parallel`,
 /// panels are spread over the pool (each is packed by one task: the bits do not depend on it).
-fn pack_b_into(b: View, k: usize, n: usize, nr: usize, panels: &mut [f32], parallel: bool) {
+/// Errors: `Interrupted` (Ctrl-C) between runs of panels when `parallel`.
+fn pack_b_into(b: View, k: usize, n: usize, nr: usize, panels: &mut [f32], parallel: bool) -> Result<()> {
     let pack_one = |b: View, p: usize, dst: &mut [f32]| {
         let c0 = p * nr;
         let cols = nr.min(n - c0);
@@ -130,23 +134,30 @@ fn pack_b_into(b: View, k: usize, n: usize, nr: usize, panels: &mut [f32], paral
     let panels = &mut panels[..count * panel_len];
     if parallel && count > 1 {
         use rayon::prelude::*;
-        crate::parallel::install(|| {
-            panels.par_chunks_mut(panel_len).enumerate().for_each(|(p, dst)| pack_one(b, p, dst));
-        });
+        // in runs of ~PACK_RUN floats, with a check for Ctrl-C between them (a huge B takes a while)
+        let per_run = (PACK_RUN / panel_len).max(1);
+        for (r, run) in panels.chunks_mut(per_run * panel_len).enumerate() {
+            crate::parallel::install(|| {
+                run.par_chunks_mut(panel_len).enumerate().for_each(|(p, dst)| pack_one(b, r * per_run + p, dst));
+            });
+            crate::parallel::check_interrupt()?;
+        }
     } else {
         for (p, dst) in panels.chunks_mut(panel_len).enumerate() {
             pack_one(b, p, dst);
         }
     }
+    Ok(())
 }
 
 /// B (k×n) packed once for every tile of a product, in a buffer taken from `reuse`.
-pub(super) fn pack_b(level: Isa, b: View, k: usize, n: usize, parallel: bool, mut reuse: Vec<f32>) -> PackedB {
+/// Errors: `Interrupted` (Ctrl-C) while packing a large B (the buffer is then dropped).
+pub(super) fn pack_b(level: Isa, b: View, k: usize, n: usize, parallel: bool, mut reuse: Vec<f32>) -> Result<PackedB> {
     let nr = tile_dims(level).1;
     let len = k * n.div_ceil(nr) * nr;
     let off = aligned(&mut reuse, len);
-    pack_b_into(b, k, n, nr, &mut reuse[off..off + len], parallel);
-    PackedB { buf: reuse, off, k, nr }
+    pack_b_into(b, k, n, nr, &mut reuse[off..off + len], parallel)?;
+    Ok(PackedB { buf: reuse, off, k, nr })
 }
 
 /// Pack rows `0..m`, terms `0..kc` of `a` into MR-row panels: panel p holds, for each term, the MR
@@ -225,7 +236,8 @@ pub(super) unsafe fn gemm(
             None => {
                 let len = k * n.div_ceil(nr) * nr;
                 let off = aligned(bbuf, len);
-                pack_b_into(b, k, n, nr, &mut bbuf[off..off + len], false);
+                // (not parallel: no interrupt check, so this cannot fail)
+                let _ = pack_b_into(b, k, n, nr, &mut bbuf[off..off + len], false);
                 (&bbuf[off..off + len], k)
             }
         };
@@ -537,7 +549,7 @@ mod tests {
                     for (accumulate, shared) in [(false, false), (true, false), (false, true), (true, true)] {
                         let a = View { ptr: ad.as_ptr(), rs: ars, cs: acs };
                         let b = View { ptr: bd.as_ptr(), rs: brs, cs: bcs };
-                        let packed = shared.then(|| pack_b(lvl, b, k, n, true, Vec::new()));
+                        let packed = shared.then(|| pack_b(lvl, b, k, n, true, Vec::new()).unwrap());
                         let mut c = c0.clone();
                         // SAFETY: the views match their buffers, c is m × n, lvl <= level().
                         unsafe {

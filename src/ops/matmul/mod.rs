@@ -438,11 +438,13 @@ impl<'a> Gemm<'a> {
 
     fn run_shared(&self, tiles: &[Tile], ptr: OutPtr, level: Isa) -> Result<()> {
         // B packed once for all tiles of a single product, in this thread's reused buffer
-        let packed = self.shares_b(level).then(|| {
+        let packed = if self.shares_b(level) {
             let b = kernels::View { ptr: self.b.data[self.terms[0].1..].as_ptr(), rs: self.b.rs, cs: self.b.cs };
             let reuse = SHARED_B.with(|c| std::mem::take(&mut *c.borrow_mut()));
-            kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)
-        });
+            Some(kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)?)
+        } else {
+            None
+        };
         let res = self.run_tiles(tiles, ptr, level, packed.as_ref());
         if let Some(p) = packed {
             SHARED_B.with(|c| *c.borrow_mut() = p.into_buf());
