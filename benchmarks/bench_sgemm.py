@@ -1,85 +1,77 @@
 #!/usr/bin/env python3
-"""f32 matmul speed: nanofrontier vs numpy (and torch, if installed), measured in the same run.
+"""f32 matmul speed: nanofrontier vs numpy/OpenBLAS at its best kernel, each side in its own processes.
 
-    python benchmarks/bench_sgemm.py                 # 2 threads, median of 7 repeats
-    python benchmarks/bench_sgemm.py --threads 1 --repeat 15
+    python benchmarks/bench_sgemm.py                     # 2 threads, 5 rounds
+    python benchmarks/bench_sgemm.py --threads 1 --rounds 7
+    python benchmarks/bench_sgemm.py --cases 1024²,linear    # only cases whose label contains one of these
     python benchmarks/bench_sgemm.py --json results.json
 
-Prints a markdown table of GFLOP/s (2·M·K·N per product, times the batch) for each shape: the median
-over --repeat repeats of the time of `A @ B` alone (inputs are converted before timing; each repeat
-runs enough calls to take at least --min-time seconds, after a warm-up).
+One command prints the machine (CPU model, the ISA path matmul takes, load, the measured fp32 FMA peak for
+1 and 2 threads: benchmarks/machine.py) and, per case, GFLOP/s and fraction of the peak for nanofrontier
+and numpy and their ratio. Each round starts one worker process per side, in alternating order (ours first
+in even rounds, numpy first in odd ones); a worker times every case (median over --repeat runs, each of
+enough calls to fill --min-time seconds, after a warm-up). The table shows the median over rounds of each
+side's GFLOP/s and the median (min–max) over rounds of the per-round ratio, so slow phases of a shared VM
+hit both sides alike.
 
-Threads: every library gets the same count (--threads, default 2). numpy's BLAS reads its thread count
-only when numpy is imported, so this script sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS
-before importing numpy. It also unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some machines set
-for old OpenBLAS builds and which slow a current one; the header
-shows which kernel OpenBLAS then uses (needs threadpoolctl). On a shared VM the second vCPU's speed
-swings from run to run, so compare medians from several runs.
+numpy's best kernel: OpenBLAS picks its kernel from the CPU unless OPENBLAS_CORETYPE forces one, and some
+machines set OPENBLAS_CORETYPE (this development VM sets Haswell, an AVX2 kernel, and OPENBLAS_L2_SIZE).
+The numpy worker is started with both removed from its environment, so OpenBLAS detects the CPU (SkylakeX,
+its AVX-512 kernel, on an AVX-512 machine); the header shows the kernel it reports (needs threadpoolctl).
+--numpy-env keeps the environment as it is instead. Threads: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS and
+NANOFRONTIER_NUM_THREADS are set to --threads in each worker before import.
+
+The linear-layer cases are the three products of one GPT-small layer (B·T = 4096 rows, 384 → 1536): the
+forward x·Wᵀ (`nf.linear`), dX = dY·W and dW = dYᵀ·X, the last two timed as the layer's backward with
+only x or only W requiring a gradient (numpy gets the same products with transposed views, which it
+hands to BLAS without copies). Set NANOFRONTIER_MATMUL_ISA=avx2 to time our AVX2 path on an AVX-512 CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
+import time
+from typing import Any, Callable
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
-    p.add_argument("--repeat", type=int, default=7, help="timed repeats per case; the median is reported (default 7)")
-    p.add_argument("--min-time", type=float, default=0.02, help="seconds of calls per repeat, at least (default 0.02)")
-    p.add_argument("--no-torch", action="store_true", help="skip torch even if it is installed")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' for stdout)")
-    return p.parse_args()
-
-
-# Thread counts and OpenBLAS settings must be in the environment before numpy (or torch) is imported.
-ARGS = parse_args()
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NANOFRONTIER_NUM_THREADS"):
-    os.environ[_var] = str(ARGS.threads)
-for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-    os.environ.pop(_var, None)
-
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import nanofrontier as nf  # noqa: E402
-
-try:
-    if ARGS.no_torch:
-        raise ImportError
-    import torch  # noqa: E402
-except ImportError:
-    torch = None
-
-# (label, a shape, b shape); the first five are the shapes the build notes compare
-CASES: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = [
-    ("256²", (256, 256), (256, 256)),
-    ("512²", (512, 512), (512, 512)),
-    ("1024²", (1024, 1024), (1024, 1024)),
-    ("2048²", (2048, 2048), (2048, 2048)),
-    ("(4096×128)·(128×512)", (4096, 128), (128, 512)),
-    ("32 × (128×32)·(32×128)", (4, 8, 128, 32), (4, 8, 32, 128)),
-    ("(8,512,768)·(768,768)", (8, 512, 768), (768, 768)),
-    ("decode (1×768)·(768×2304)", (1, 768), (768, 2304)),
+# (label, kind, shapes): kind "mm" is a @ b with shapes (a, b); "lin"/"dx"/"dw" are a linear layer's
+# forward / dX / dW with shapes (x, W)
+CASES: list[tuple[str, str, tuple[tuple[int, ...], tuple[int, ...]]]] = [
+    ("256²", "mm", ((256, 256), (256, 256))),
+    ("512²", "mm", ((512, 512), (512, 512))),
+    ("1024²", "mm", ((1024, 1024), (1024, 1024))),
+    ("2048²", "mm", ((2048, 2048), (2048, 2048))),
+    ("(4096×128)·(128×512)", "mm", ((4096, 128), (128, 512))),
+    ("linear fwd (4096×384)·(384×1536)", "lin", ((4096, 384), (1536, 384))),
+    ("linear dX (4096×1536)·(1536×384)", "dx", ((4096, 384), (1536, 384))),
+    ("linear dW (1536×4096)·(4096×384)", "dw", ((4096, 384), (1536, 384))),
+    ("linear fwd (4096×1536)·(1536×384)", "lin", ((4096, 1536), (384, 1536))),
+    ("linear dW (384×4096)·(4096×1536)", "dw", ((4096, 1536), (384, 1536))),
+    ("48 × (256×64)·(64×256) (q·kᵀ)", "mm", ((8, 6, 256, 64), (8, 6, 64, 256))),
+    ("48 × (256×256)·(256×64) (p·v)", "mm", ((8, 6, 256, 256), (8, 6, 256, 64))),
+    ("32 × (128×32)·(32×128)", "mm", ((4, 8, 128, 32), (4, 8, 32, 128))),
 ]
 
 
-def flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> float:
-    m, k = a_shape[-2], a_shape[-1]
-    n = b_shape[-1]
-    batch = int(np.prod(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))) if len(a_shape) > 2 or len(b_shape) > 2 else 1
-    return 2.0 * batch * m * k * n
+def case_flops(kind: str, sa: tuple[int, ...], sb: tuple[int, ...]) -> float:
+    if kind == "mm":
+        m, k, n = sa[-2], sa[-1], sb[-1]
+        batch = 1
+        for d in sa[:-2]:
+            batch *= d
+        return 2.0 * batch * m * k * n
+    rows, in_f, out_f = sa[0], sa[1], sb[0]
+    return 2.0 * rows * in_f * out_f
 
 
 def time_per_call(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
-    """Median seconds per call of `fn` over `repeat` repeats, after a warm-up."""
-    # warm-up: thread pools, page faults, caches; also learn how many calls fill min_time
+    """Median seconds per call of `fn` over `repeat` runs, after a warm-up."""
     start = time.perf_counter()
     warm = 0
     while warm < 3 or time.perf_counter() - start < min_time:
@@ -96,76 +88,159 @@ def time_per_call(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
     return statistics.median(per_call)
 
 
-def blas_info() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "threadpoolctl not installed (pip install threadpoolctl to see the OpenBLAS kernel)"
-    parts = []
-    for info in threadpool_info():
-        if info.get("user_api") == "blas":
-            parts.append(
-                f"{info.get('internal_api')} {info.get('version')} kernel={info.get('architecture')} "
-                f"threads={info.get('num_threads')}"
+# ---- workers ----
+
+
+def worker(side: str, cases: list[int], repeat: int, min_time: float) -> dict[str, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"gflops": {}}
+    if side == "numpy":
+        try:
+            from threadpoolctl import threadpool_info
+
+            blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+            out["blas"] = "; ".join(
+                f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')} "
+                f"threads={i.get('num_threads')}"
+                for i in blas
             )
-    return "; ".join(parts) or "no BLAS found by threadpoolctl"
+        except ImportError:
+            out["blas"] = "threadpoolctl not installed (pip install threadpoolctl to see the OpenBLAS kernel)"
+    else:
+        import nanofrontier as nf
+        import nanofrontier.functional  # noqa: F401
+
+        nf.set_num_threads(int(os.environ["NANOFRONTIER_NUM_THREADS"]))
+    for ci in cases:
+        label, kind, (sa, sb) = CASES[ci]
+        a = rng.standard_normal(sa, dtype=np.float32)
+        b = rng.standard_normal(sb, dtype=np.float32)
+        if kind != "mm":
+            dy = rng.standard_normal((sa[0], sb[0]), dtype=np.float32)
+        if side == "numpy":
+            fn = {
+                "mm": lambda: a @ b,
+                "lin": lambda: a @ b.T,
+                "dx": lambda: dy @ b,
+                "dw": lambda: dy.T @ a,
+            }[kind]
+        else:
+            fn = nf_case(nf, kind, a, b, dy if kind != "mm" else None)
+        out["gflops"][label] = case_flops(kind, sa, sb) / time_per_call(fn, repeat, min_time) / 1e9
+    return out
+
+
+def nf_case(nf: Any, kind: str, a: Any, b: Any, dy: Any) -> Callable[[], Any]:
+    import numpy as np
+
+    if kind == "mm":
+        A, B = nf.tensor(a), nf.tensor(b)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        got = np.asarray(A @ B)
+        err = float(np.max(np.abs(got - want)) / (1.0 + np.max(np.abs(want))))
+        if err > 1e-4:
+            print(f"WARNING: nanofrontier differs from the f64 product by {err:.2e} (relative)", file=sys.stderr)
+        return lambda: A @ B
+    if kind == "lin":
+        X, W = nf.tensor(a), nf.tensor(b)
+
+        def fwd() -> Any:
+            with nf.no_grad():
+                return nf.functional.linear(X, W)
+
+        return fwd
+    # dX alone (only x needs a gradient) or dW alone (only W does): the layer's backward, graph kept
+    X, W = nf.tensor(a, requires_grad=kind == "dx"), nf.tensor(b, requires_grad=kind == "dw")
+    Y, DY = nf.functional.linear(X, W), nf.tensor(dy)
+    leaf = X if kind == "dx" else W
+
+    def bwd() -> None:
+        leaf.grad = None
+        Y.backward(DY, retain_graph=True)
+
+    return bwd
+
+
+# ---- the driver ----
+
+
+def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[str, Any]:
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NANOFRONTIER_NUM_THREADS"):
+        env[var] = str(args.threads)
+    if side == "numpy" and not args.numpy_env:
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--case-ids", ",".join(map(str, cases)),
+           "--repeat", str(args.repeat), "--min-time", str(args.min_time)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"{side} worker failed:\n{res.stderr}")
+    if res.stderr.strip():
+        print(res.stderr.strip(), file=sys.stderr)
+    return json.loads(res.stdout)
 
 
 def main() -> int:
-    n = ARGS.threads
-    nf.set_num_threads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    rng = np.random.default_rng(0)
-    rows: list[dict[str, Any]] = []
-    for label, sa, sb in CASES:
-        a_np = rng.standard_normal(sa, dtype=np.float32)
-        b_np = rng.standard_normal(sb, dtype=np.float32)
-        A, B = nf.tensor(a_np), nf.tensor(b_np)
-        # same answer before timing anything
-        want = a_np @ b_np
-        got = np.asarray(A @ B)
-        err = float(np.max(np.abs(got - want)) / (1.0 + np.max(np.abs(want)))) if want.size else 0.0
-        if err > 1e-4:
-            print(f"WARNING {label}: nanofrontier differs from numpy by {err:.2e} (relative)", file=sys.stderr)
-        f = flops(sa, sb)
-        row: dict[str, Any] = {"case": label, "a": list(sa), "b": list(sb), "flops": f, "max_rel_diff": err}
-        row["nanofrontier"] = f / time_per_call(lambda: A @ B, ARGS.repeat, ARGS.min_time) / 1e9
-        row["numpy"] = f / time_per_call(lambda: a_np @ b_np, ARGS.repeat, ARGS.min_time) / 1e9
-        if torch is not None:
-            a_t, b_t = torch.from_numpy(a_np), torch.from_numpy(b_np)
-            row["torch"] = f / time_per_call(lambda: a_t @ b_t, ARGS.repeat, ARGS.min_time) / 1e9
-        rows.append(row)
-        print(f"  {label}: done", file=sys.stderr)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    p.add_argument("--rounds", type=int, default=5, help="worker pairs, alternating order (default 5)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per case in a worker; median (default 5)")
+    p.add_argument("--min-time", type=float, default=0.05, help="seconds of calls per timed run (default 0.05)")
+    p.add_argument("--cases", help="comma-separated substrings; only cases whose label contains one")
+    p.add_argument("--numpy-env", action="store_true", help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for numpy")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--worker", choices=["nf", "numpy"], help=argparse.SUPPRESS)
+    p.add_argument("--case-ids", help=argparse.SUPPRESS)
+    args = p.parse_args()
 
-    header = {
-        "threads": n,
-        "repeat": ARGS.repeat,
-        "numpy": np.__version__,
-        "blas": blas_info(),
-        "nanofrontier": getattr(nf, "__version__", "?"),
-        "torch": torch.__version__ if torch is not None else None,
-    }
+    if args.worker:
+        ids = [int(i) for i in args.case_ids.split(",")]
+        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time)))
+        return 0
+
+    cases = [i for i, c in enumerate(CASES) if not args.cases or any(s in c[0] for s in args.cases.split(","))]
+    sys.path.insert(0, HERE)
+    from machine import load, machine_report
+
+    lines, peaks = machine_report(sorted({1, 2, args.threads}))
+    print("\n".join(lines))
+    peak = peaks[args.threads]
+    results: dict[str, list[dict[str, float]]] = {"nf": [], "numpy": []}
+    blas = ""
+    for r in range(args.rounds):
+        for side in (("nf", "numpy") if r % 2 == 0 else ("numpy", "nf")):
+            out = run_worker(side, args, cases)
+            results[side].append(out["gflops"])
+            blas = out.get("blas", blas)
+        print(f"  round {r + 1}/{args.rounds} done ({load()})", file=sys.stderr)
+    env_note = "environment as is" if args.numpy_env else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset"
+    print(f"numpy BLAS ({env_note}): {blas}")
+    print(f"after the runs: {load()}")
     print(
-        f"\nf32 matmul GFLOP/s, {n} thread(s), median of {ARGS.repeat} repeats. numpy {header['numpy']} "
-        f"({header['blas']})" + (f", torch {header['torch']}" if torch is not None else "") + "\n"
+        f"\nf32 matmul, {args.threads} thread(s), {args.rounds} rounds (median; ratio: median (min–max) of the "
+        f"per-round ratios); % = of the {args.threads}-thread FMA peak {peak:.0f} GFLOP/s\n"
     )
-    cols = ["nanofrontier", "numpy", "nf / numpy"] + (["torch", "nf / torch"] if torch is not None else [])
-    print("| case | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for r in rows:
-        cells = [f"{r['nanofrontier']:.1f}", f"{r['numpy']:.1f}", f"{r['nanofrontier'] / r['numpy']:.2f}"]
-        if torch is not None:
-            cells += [f"{r['torch']:.1f}", f"{r['nanofrontier'] / r['torch']:.2f}"]
-        print(f"| {r['case']} | " + " | ".join(cells) + " |")
-
-    if ARGS.json:
-        doc = json.dumps({"config": header, "results": rows}, indent=2, ensure_ascii=False)
-        if ARGS.json == "-":
-            print(doc)
-        else:
-            with open(ARGS.json, "w", encoding="utf-8") as fh:
-                fh.write(doc + "\n")
+    print("| case | nanofrontier GFLOP/s | % peak | numpy GFLOP/s | % peak | nf / numpy |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for ci in cases:
+        label = CASES[ci][0]
+        ours = [x[label] for x in results["nf"]]
+        theirs = [x[label] for x in results["numpy"]]
+        ratios = [o / t for o, t in zip(ours, theirs)]
+        mo, mt, mr = statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
+        rows.append({"case": label, "nf": ours, "numpy": theirs, "ratio": ratios})
+        print(
+            f"| {label} | {mo:.0f} | {100 * mo / peak:.0f}% | {mt:.0f} | {100 * mt / peak:.0f}% | "
+            f"{mr:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |"
+        )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"machine": lines, "peaks": peaks, "blas": blas, "threads": args.threads, "results": rows},
+                      fh, indent=2, ensure_ascii=False)
     return 0
 
 

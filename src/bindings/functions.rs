@@ -152,6 +152,22 @@ pub fn set_num_threads(n: i64) -> PyResult<()> {
 pub fn get_num_threads() -> usize {
     crate::parallel::num_threads()
 }
+/// Benchmark helpers: the measured fp32 FMA peak (GFLOP/s over `threads` threads, ~`seconds` each, and
+/// the vector width used) and the GEMM path matmul takes on this CPU.
+#[pyfunction]
+#[pyo3(signature = (threads=1, seconds=0.2))]
+pub fn _fma_peak(py: Python<'_>, threads: usize, seconds: f64) -> PyResult<(f64, &'static str)> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 60.0) || threads == 0 || threads > 1024 {
+        return Err(super::errors::InvalidArgumentError::new_err(format!(
+            "_fma_peak: need 1 <= threads <= 1024 and 0 < seconds <= 60, got threads={threads}, seconds={seconds}"
+        )));
+    }
+    Ok(py.detach(|| crate::ops::matmul::fma_peak(threads, seconds)))
+}
+#[pyfunction]
+pub fn _matmul_path() -> &'static str {
+    crate::ops::matmul::gemm_path()
+}
 /// Turn op recording on/off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn set_grad_enabled(on: bool) -> bool {

@@ -66,6 +66,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(f::set_rng_state, m)?,
         wrap_pyfunction!(f::set_num_threads, m)?,
         wrap_pyfunction!(f::get_num_threads, m)?,
+        wrap_pyfunction!(f::_fma_peak, m)?,
+        wrap_pyfunction!(f::_matmul_path, m)?,
         wrap_pyfunction!(f::set_grad_enabled, m)?,
         wrap_pyfunction!(f::is_grad_enabled, m)?,
         wrap_pyfunction!(f::matmul_, m)?,

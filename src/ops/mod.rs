@@ -14,7 +14,7 @@
 //! - `reduce`     sum mean max argmax over dims (keepdim), sum_all, mean_all
 //! - `view`       reshape (zero-copy) unsqueeze squeeze flatten permute transpose narrow slice select cat
 //!                stack expand, copy_ (in-place load into a leaf)
-//! - `matmul`     batched (…,M,K)@(…,K,N) on matrixmultiply's sgemm, split over the pool; linear (x@Wᵀ+b)
+//! - `matmul`     batched (…,M,K)@(…,K,N) on our AVX-512/AVX2 GEMM (or matrixmultiply), split over the pool; linear (x@Wᵀ+b)
 //! - `index`      embedding gather and index_select (scatter-add backward), masked_fill, where
 //! - `dropout`    inverted dropout with a seeded mask
 //!

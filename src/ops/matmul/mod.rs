@@ -1,12 +1,14 @@
 //! `matmul` with numpy semantics: 1-D promotion, batch dims that broadcast, `(…, M, K) @ (…, K, N)`.
-//! All arithmetic is matrixmultiply's `sgemm` called on the contiguous buffers with row/column strides,
-//! so the backward's transposed products (dA = dC·Bᵀ, dB = Aᵀ·dC) read the same buffers with swapped
+//! All arithmetic is one strided GEMM on the contiguous buffers (our own AVX-512 / AVX2 kernels in
+//! `kernels`, matrixmultiply's `sgemm` on other CPUs), so the backward's transposed products (dA = dC·Bᵀ, dB = Aᵀ·dC) read the same buffers with swapped
 //! strides instead of making transposed copies. Parallelism splits the OUTPUT into disjoint tiles of a
 //! size fixed by the shapes alone (never by the thread count), so results are bit-identical on 1 or N
 //! threads. Not here: integer/other dtypes, `out=` arguments, splitting the K (reduction) dim.
 //! `linear` (torch's nn.Linear: x @ Wᵀ + b) is the same engine reading W through swapped strides, with
 //! the bias written into each output tile just before its product adds on top.
 //! References: numpy.matmul's broadcasting rules; llm.c `matmul_forward` / `matmul_backward`.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -18,6 +20,14 @@ use crate::tensor::shape::broadcast_strides;
 use crate::tensor::{Tensor, alloc_zeros, checked_numel, numel, strides};
 
 const OP: &str = "matmul";
+
+mod kernels;
+pub(crate) use kernels::fma_peak;
+
+/// The GEMM path this process uses, e.g. `"avx512 (own 12x32 FMA kernel)"`.
+pub fn gemm_path() -> &'static str {
+    kernels::level_name(kernels::level())
+}
 
 // ---- how the work is cut (work in flops = 2·rows·cols·k per product; nothing depends on the thread count) ----
 
@@ -33,6 +43,8 @@ const MIN_TILE_ROWS: usize = 128;
 const MIN_TILE_COLS: usize = 256;
 /// At most this much work per tile (~10 ms on one core), so a group holds several tiles to balance.
 const MAX_TILE_FLOPS: usize = 1 << 30;
+/// Tiles per product (when big enough) when B is packed once and shared.
+const SHARED_TILES: usize = 8;
 /// Tile edges are multiples of this (matrixmultiply's AVX-512 micro-kernel is 16×16).
 const ALIGN: usize = 16;
 /// Below this much total work everything runs on the calling thread (a rayon fork costs microseconds).
@@ -176,6 +188,37 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+thread_local! {
+    /// The calling thread's buffer for a product's shared packed B (taken out while in use).
+    static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), each at
+/// most MAX_TILE_FLOPS, rows in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns in
+/// multiples of 64 (both kernels' NR divide it) and ≥ 128. Among those cuts, the one that streams the
+/// least of A and B through the caches (each tile reads its rows of A and its columns of B once: Σ over
+/// tiles of rows + cols); fewer tiles on a tie. Depends only on the shapes.
+fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize) {
+    if 2 * m * k * n <= 2 * SERIAL_FLOPS {
+        return (m, n);
+    }
+    let mut best = ((true, usize::MAX, usize::MAX), (m, n));
+    for r in 1..=m.div_ceil(48).min(64) {
+        let rows = round_up(m.div_ceil(r), 48).max(96).min(m);
+        for c in 1..=n.div_ceil(64).min(64) {
+            let cols = round_up(n.div_ceil(c), 64).max(128).min(n);
+            let tiles = m.div_ceil(rows) * n.div_ceil(cols);
+            let ok = tiles >= SHARED_TILES && 2 * rows * cols * k <= MAX_TILE_FLOPS;
+            // acceptable cuts by traffic; if none is, the most tiles
+            let key = (!ok, if ok { tiles * (rows + cols) } else { usize::MAX - tiles }, tiles);
+            if key < best.0 {
+                best = (key, (rows, cols));
+            }
+        }
+    }
+    best.1
+}
+
 fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
@@ -255,8 +298,17 @@ impl<'a> Gemm<'a> {
         self.starts.len().saturating_sub(1)
     }
 
-    fn tiles(&self) -> Vec<Tile> {
-        let (rows, cols) = tile_shape(self.count(), self.m, self.k, self.n);
+    /// One product whose B all tiles share: packed once (`shared_b_tile_shape` cuts its tiles).
+    fn shares_b(&self, level: Isa) -> bool {
+        level >= 1 && self.count() == 1 && self.terms.len() == 1 && self.m > 1 && self.n > 1
+    }
+
+    fn tiles(&self, level: Isa) -> Vec<Tile> {
+        let (rows, cols) = if self.shares_b(level) {
+            shared_b_tile_shape(self.m, self.k, self.n)
+        } else {
+            tile_shape(self.count(), self.m, self.k, self.n)
+        };
         let mut tiles = Vec::new();
         if self.m == 0 || self.n == 0 || self.k == 0 {
             return tiles; // the output stays zeros
@@ -281,7 +333,7 @@ impl<'a> Gemm<'a> {
     /// Compute one tile: its terms in order, the first overwriting (β = 0), the rest adding (β = 1).
     ///
     /// SAFETY: `out` points to a buffer of `count·m·n` floats, and no other task writes this tile.
-    unsafe fn run_tile(&self, t: &Tile, out: OutPtr) {
+    unsafe fn run_tile(&self, t: &Tile, out: OutPtr, level: Isa, packed: Option<&kernels::PackedB>) {
         let (a, b) = (self.a, self.b);
         // SAFETY: the tile lies inside its output matrix, which lies inside `out`.
         let cp = unsafe { out.0.add(t.mat * self.m * self.n + t.r0 * self.n + t.c0) };
@@ -313,6 +365,29 @@ impl<'a> Gemm<'a> {
                 gemv(y, overwrite, (b.data, bo, b.rs), (a.data, ao, a.cs, a.rs), self.k);
                 continue;
             }
+            if level >= 1 {
+                let view = |s: Strided, off: usize| kernels::View { ptr: s.data[off..].as_ptr(), rs: s.rs, cs: s.cs };
+                // the shared panels from this tile's first column on (tile columns start at multiples of NR)
+                let panels = packed.map(|p| {
+                    debug_assert_eq!(t.c0 % p.nr, 0);
+                    (&p.panels()[t.c0 / p.nr * p.k * p.nr..], p.k)
+                });
+                // SAFETY: operands in bounds (checked in `Gemm::new`), the tile is this task's alone,
+                // and `level` came from `kernels::level()`, which never exceeds the CPU's features.
+                unsafe {
+                    kernels::gemm(
+                        level,
+                        (t.rows, self.k, t.cols),
+                        view(a, ao),
+                        view(b, bo),
+                        panels,
+                        cp,
+                        self.n,
+                        !overwrite,
+                    )
+                };
+                continue;
+            }
             // SAFETY: offsets are in bounds (checked in `Gemm::new`: r0 < m, c0 < n).
             unsafe {
                 matrixmultiply::sgemm(
@@ -338,9 +413,46 @@ impl<'a> Gemm<'a> {
     /// Fill `out` (zeros, length count·m·n). Tiles run in groups of about GROUP_FLOPS; between groups
     /// the calling thread checks for Ctrl-C.
     fn run(&self, out: &mut [f32]) -> Result<()> {
+        self.run_at(out, kernels::level())
+    }
+
+    /// `run` with the GEMM of `level` (≤ `kernels::level()`; tests compare the levels).
+    fn run_at(&self, out: &mut [f32], level: Isa) -> Result<()> {
         assert_eq!(out.len(), self.count() * self.m * self.n);
-        let tiles = self.tiles();
+        assert!(level <= kernels::level(), "matmul: level {level} above this CPU's");
+        let tiles = self.tiles(level);
+        if tiles.is_empty() {
+            return Ok(());
+        }
         let ptr = OutPtr(out.as_mut_ptr());
+        let total: usize = tiles.iter().map(|t| self.tile_flops(t)).sum();
+        if total > SERIAL_FLOPS && total <= GROUP_FLOPS && self.shares_b(level) {
+            // one hand-off to the pool for the packing and all tiles (each `install` from outside the
+            // pool wakes a worker, 10–50 µs on a VM; inside it they are plain calls). Only for products
+            // of one group: bigger ones check for Ctrl-C between groups, which works on the calling
+            // thread, not on a pool worker (`check_interrupt`).
+            return install(|| self.run_shared(&tiles, ptr, level));
+        }
+        self.run_shared(&tiles, ptr, level)
+    }
+
+    fn run_shared(&self, tiles: &[Tile], ptr: OutPtr, level: Isa) -> Result<()> {
+        // B packed once for all tiles of a single product, in this thread's reused buffer
+        let packed = if self.shares_b(level) {
+            let b = kernels::View { ptr: self.b.data[self.terms[0].1..].as_ptr(), rs: self.b.rs, cs: self.b.cs };
+            let reuse = SHARED_B.with(|c| std::mem::take(&mut *c.borrow_mut()));
+            Some(kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)?)
+        } else {
+            None
+        };
+        let res = self.run_tiles(tiles, ptr, level, packed.as_ref());
+        if let Some(p) = packed {
+            SHARED_B.with(|c| *c.borrow_mut() = p.into_buf());
+        }
+        res
+    }
+
+    fn run_tiles(&self, tiles: &[Tile], ptr: OutPtr, level: Isa, packed: Option<&kernels::PackedB>) -> Result<()> {
         let mut start = 0;
         while start < tiles.len() {
             let (mut end, mut work) = (start, 0usize);
@@ -354,7 +466,7 @@ impl<'a> Gemm<'a> {
             if group.len() == 1 || work <= SERIAL_FLOPS && !split_gemv {
                 for t in group {
                     // SAFETY: tiles are disjoint and `out` lives through this call.
-                    unsafe { self.run_tile(t, ptr) };
+                    unsafe { self.run_tile(t, ptr, level, packed) };
                 }
             } else {
                 // many tiny tiles (small batched matmuls) are handed out in runs of ~SERIAL_FLOPS
@@ -363,7 +475,7 @@ impl<'a> Gemm<'a> {
                 install(|| {
                     group.par_iter().with_min_len(min_len).for_each(|t| {
                         // SAFETY: tiles are disjoint and `out` lives until `install` returns.
-                        unsafe { self.run_tile(t, ptr) }
+                        unsafe { self.run_tile(t, ptr, level, packed) }
                     })
                 });
             }
@@ -1135,6 +1247,64 @@ mod tests {
         for (m, k, n) in [(300, 200, 1100), (600, 96, 700), (1, 700, 3000), (3000, 700, 1)] {
             let (r, c) = tile_shape(1, m, k, n);
             assert!(m.div_ceil(r) * n.div_ceil(c) > 1, "({m}, {k}) @ ({k}, {n}) is one tile");
+        }
+    }
+
+    /// Every GEMM path (the portable one and each own kernel the CPU runs) through the tiling engine:
+    /// against f64, 1 vs 2 threads bit-identical per path, and the own kernels identical to each other.
+    /// Shapes: a single product big enough for a shared packed B cut into row and column tiles, a
+    /// transposed-A product (dW), a transposed-B one (linear), a batched one, K = 1, odd sizes.
+    #[test]
+    fn every_path_matches_f64_and_is_thread_independent() {
+        let mut rng = crate::tensor::random::Rng::new(31);
+        assert!(shared_b_tile_shape(1000, 64, 700).0 < 1000, "1000-row product should be cut into row tiles");
+        let (r, c) = shared_b_tile_shape(50, 512, 1000);
+        assert!(r == 50 && c < 1000 && c % 64 == 0, "a short product is cut into 64-aligned columns: {c}");
+        // (m, k, n, count, a transposed, b transposed)
+        let cases = [
+            (1000, 64, 700, 1, false, false),
+            (50, 512, 1000, 1, false, false),
+            (333, 301, 97, 1, true, false),
+            (517, 129, 258, 1, false, true),
+            (65, 40, 130, 12, false, false),
+            (300, 1, 200, 1, false, false),
+        ];
+        for (m, k, n, count, ta, tb) in cases {
+            let a: Vec<f32> = (0..count * m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..count * k * n).map(|_| rng.normal() as f32).collect();
+            let sa = if ta { Strided { data: &a, rs: 1, cs: m } } else { plain(&a, k) };
+            let sb = if tb { Strided { data: &b, rs: 1, cs: k } } else { plain(&b, n) };
+            let terms = (0..count).map(|i| (i * m * k, i * k * n)).collect::<Vec<_>>();
+            let gemm = Gemm::one_term_each((m, k, n), sa, sb, terms);
+            let mut own: Vec<Vec<u32>> = Vec::new();
+            for level in 0..=kernels::level() {
+                let run = || {
+                    let mut out = vec![0f32; count * m * n];
+                    gemm.run_at(&mut out, level).unwrap();
+                    out
+                };
+                let (one, two) = (with_threads(1, run), with_threads(2, run));
+                let pos = one.iter().zip(&two).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(pos.is_none(), "level {level}, ({m}, {k}, {n}) ×{count}: 1 vs 2 threads differ at {pos:?}");
+                let at = |s: Strided, off: usize, r: usize, c: usize| s.data[off + r * s.rs + c * s.cs] as f64;
+                let mut worst = 0f64;
+                for (i, &(ao, bo)) in gemm.terms.iter().enumerate() {
+                    for r in 0..m {
+                        for c in 0..n {
+                            let want: f64 = (0..k).map(|q| at(sa, ao, r, q) * at(sb, bo, q, c)).sum();
+                            worst = worst.max((one[i * m * n + r * n + c] as f64 - want).abs() / (1.0 + want.abs()));
+                        }
+                    }
+                }
+                assert!(worst <= tol_k(k), "level {level}, ({m}, {k}, {n}) ×{count}: off by {worst:.2e}");
+                if level >= 1 {
+                    own.push(one.iter().map(|v| v.to_bits()).collect());
+                }
+            }
+            if own.len() == 2 {
+                let pos = own[0].iter().zip(&own[1]).position(|(x, y)| x != y);
+                assert!(pos.is_none(), "({m}, {k}, {n}) ×{count}: AVX2 and AVX-512 kernels differ at {pos:?}");
+            }
         }
     }
 }
