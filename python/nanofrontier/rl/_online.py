@@ -388,6 +388,15 @@ class OnlineTrainer:
     _KIND = "online"
     _POSTFIX = ()
 
+    def _init_sampling(self, owner, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_token_id):
+        """The rollout settings both trainers take; every prompt must fit with ``max_new_tokens``."""
+        self.max_new_tokens = positive_int(owner, "max_new_tokens", max_new_tokens)
+        self.prompts.check_fits(owner, self.model, self.max_new_tokens)
+        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens,
+                             pad_token_id=pad_token_id)
+        self.stop_tokens = (None if stop_tokens is None else [stop_tokens] if np.isscalar(stop_tokens)
+                            else list(stop_tokens))
+
     def _init_loop(self, owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
                    callbacks):
         self._owner = owner

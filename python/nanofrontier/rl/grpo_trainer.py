@@ -100,12 +100,7 @@ class GRPOTrainer(ol.OnlineTrainer):
                 f"{owner}: minibatch_size={self.minibatch_size} must divide the batch of prompts_per_step x "
                 f"num_generations = {self.prompts.per_step} x {self.group} = {batch} rows")
         self.num_iterations = ol.positive_int(owner, "num_iterations", num_iterations)
-        self.max_new_tokens = ol.positive_int(owner, "max_new_tokens", max_new_tokens)
-        self.prompts.check_fits(owner, self.model, self.max_new_tokens)
-        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens,
-                             pad_token_id=pad_token_id)
-        self.stop_tokens = (None if stop_tokens is None else [stop_tokens] if np.isscalar(stop_tokens)
-                            else list(stop_tokens))
+        self._init_sampling(owner, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_token_id)
         if loss_type not in _LOSS_TYPES:
             raise InvalidArgumentError(f"{owner}: loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
         self.loss_type = loss_type

@@ -114,12 +114,7 @@ class PPOTrainer(ol.OnlineTrainer):
                                        f"{type(decode).__name__}")
         self.decode = decode
 
-        self.max_new_tokens = ol.positive_int(owner, "max_new_tokens", max_new_tokens)
-        self.prompts.check_fits(owner, self.model, self.max_new_tokens)
-        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens,
-                             pad_token_id=pad_token_id)
-        self.stop_tokens = (None if stop_tokens is None else [stop_tokens] if np.isscalar(stop_tokens)
-                            else list(stop_tokens))
+        self._init_sampling(owner, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_token_id)
 
         if ref_model is None:
             ref_model = policy.copy().freeze()
