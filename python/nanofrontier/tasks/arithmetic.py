@@ -23,19 +23,18 @@ two are disjoint by construction for every seed (and the same problem always lan
 Generation is seeded by ``seed`` alone (Python's ``random.Random``), the same on every machine.
 """
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 
 from ..exceptions import InvalidArgumentError
+from ._draw import HELD_OUT_FRACTION, draw_distinct, hash_split  # noqa: F401  (re-exported)
 
 STEP_MARKER = "Let's think step by step."
 ANSWER_MARKER = "Answer:"
 KINDS = ("add", "sum")
 SPLITS = ("train", "test")
-HELD_OUT_FRACTION = 5  # one problem in 5 (by hash) is held out
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,7 @@ class Problem:
 
 def split_of(problem):
     """``"test"`` or ``"train"``: fixed by a hash of the problem's text (never by the seed)."""
-    h = hashlib.sha256(f"{problem.kind}:{problem.question}".encode()).digest()
-    return "test" if h[0] % HELD_OUT_FRACTION == 0 else "train"
+    return hash_split(f"{problem.kind}:{problem.question}")
 
 
 def carries(a, b):
@@ -133,18 +131,14 @@ def generate(n, level, *, split="train", seed=0, kind="add", digits=4, unique=Tr
         raise InvalidArgumentError(f"arithmetic: n must be a non-negative int, got {n!r}")
     # distinct seeds per (split, level, kind) so that e.g. levels are not drawn from one stream
     rng = random.Random(f"arith:{seed}:{split}:{kind}:{digits}:{level}")
-    out, seen, tries = [], set(), 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * n + 10_000:
-            raise InvalidArgumentError(f"arithmetic: could not draw {n} distinct {split} problems at level "
-                                       f"{level} ({len(out)} found); ask for fewer or more digits")
+
+    def draw():
         p = make_problem(rng, level, kind, digits)
-        if split_of(p) != split or (unique and p.terms in seen):
-            continue
-        seen.add(p.terms)
-        out.append(p)
-    return out
+        return None if split_of(p) != split else (p.terms, p)
+
+    return draw_distinct(n, draw, 200 * n + 10_000, lambda found: (
+        f"arithmetic: could not draw {n} distinct {split} problems at level {level} ({found} found); ask for "
+        "fewer or more digits"), unique=unique)
 
 
 def prompt(problem, steps=False):

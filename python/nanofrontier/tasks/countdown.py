@@ -25,12 +25,12 @@ Splits: a problem is held out (``"test"``) when a hash of its sorted numbers and
 so train and test are disjoint for every seed.
 """
 
-import hashlib
 import random
 from dataclasses import dataclass
 from fractions import Fraction
 
 from ..exceptions import InvalidArgumentError
+from ._draw import draw_distinct, hash_split
 from .arithmetic import extract_answer
 
 MAX_CHARS = 200
@@ -228,8 +228,8 @@ def score(problem, text):
 # ---- the generator ---------------------------------------------------------------------------------
 
 def split_of(numbers, target):
-    key = ",".join(str(n) for n in sorted(numbers)) + f"->{target}"
-    return "test" if hashlib.sha256(key.encode()).digest()[0] % 5 == 0 else "train"
+    """``"test"`` or ``"train"``: fixed by a hash of the sorted numbers and the target (never by the seed)."""
+    return hash_split(",".join(str(n) for n in sorted(numbers)) + f"->{target}")
 
 
 def _build(rng, numbers):
@@ -272,21 +272,18 @@ def generate(n, level=3, *, split="train", seed=0, max_number=25, target_range=(
         raise InvalidArgumentError(f"countdown: n must be a non-negative int, got {n!r}")
     lo, hi = target_range
     rng = random.Random(f"countdown:{seed}:{split}:{level}:{max_number}:{lo}:{hi}")
-    out, seen, tries = [], set(), 0
-    while len(out) < n:
-        tries += 1
-        if tries > 500 * n + 10_000:
-            raise InvalidArgumentError(f"countdown: could not draw {n} distinct {split} problems "
-                                       f"({len(out)} found); widen target_range or max_number")
+
+    def draw():
         nums = tuple(rng.randint(1, max_number) for _ in range(level))
         v, sol = _build(rng, [(x, str(x)) for x in nums])
-        key = (tuple(sorted(nums)), v)
-        if not lo <= v <= hi or key in seen or split_of(nums, v) != split:
-            continue
+        if not lo <= v <= hi or split_of(nums, v) != split:
+            return None
         assert check(sol, nums, v).ok, sol  # the kept solution passes the same checker
-        seen.add(key)
-        out.append(Problem(nums, v, sol, level))
-    return out
+        return (tuple(sorted(nums)), v), Problem(nums, v, sol, level)
+
+    return draw_distinct(n, draw, 500 * n + 10_000, lambda found: (
+        f"countdown: could not draw {n} distinct {split} problems ({found} found); widen target_range or "
+        "max_number"))
 
 
 def prompt(problem):
