@@ -108,6 +108,16 @@ def test_ok_notebook_prints_headline_and_writes_executed_copy(capsys, notebooks,
     # the source notebook is untouched
     assert stdout_text(json.loads((notebooks / "01_tiny_ok.ipynb").read_text())) == ""
 
+    # SUMMARY.md: one row per claim the notebook stated, with the result and the notebook's time
+    summary = (out / "SUMMARY.md").read_text()
+    assert "full mode" in summary and "**1 of 2 claims met.**" in summary, summary
+    rows = [line for line in summary.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 2, summary
+    assert rows[0].startswith("| 0 | two and two make four | 4 | 4 | pass | 01_tiny_ok |"), rows[0]
+    assert rows[1].startswith("| 0b | a claim this run missed | > 1 s | 0.1 s | MISSED |"), rows[1]
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "summary.png" in summary
+
 
 def test_failing_notebook_reports_fail_exit_1_and_still_writes_output(capsys, notebooks, tmp_path):
     out = tmp_path / "out"
@@ -127,6 +137,10 @@ def test_failing_notebook_reports_fail_exit_1_and_still_writes_output(capsys, no
     assert [e["ename"] for e in errors] == ["ValueError"]
     assert "never runs" not in stdout_text(executed)
     assert (out / "01_tiny_ok.ipynb").exists()
+    # a failed notebook is a row of SUMMARY.md that says so, with its error
+    summary = (out / "SUMMARY.md").read_text()
+    fail_rows = [line for line in summary.splitlines() if "02_tiny_fail" in line]
+    assert len(fail_rows) == 1 and "| FAIL |" in fail_rows[0] and "tiny boom" in fail_rows[0], summary
 
 
 @pytest.mark.parametrize("only", [["2"], ["02"], ["2,"]])
@@ -318,6 +332,46 @@ def test_result_headline_takes_last_stdout_result_line():
     }
     assert cli.result_headline(nb) == "second"
     assert cli.result_headline({"cells": []}) is None
+
+
+def test_claim_prints_a_line_that_reads_back(capsys, monkeypatch):
+    monkeypatch.setenv("NANOFRONTIER_SMOKE", "1")
+    record = cli.claim("5a", "PPO makes it answer", target=">= 90%", measured="93% | 12 s", passed=True)
+    out = capsys.readouterr().out
+    assert out.startswith("CLAIM: ") and out.count("\n") == 1, out
+    nb = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stdout",
+                                                      "text": "noise\n" + out + "CLAIM: {not json\n"}]}]}
+    claims = cli.notebook_claims(nb)
+    assert claims[0] == record == {"part": "5a", "claim": "PPO makes it answer", "target": ">= 90%",
+                                   "measured": "93% | 12 s", "passed": True, "smoke": True}
+    # a malformed line is not dropped: it shows as a missed claim saying what was wrong
+    assert claims[1]["passed"] is False and claims[1]["claim"] == "unreadable CLAIM line"
+    np = pytest.importorskip("numpy")
+    assert cli.claim("1", "x", target="y", measured="z", passed=np.float32(0.5) > 0.1)["passed"] is True
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"part": "", "claim": "c", "target": "t", "measured": "m", "passed": True}, TypeError),
+        ({"part": 3, "claim": "c", "target": "t", "measured": "m", "passed": True}, TypeError),
+        ({"part": "3", "claim": "c", "target": "t", "measured": "two\nlines", "passed": True}, ValueError),
+        ({"part": "3", "claim": "c", "target": "t", "measured": "m", "passed": "yes"}, TypeError),
+        ({"part": "3", "claim": "c", "target": "t", "measured": "m", "passed": 1.0}, TypeError),
+    ],
+)
+def test_claim_refuses_what_it_cannot_report(kwargs, error, capsys):
+    with pytest.raises(error):
+        cli.claim(kwargs.pop("part"), kwargs.pop("claim"), **kwargs)
+    assert capsys.readouterr().out == ""
+
+
+def test_summary_marks_smoke_mode_and_notebooks_without_claims(tmp_path):
+    ok = cli.NotebookRun(path=Path("03_x.ipynb"), ok=True, seconds=12.0, headline="h")
+    path = cli.write_summary(tmp_path, [ok], smoke=True)
+    text = path.read_text()
+    assert "SMOKE mode" in text and "| - | (no CLAIM line) | - | h | no claim | 03_x | 12 s |" in text, text
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_cli_module_imports_only_stdlib_at_top_level():

@@ -1,7 +1,8 @@
 """Every guide notebook (notebooks/NN_*.ipynb) runs top to bottom in smoke mode.
 
 Each notebook is executed with nbclient in a fresh kernel with NANOFRONTIER_SMOKE=1
-(per-cell timeout 600 s, working directory notebooks/) and must print a ``RESULT:`` line.
+(per-cell timeout 600 s, working directory notebooks/) and must print a ``RESULT:`` line and state at
+least one claim (``nf.tour.claim``) for the tour's SUMMARY.md.
 An empty notebooks folder is a failure, not a skip: the guide is made of notebooks.
 """
 
@@ -41,3 +42,7 @@ def test_notebook_runs_in_smoke_mode(path):
             f"{path.name} ran but printed no line starting with 'RESULT:' on stdout",
             pytrace=False,
         )
+    if not run.claims:
+        pytest.fail(f"{path.name} stated no claim (nf.tour.claim) for the tour's SUMMARY.md", pytrace=False)
+    bad = [c for c in run.claims if "error" in c or not c["smoke"]]
+    assert not bad, f"{path.name}: unreadable claim lines, or claims not marked as smoke mode: {bad}"

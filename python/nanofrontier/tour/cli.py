@@ -1,7 +1,8 @@
 """The argparse front of ``nanofrontier tour`` (also ``python -m nanofrontier tour``).
 
 The tour executes the guide's notebooks one after another, writes the executed copies to an output folder
-and prints one summary line per notebook::
+(with ``SUMMARY.md``: one row per claim the notebooks stated, see :mod:`.claims`) and prints one summary
+line per notebook::
 
     01_neural_networks  OK   12.3s  spiral accuracy 97.8% (target >= 95%)
 
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .claims import write_summary
 from .errors import TourError
 from .execution import (
     DEFAULT_SMOKE_TIMEOUT,
@@ -73,6 +75,7 @@ def cmd_tour(args: argparse.Namespace) -> int:
     )
     width = max(len(p.stem) for p in selected)
     passed = failed = 0
+    runs: list[NotebookRun] = []
     interrupted_name: str | None = None
     try:
         for path in selected:
@@ -90,6 +93,7 @@ def cmd_tour(args: argparse.Namespace) -> int:
                 interrupted_name = f"{run.name} stopped{where}"
                 break
             print(_summary_line(run, width), flush=True)
+            runs.append(run)
             if run.ok:
                 passed += 1
             else:
@@ -99,6 +103,9 @@ def cmd_tour(args: argparse.Namespace) -> int:
     if interrupted_name is not None:
         print(f"interrupted: {interrupted_name} (kernel shut down)", flush=True)
     print(f"executed notebooks are in {out_dir}", flush=True)
+    if runs:
+        summary = write_summary(out_dir, runs, smoke=args.smoke)
+        print(f"the claims, measured: {summary}", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     if interrupted_name is not None:
         return 130

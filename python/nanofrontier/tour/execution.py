@@ -3,7 +3,7 @@
 :func:`execute_notebook` runs a notebook with nbclient in a new kernel (working directory: the notebook's
 folder unless told) and returns a :class:`NotebookRun`; it never raises for a notebook's own errors. The
 headline is the text after ``RESULT:`` on the last stdout line of the notebook that starts with
-``RESULT:``.
+``RESULT:``; its claims are the ``CLAIM:`` lines it printed (:mod:`.claims`).
 
 Only the standard library at import time; nbclient / nbformat / jupyter_client / tqdm are imported lazily
 inside the functions that need them (they are the ``notebooks`` extras).
@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claims import notebook_claims
 from .errors import TourError
 
 EXTRAS_HINT = "the tour needs the notebook extras: pip install 'nanofrontier[notebooks]'"
@@ -147,6 +148,7 @@ class NotebookRun:
     evalue: str = ""
     traceback: str = ""
     cell_index: int | None = None
+    claims: list = field(default_factory=list)  # the CLAIM records it printed (.claims)
 
     @property
     def name(self) -> str:
@@ -290,3 +292,4 @@ def execute_notebook(
         run.seconds = time.monotonic() - start
         if run.nb is not None:
             run.headline = result_headline(run.nb)
+            run.claims = notebook_claims(run.nb)
