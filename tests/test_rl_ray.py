@@ -141,6 +141,12 @@ def test_bad_backend_settings_are_refused():
         RayRollouts(max_restarts=-1)
 
 
+def test_without_ray_the_backend_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match=r"needs Ray: pip install 'nanofrontier\[ray\]'"):
+        grpo("ray")
+
+
 # ------------------------------------------------------------------------------------------------ Ray
 
 
