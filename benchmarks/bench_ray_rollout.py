@@ -38,6 +38,7 @@ def main():
 
     import nanofrontier as nf
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     config = getattr(nf.models.GPTConfig, args.model)()
     rng = np.random.default_rng(0)

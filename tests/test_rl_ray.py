@@ -156,6 +156,7 @@ def ray_local():
                                             "Ray rollout tests are skipped")
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reports to Ray's servers from a test
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     # the workers unpickle this module's reward functions by value (they cannot import the test file)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
