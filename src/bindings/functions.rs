@@ -122,6 +122,17 @@ pub fn multinomial<'py>(
     let shape = if p.ndim() == 2 { vec![p.shape()[0], num_samples] } else { vec![num_samples] };
     int_array(py, v, &shape)
 }
+/// The seeds `generate(..., seed=seed)` gives its first `n` rows (row r samples from `Rng(seeds[r])`), so
+/// a subset of the rows can be sampled elsewhere with their `row_seeds`.
+#[pyfunction]
+pub fn row_seeds(seed: u64, n: usize) -> PyResult<Vec<u64>> {
+    if n > 1 << 24 {
+        return Err(super::errors::InvalidArgumentError::new_err(format!(
+            "row_seeds: n must be <= 16777216 (one seed per row of a batch), got {n}"
+        )));
+    }
+    Ok(random::row_seeds(seed, n))
+}
 /// The global generator's state (for checkpoints): (s0, s1, s2, s3, spare_normal or None).
 #[pyfunction]
 pub fn get_rng_state() -> (u64, u64, u64, u64, Option<f64>) {

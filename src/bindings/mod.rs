@@ -62,6 +62,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(f::rand, m)?,
         wrap_pyfunction!(f::randint, m)?,
         wrap_pyfunction!(f::multinomial, m)?,
+        wrap_pyfunction!(f::row_seeds, m)?,
         wrap_pyfunction!(f::get_rng_state, m)?,
         wrap_pyfunction!(f::set_rng_state, m)?,
         wrap_pyfunction!(f::set_num_threads, m)?,

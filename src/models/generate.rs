@@ -85,8 +85,7 @@ impl SampleOptions {
             return self.row_seeds.iter().map(|&s| Rng::new(s)).collect();
         }
         let seed = self.seed.unwrap_or_else(|| random::with_global(|r| r.next_u64()));
-        let mut seeds = Rng::new(seed);
-        (0..rows).map(|_| Rng::new(seeds.next_u64())).collect()
+        random::row_seeds(seed, rows).into_iter().map(Rng::new).collect()
     }
 
     fn stops(&self, row: usize, tok: i64) -> bool {

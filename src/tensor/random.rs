@@ -101,6 +101,14 @@ pub fn manual_seed(seed: u64) {
     *GLOBAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rng::new(seed));
 }
 
+/// The seeds of `n` per-row generators derived from one `seed`: the first `n` numbers of `Rng::new(seed)`.
+/// `generate` gives row r of a batch `Rng::new(row_seeds(seed, n)[r])`, so any subset of the rows can be
+/// sampled elsewhere (another process: `nf.rl.RayRollouts`) with exactly the generators it has in the batch.
+pub fn row_seeds(seed: u64, n: usize) -> Vec<u64> {
+    let mut seeds = Rng::new(seed);
+    (0..n).map(|_| seeds.next_u64()).collect()
+}
+
 pub fn get_state() -> Rng {
     with_global(|r| r.clone())
 }

@@ -22,7 +22,8 @@ Around them: ``pack`` and ``sequence_logprobs`` (right-padded prompt + completio
 log-probs, :mod:`.sequences`), ``RewardModel`` / ``ValueModel`` (a scalar head on a model's trunk,
 :mod:`.heads`), and ``Diagnostics`` / ``TrainingWarning`` (plain-word warnings for a run gone wrong,
 :mod:`.diagnostics`), and the offline trainers ``SFTTrainer``, ``RewardTrainer``, ``DPOTrainer`` on
-``nf.train.Trainer`` (:mod:`.trainers`).
+``nf.train.Trainer`` (:mod:`.trainers`); ``RayRollouts``: GRPO / PPO rollouts on Ray actors, the same
+run as in-process (:mod:`.ray_rollouts`, ``pip install 'nanofrontier[ray]'``).
 """
 
 from .._core import (
@@ -48,6 +49,7 @@ from .trainers import DPOTrainer, RewardTrainer, SFTTrainer, ShuffledIndices
 from .grpo_trainer import GRPOTrainer
 from .ppo_trainer import PPOTrainer
 from .rollout import Rollout, rollout
+from .ray_rollouts import RayRollouts  # imports Ray only when its workers start
 
 # rule rewards (plain functions for GRPOTrainer)
 from . import rewards
@@ -60,6 +62,7 @@ __all__ = [
     "FixedKLController",
     "GRPOTrainer",
     "PPOTrainer",
+    "RayRollouts",
     "Rollout",
     "rollout",
     "Packed",

@@ -173,8 +173,9 @@ class RewardFunctions:
         accepts = None if any(p.kind is p.VAR_KEYWORD for p in params) else named
         return "completion" in named, "prompt" in named, accepts
 
-    def score(self, prompts, completions, extras, prompt_index):
-        """``(total (N,), per_function (F, N), correct (N,) bool or None)`` for N rows."""
+    def score(self, prompts, completions, extras, prompt_index, first_row=0):
+        """``(total (N,), per_function (F, N), correct (N,) bool or None)`` for N rows; errors name row
+        ``first_row + r`` (the rows are part of a bigger rollout, as on a Ray worker)."""
         n = len(completions)
         per = np.zeros((len(self.fns), n), np.float64)
         for f, (fn, name, (by_name, wants_prompt, accepts)) in enumerate(zip(self.fns, self.names,
@@ -182,7 +183,7 @@ class RewardFunctions:
             for r in range(n):
                 kw = {k: v for k, v in extras[r].items()
                       if (accepts is None or k in accepts) and k not in ("prompt", "completion")}
-                where = f"row {r} (prompt {int(prompt_index[r])})"
+                where = f"row {first_row + r} (prompt {int(prompt_index[r])})"
                 try:
                     if by_name:
                         if wants_prompt:
@@ -203,6 +204,17 @@ class RewardFunctions:
         total = self.weights @ per
         correct = None if self.correctness is None else per[self.correctness] > 0
         return total, per, correct
+
+
+def score_rows(fns, ro, prompts, decode, stop_tokens, key):
+    """``fns.score`` of a rollout's rows (``ro.source_index``: each row's position in ``prompts``), or
+    what the Ray workers that sampled it computed (``ro.worker_scores[key]``: the same numbers)."""
+    done = getattr(ro, "worker_scores", None)
+    if done is not None:
+        return done[key]
+    rows = getattr(ro, "source_index", ro.prompt_index)
+    ps, cs = reward_inputs(ro, [prompts.ids[i] for i in rows], decode, stop_tokens)
+    return fns.score(ps, cs, [prompts.extras[i] for i in rows], rows)
 
 
 def reward_inputs(ro, ps, decode, stop_tokens):
@@ -396,6 +408,20 @@ class OnlineTrainer:
                              pad_token_id=pad_token_id)
         self.stop_tokens = (None if stop_tokens is None else [stop_tokens] if np.isscalar(stop_tokens)
                             else list(stop_tokens))
+
+    def _init_backend(self, owner, rollout_backend):
+        """Where rollouts are sampled and scored: ``"local"`` (in this process), ``"ray"`` (Ray actors, one
+        per CPU of the cluster) or an ``nf.rl.RayRollouts``; the same seed gives the same run with each."""
+        from .ray_rollouts import RayRollouts
+
+        if isinstance(rollout_backend, str) and rollout_backend in ("local", "ray"):
+            rollout_backend = None if rollout_backend == "local" else RayRollouts()
+        elif not isinstance(rollout_backend, RayRollouts):
+            raise InvalidArgumentError(f"{owner}: rollout_backend must be 'local', 'ray' or an "
+                                       f"nf.rl.RayRollouts, got {rollout_backend!r}")
+        self.rollout_backend = rollout_backend
+        if rollout_backend is not None:
+            rollout_backend.check_trainer(owner, self)
 
     def _init_loop(self, owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
                    callbacks):

@@ -59,6 +59,9 @@ class GRPOTrainer(ol.OnlineTrainer):
     - The run: ``max_steps`` / ``max_seconds``, ``seed``, ``progress``, ``checkpoint`` +
       ``checkpoint_every``, ``callbacks`` (``f(trainer, row)``; True stops), ``diagnostics`` (True: warn
       through ``nf.rl.diagnostics`` with the default bounds; False: off; or a ``Diagnostics`` object).
+    - ``rollout_backend``: ``"local"`` (sample and score in this process) or ``"ray"`` / an
+      ``nf.rl.RayRollouts(num_workers=N)`` (Ray actors sample and score shares of the prompts; the same
+      seed gives the same run bit for bit). Needs ``pip install 'nanofrontier[ray]'``.
 
     Each step's history row: ``reward_mean``, ``reward_std``, ``reward/<fn>`` (each function's mean),
     ``accuracy`` (with a correctness rule), ``kl`` (k3, to the reference, when there is one), ``entropy``,
@@ -76,7 +79,7 @@ class GRPOTrainer(ol.OnlineTrainer):
                  ref_model=None, beta=0.0, loss_type="dapo", eps_low=0.2, eps_high=None,
                  scale_rewards="group", advantage="grpo", grad_clip=1.0, shuffle=True, max_steps=None,
                  max_seconds=None, seed=0, progress=True, checkpoint=None, checkpoint_every=None,
-                 callbacks=(), diagnostics=True, rule_fn=None):
+                 callbacks=(), diagnostics=True, rule_fn=None, rollout_backend="local"):
         owner = "GRPOTrainer"
         self.model = model
         self.optimizer = ol.JointOptimizer(owner, optimizer)
@@ -131,6 +134,7 @@ class GRPOTrainer(ol.OnlineTrainer):
         self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
                         callbacks)
         self.diagnostics = ol.make_diagnostics(owner, diagnostics)
+        self._init_backend(owner, rollout_backend)
 
     # ---- checkpoint contents ----
     def _modules(self):
@@ -145,17 +149,17 @@ class GRPOTrainer(ol.OnlineTrainer):
         step number and the run's seed alone."""
         step = self.step if step is None else step
         idx = self.prompts.indices(step, self._base_seed, self.shuffle)
+        seed = ol.derived_seed(self._base_seed, step, 1)
+        if self.rollout_backend is not None:  # Ray workers sample (and score) their share of the rows
+            return self.rollout_backend.rollout(self, idx, self.group, seed)
         ro = rollout(self.model, [self.prompts.ids[i] for i in idx], num_completions=self.group,
-                     max_new_tokens=self.max_new_tokens, seed=ol.derived_seed(self._base_seed, step, 1),
-                     **self.sampling)
+                     max_new_tokens=self.max_new_tokens, seed=seed, **self.sampling)
         ro.source_index = np.array(idx, np.int64)[ro.prompt_index]  # row -> position in self.prompts
         return ro
 
     def score(self, ro):
         """``(rewards (N,), per_function (F, N), correct (N,) or None)`` of a rollout."""
-        rows = getattr(ro, "source_index", ro.prompt_index)
-        ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode, self.stop_tokens)
-        return self.rewards.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)
+        return ol.score_rows(self.rewards, ro, self.prompts, self.decode, self.stop_tokens, "rewards")
 
     def _step(self):
         ro = self.make_rollout()
@@ -166,9 +170,7 @@ class GRPOTrainer(ol.OnlineTrainer):
         if correct is not None:
             row["accuracy"] = float(correct.mean())
         if self.rule is not None:
-            rows = ro.source_index
-            ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode, self.stop_tokens)
-            rule = self.rule.score(ps, cs, [self.prompts.extras[i] for i in rows], rows)[0]
+            rule = ol.score_rows(self.rule, ro, self.prompts, self.decode, self.stop_tokens, "rule")[0]
             row["rule_score"] = float(rule.mean())
             if self.diagnostics is not None:
                 self.diagnostics.check_reward_hacking(row["reward_mean"], row["rule_score"], self.step)

@@ -57,7 +57,8 @@ class PPOTrainer(ol.OnlineTrainer):
       (entropy bonus; 0 = off), ``grad_clip``.
     - Sampling: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop_tokens``, ``pad_token_id``.
     - The run: ``max_steps`` / ``max_seconds``, ``seed``, ``progress``, ``checkpoint`` +
-      ``checkpoint_every``, ``callbacks``, ``diagnostics`` (as in GRPOTrainer).
+      ``checkpoint_every``, ``callbacks``, ``diagnostics``, ``rollout_backend`` (as in GRPOTrainer;
+      with Ray the workers run the reward functions, while a reward model scores in this process).
 
     Each step's history row: ``score`` (mean reward at the end) and ``score_std``, ``reward/<fn>``,
     ``accuracy`` (with a correctness rule), ``rule_score``, ``kl`` (mean per-sequence sum of the k1/k3
@@ -76,7 +77,8 @@ class PPOTrainer(ol.OnlineTrainer):
                  pad_token_id=0, ref_model=None, kl_controller=None, kl_coef=None, kl_estimator="k1",
                  gamma=1.0, lam=0.95, whiten_advantages=True, clip_eps=0.2, value_clip_eps=0.2, vf_coef=0.5,
                  ent_coef=0.0, grad_clip=1.0, shuffle=True, max_steps=None, max_seconds=None, seed=0,
-                 progress=True, checkpoint=None, checkpoint_every=None, callbacks=(), diagnostics=True):
+                 progress=True, checkpoint=None, checkpoint_every=None, callbacks=(), diagnostics=True,
+                 rollout_backend="local"):
         owner = "PPOTrainer"
         self.model = self.policy = policy
         if not isinstance(value_model, Module) or not callable(value_model):
@@ -151,6 +153,7 @@ class PPOTrainer(ol.OnlineTrainer):
         self._init_loop(owner, max_steps, max_seconds, seed, progress, checkpoint, checkpoint_every,
                         callbacks)
         self.diagnostics = ol.make_diagnostics(owner, diagnostics)
+        self._init_backend(owner, rollout_backend)
 
     # ---- checkpoint contents ----
     def _modules(self):
@@ -170,9 +173,11 @@ class PPOTrainer(ol.OnlineTrainer):
         """The rollout of ``step`` (default: the next one), seeded by the step number and the run's seed."""
         step = self.step if step is None else step
         idx = self.prompts.indices(step, self._base_seed, self.shuffle)
+        seed = ol.derived_seed(self._base_seed, step, 1)
+        if self.rollout_backend is not None:  # Ray workers sample (and score) their share of the rows
+            return self.rollout_backend.rollout(self, idx, 1, seed)
         ro = rollout(self.policy, [self.prompts.ids[i] for i in idx], num_completions=1,
-                     max_new_tokens=self.max_new_tokens, seed=ol.derived_seed(self._base_seed, step, 1),
-                     **self.sampling)
+                     max_new_tokens=self.max_new_tokens, seed=seed, **self.sampling)
         ro.source_index = np.array(idx, np.int64)
         return ro
 
@@ -186,16 +191,22 @@ class PPOTrainer(ol.OnlineTrainer):
                 scores = np.asarray(self.reward_model(ro.input_ids, ro.attention_mask).numpy(), np.float64)
             scores = scores.reshape(-1)
         if self.rewards is not None or self.rule is not None:
-            ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode, self.stop_tokens)
-            extras = [self.prompts.extras[i] for i in rows]
+            done = getattr(ro, "worker_scores", None)  # scored by the Ray workers that sampled it
+            if done is None:
+                ps, cs = ol.reward_inputs(ro, [self.prompts.ids[i] for i in rows], self.decode,
+                                          self.stop_tokens)
+                extras = [self.prompts.extras[i] for i in rows]
+                done = {k: fns.score(ps, cs, extras, rows) for k, fns in (("rewards", self.rewards),
+                                                                            ("rule", self.rule))
+                        if fns is not None}
             if self.rewards is not None:
-                scores, per_fn, correct = self.rewards.score(ps, cs, extras, rows)
+                scores, per_fn, correct = done["rewards"]
                 for name, vals in zip(self.rewards.names, per_fn):
                     metrics[f"reward/{name}"] = float(vals.mean())
                 if correct is not None:
                     metrics["accuracy"] = float(correct.mean())
             if self.rule is not None:
-                metrics["rule_score"] = float(self.rule.score(ps, cs, extras, rows)[0].mean())
+                metrics["rule_score"] = float(done["rule"][0].mean())
         return scores, metrics
 
     def _step(self):

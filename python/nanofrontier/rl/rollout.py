@@ -155,25 +155,34 @@ def rollout(model, prompts, num_completions=1, max_new_tokens=None, temperature=
     gen = model.generate_batch(rows, max_new_tokens=max_new, temperature=float(temperature), top_k=top_k,
                                top_p=top_p, seed=None if seed is None else int(seed), stop_tokens=stops,
                                pad_token_id=pad_token_id)
+    completions = [gen.tokens[r, :gen.lengths[r]].tolist() for r in range(len(rows))]
+    logprobs = [gen.logprobs[r, :gen.lengths[r]] for r in range(len(rows))]
+    return pack_rollout(prompts, g, completions, logprobs, max_new, stops, pad_token_id)
+
+
+def pack_rollout(prompts, g, completions, logprobs, max_new_tokens, stop_tokens, pad_token_id):
+    """The :class:`Rollout` of ``g`` sampled completions per prompt (rows prompt-major): ``completions``
+    a token-id list per row, ``logprobs`` a float32 array per row (one log-prob per completion token).
+    What ``rollout`` returns after sampling, and what ``nf.rl.RayRollouts`` assembles from its workers."""
+    rows = [p for p in prompts for _ in range(g)]
     n = len(rows)
-    completions = [gen.tokens[r, :gen.lengths[r]].tolist() for r in range(n)]
     plens = np.array([len(p) for p in rows], np.int64)
-    lengths = gen.lengths.astype(np.int64)
+    lengths = np.array([len(c) for c in completions], np.int64)
     t = int((plens + lengths).max())
     input_ids = np.full((n, t), pad_token_id, np.int64)
     attention_mask = np.zeros((n, t), bool)
     completion_mask = np.zeros((n, t), bool)
-    logprobs = np.zeros((n, t - 1), np.float32)
+    logprobs_out = np.zeros((n, t - 1), np.float32)
     for r in range(n):
         lp, lc = plens[r], lengths[r]
         input_ids[r, :lp] = rows[r]
         input_ids[r, lp:lp + lc] = completions[r]
         attention_mask[r, :lp + lc] = True
         completion_mask[r, lp:lp + lc] = True
-        logprobs[r, lp - 1:lp - 1 + lc] = gen.logprobs[r, :lc]  # column j scores token j+1
-    stop_set = set(stops or ())
-    truncated = np.array([len(c) == max_new and c[-1] not in stop_set for c in completions], bool)
-    return Rollout(input_ids, attention_mask, completion_mask, logprobs, completions, lengths, plens,
+        logprobs_out[r, lp - 1:lp - 1 + lc] = logprobs[r]  # column j scores token j+1
+    stop_set = set(stop_tokens or ())
+    truncated = np.array([len(c) == max_new_tokens and c[-1] not in stop_set for c in completions], bool)
+    return Rollout(input_ids, attention_mask, completion_mask, logprobs_out, completions, lengths, plens,
                    truncated, np.repeat(np.arange(len(prompts), dtype=np.int64), g), g, prompts)
 
 

@@ -350,8 +350,10 @@ impl<'a> Gemm<'a> {
             let overwrite = q == 0 && self.bias.is_none();
             let (ao, bo) = (ao + t.r0 * a.rs, bo + t.c0 * b.cs);
             // A single output row (M = 1, decode) or column (N = 1) is a matrix-vector product: sgemm
-            // would pack all of B and run its 16-row kernel on 15 rows of padding.
-            if t.rows == 1 && (b.cs == 1 || b.rs == 1 && a.cs == 1) {
+            // would pack all of B and run its 16-row kernel on 15 rows of padding. Only a product of one
+            // row: a one-row TILE of a bigger product (97 rows cut 96 + 1) stays on the GEMM kernel, since
+            // gemv rounds differently and a row's values must not depend on where the tiling cuts.
+            if self.m == 1 && (b.cs == 1 || b.rs == 1 && a.cs == 1) {
                 // out[0, c] = Σ_k A[0, k] · B[k, c]
                 // SAFETY: output row of t.cols elements with stride 1, owned by this tile.
                 let y = unsafe { std::slice::from_raw_parts_mut(cp, t.cols) };
@@ -1247,6 +1249,24 @@ mod tests {
         for (m, k, n) in [(300, 200, 1100), (600, 96, 700), (1, 700, 3000), (3000, 700, 1)] {
             let (r, c) = tile_shape(1, m, k, n);
             assert!(m.div_ceil(r) * n.div_ceil(c) > 1, "({m}, {k}) @ ({k}, {n}) is one tile");
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_the_tile_it_falls_in() {
+        // 97 rows are cut into row tiles of 96 and 1; row 96 must equal itself computed in a 2-row product
+        // (what lets a batch's rows be split over processes bit for bit: nf.rl.RayRollouts)
+        assert_eq!(shared_b_tile_shape(97, 128, 384).0, 96, "the last row tile should hold one row");
+        let mut rng = crate::tensor::random::Rng::new(6);
+        let mut local = |s: &[usize]| Tensor::new((0..numel(s)).map(|_| rng.normal() as f32).collect(), s).unwrap();
+        let (a, b, w, bias) = (local(&[97, 128]), local(&[128, 384]), local(&[384, 128]), local(&[384]));
+        let two = crate::ops::view::narrow(&a, 0, 95, 2).unwrap();
+        for (whole, part) in [
+            (matmul(&a, &b).unwrap(), matmul(&two, &b).unwrap()),
+            (linear(&a, &w, Some(&bias)).unwrap(), linear(&two, &w, Some(&bias)).unwrap()),
+        ] {
+            let (whole, part) = (whole.to_vec(), part.to_vec());
+            assert!(whole[95 * 384..].iter().zip(&part).all(|(x, y)| x.to_bits() == y.to_bits()), "rows 95, 96 differ");
         }
     }
 
