@@ -5,6 +5,7 @@
     python benchmarks/bench_sgemm.py --threads 1 --rounds 7
     python benchmarks/bench_sgemm.py --cases 1024²,linear    # only cases whose label contains one of these
     python benchmarks/bench_sgemm.py --json results.json
+    python benchmarks/bench_sgemm.py --threads 1 --clock cpu     # a loaded machine: CPU time, one thread
 
 One command prints the machine (CPU model, the ISA path matmul takes, load, the measured fp32 FMA peak for
 1 and 2 threads: benchmarks/machine.py) and, per case, GFLOP/s and fraction of the peak for nanofrontier
@@ -25,6 +26,10 @@ The linear-layer cases are the three products of one GPT-small layer (B·T = 409
 forward x·Wᵀ (`nf.linear`), dX = dY·W and dW = dYᵀ·X, the last two timed as the layer's backward with
 only x or only W requiring a gradient (numpy gets the same products with transposed views, which it
 hands to BLAS without copies). Set NANOFRONTIER_MATMUL_ISA=avx2 to time our AVX2 path on an AVX-512 CPU.
+
+--clock cpu times with the process's CPU time instead of the wall clock: on a machine other processes
+load, a worker that is descheduled then loses nothing, so one-thread ratios stay meaningful (with two
+threads it would count threads that spin while waiting, so use it with --threads 1).
 """
 
 from __future__ import annotations
@@ -70,28 +75,29 @@ def case_flops(kind: str, sa: tuple[int, ...], sb: tuple[int, ...]) -> float:
     return 2.0 * rows * in_f * out_f
 
 
-def time_per_call(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
-    """Median seconds per call of `fn` over `repeat` runs, after a warm-up."""
-    start = time.perf_counter()
+def time_per_call(fn: Callable[[], Any], repeat: int, min_time: float, clock: str = "wall") -> float:
+    """Median seconds per call of `fn` over `repeat` runs, after a warm-up (wall clock or CPU time)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    start = now()
     warm = 0
-    while warm < 3 or time.perf_counter() - start < min_time:
+    while warm < 3 or now() - start < min_time:
         fn()
         warm += 1
-    one = (time.perf_counter() - start) / warm
+    one = (now() - start) / warm
     calls = max(1, min(100_000, int(min_time / max(one, 1e-9)) + 1))
     per_call = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(calls):
             fn()
-        per_call.append((time.perf_counter() - t0) / calls)
+        per_call.append((now() - t0) / calls)
     return statistics.median(per_call)
 
 
 # ---- workers ----
 
 
-def worker(side: str, cases: list[int], repeat: int, min_time: float) -> dict[str, Any]:
+def worker(side: str, cases: list[int], repeat: int, min_time: float, clock: str) -> dict[str, Any]:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -128,7 +134,7 @@ def worker(side: str, cases: list[int], repeat: int, min_time: float) -> dict[st
             }[kind]
         else:
             fn = nf_case(nf, kind, a, b, dy if kind != "mm" else None)
-        out["gflops"][label] = case_flops(kind, sa, sb) / time_per_call(fn, repeat, min_time) / 1e9
+        out["gflops"][label] = case_flops(kind, sa, sb) / time_per_call(fn, repeat, min_time, clock) / 1e9
     return out
 
 
@@ -174,7 +180,7 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--case-ids", ",".join(map(str, cases)),
-           "--repeat", str(args.repeat), "--min-time", str(args.min_time)]
+           "--repeat", str(args.repeat), "--min-time", str(args.min_time), "--clock", args.clock]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{side} worker failed:\n{res.stderr}")
@@ -192,13 +198,15 @@ def main() -> int:
     p.add_argument("--cases", help="comma-separated substrings; only cases whose label contains one")
     p.add_argument("--numpy-env", action="store_true", help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for numpy")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time with the wall clock (default) or the process's CPU time (loaded machines, 1 thread)")
     p.add_argument("--worker", choices=["nf", "numpy"], help=argparse.SUPPRESS)
     p.add_argument("--case-ids", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.worker:
         ids = [int(i) for i in args.case_ids.split(",")]
-        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time)))
+        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time, args.clock)))
         return 0
 
     cases = [i for i, c in enumerate(CASES) if not args.cases or any(s in c[0] for s in args.cases.split(","))]
@@ -221,7 +229,7 @@ def main() -> int:
     print(f"after the runs: {load()}")
     print(
         f"\nf32 matmul, {args.threads} thread(s), {args.rounds} rounds (median; ratio: median (min–max) of the "
-        f"per-round ratios); % = of the {args.threads}-thread FMA peak {peak:.0f} GFLOP/s\n"
+        f"per-round ratios); % = of the {args.threads}-thread FMA peak {peak:.0f} GFLOP/s; clock: {args.clock}\n"
     )
     print("| case | nanofrontier GFLOP/s | % peak | numpy GFLOP/s | % peak | nf / numpy |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -2,16 +2,23 @@
 
     python benchmarks/bench_train.py                    # tiny and small configs, 2 threads
     python benchmarks/bench_train.py --config tiny --steps 30 --threads 2
+    python benchmarks/bench_train.py --torch-python /path/to/torch-env/bin/python
+
+One command prints the machine first (CPU model, the GEMM path matmul takes, load, the measured fp32 FMA
+peak of the threads used: benchmarks/machine.py), then per config each side's tokens/s, GFLOP/s and that
+as a fraction of the peak, and the ratio (median and min–max of the per-round ratios).
 
 Configs (from the engine issue): tiny = vocab 65, 4 layers, 4 heads, 128 wide, block 128, batch 16;
 small = vocab 65, 6 layers, 6 heads, 384 wide, block 256, batch 8. One step = forward + loss + backward +
 AdamW. We report the median step time after warm-up, as tokens/s (batch × block / step time), the
-achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs), and each side's peak memory (max RSS).
+achieved GFLOP/s from the exact FLOP count (3 × forward matmul FLOPs, attention's included; the same count
+for both sides, since they do the same work), and each side's peak memory (max RSS).
 Every measurement runs in its own subprocess, so neither side sees the other's memory or spinning threads,
 and the sides alternate over --rounds processes each (the median is reported), so a drift in the machine's
-speed hits both alike. torch is optional: without it only nanofrontier's column is printed. The torch model
-below is written here for the comparison (GPT-2 architecture, same sizes, same fused attention call), so
-both sides do the same work.
+speed hits both alike. torch is optional (it is never a dependency): without it only nanofrontier's column
+is printed; --torch-python runs the torch side with another interpreter (a scratch environment that has
+torch). The torch model below is written here for the comparison (GPT-2 architecture, same sizes, same
+fused attention call), so both sides do the same work.
 """
 
 import argparse
@@ -38,6 +45,7 @@ def parse():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="processes per (library, config) cell")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--torch-python", help="python of an environment with torch (default: this one's, if any)")
     p.add_argument("--side", choices=["nf", "torch"], help=argparse.SUPPRESS)  # internal: one run per process
     return p.parse_args()
 
@@ -140,10 +148,22 @@ def median_run(runs):
 
 def run_side(args, side, name):
     """One (library, config) measurement in a fresh process; returns its JSON result."""
-    cmd = [sys.executable, __file__, "--side", side, "--config", name, "--steps", str(args.steps),
+    python = args.torch_python if side == "torch" and args.torch_python else sys.executable
+    cmd = [python, os.path.abspath(__file__), "--side", side, "--config", name, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "NANOFRONTIER_NUM_THREADS": str(args.threads)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def have_torch(args):
+    """Whether the torch side can run (found without importing torch here: see main)."""
+    if args.no_torch:
+        return False
+    if args.torch_python:
+        probe = [args.torch_python, "-c", "import torch"]
+        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    return importlib.util.find_spec("torch") is not None
 
 
 def main():
@@ -160,27 +180,51 @@ def main():
         print(json.dumps({**res, "peak_mb": peak_mb()}))
         return
     names = ["tiny", "small"] if args.config == "all" else [args.config]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import load, machine_report
+
+    lines, peaks = machine_report([args.threads])
+    print("\n".join(lines))
+    peak = peaks[args.threads]
     # find torch without importing it: a child's max RSS starts from its parent's RSS at fork, so a parent
     # holding torch's libraries would inflate every peak-memory number
-    have_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    if not args.no_torch and not have_torch:
-        print("(torch is not installed: nanofrontier only)")
+    torch_ok = have_torch(args)
+    if not args.no_torch and not torch_ok:
+        print("(torch is not available: nanofrontier only; see --torch-python)")
     rows = []
     for name in names:
-        # alternate the sides over the rounds, so a drift in the machine's speed hits both alike
+        # alternate the sides over the rounds (and which goes first), so a drift in the machine's speed
+        # hits both alike
         ours, theirs = [], []
-        for _ in range(args.rounds):
-            ours.append(run_side(args, "nf", name))
-            if have_torch:
-                theirs.append(run_side(args, "torch", name))
-        rows.append((name, median_run(ours), median_run(theirs) if theirs else None))
+        for r in range(args.rounds):
+            for side in (("nf", "torch") if r % 2 == 0 else ("torch", "nf")):
+                if side == "nf":
+                    ours.append(run_side(args, "nf", name))
+                elif torch_ok:
+                    theirs.append(run_side(args, "torch", name))
+            print(f"  {name}: round {r + 1}/{args.rounds} done ({load()})", file=sys.stderr)
+        rows.append((name, ours, theirs))
+    print(f"after the runs: {load()}")
     print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps per process, "
-          f"median of {args.rounds} processes per cell (alternating sides)\n")
-    print("| config | nanofrontier tokens/s | GFLOP/s | peak MB | torch tokens/s | torch peak MB | nf / torch |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, o, t in rows:
-        tt = f"{t['tps']:,.0f} | {t['peak_mb']:,.0f} | {o['tps'] / t['tps']:.2f}" if t else "— | — | —"
-        print(f"| {name} | {o['tps']:,.0f} | {o['gflops']:.1f} | {o['peak_mb']:,.0f} | {tt} |")
+          f"median of {args.rounds} processes per cell (alternating sides); % = of the {args.threads}-thread "
+          f"FMA peak {peak:.0f} GFLOP/s; ratio: median (min–max) of the per-round ratios\n")
+    print("| config | nanofrontier tokens/s | GFLOP/s | % peak | peak MB | torch tokens/s | GFLOP/s | % peak "
+          "| torch peak MB | nf / torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ours, theirs in rows:
+        o = median_run(ours)
+        gf_per_tps = o["gflops"] / o["tps"]  # GFLOP per token: the same work on both sides
+        cells = (f"| {name} | {o['tps']:,.0f} | {o['gflops']:.0f} | {100 * o['gflops'] / peak:.0f}% | "
+                 f"{o['peak_mb']:,.0f} |")
+        if theirs:
+            t = median_run(theirs)
+            ratios = [a["tps"] / b["tps"] for a, b in zip(ours, theirs)]
+            tg = t["tps"] * gf_per_tps
+            cells += (f" {t['tps']:,.0f} | {tg:.0f} | {100 * tg / peak:.0f}% | {t['peak_mb']:,.0f} | "
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+        else:
+            cells += " — | — | — | — | — |"
+        print(cells)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,32 @@ fn run_on_worker_polling<R: Send>(
     }
 }
 
+/// `f(item)` for every item, each a pool task that runs with this thread's grad mode and Ctrl-C stop
+/// flag (what a `run_on_worker` call carries; both are per-thread, so a task stolen by another worker
+/// would otherwise run without them). Results come back in item order; the first error (in item order)
+/// is returned. For a few large independent pieces of one call, e.g. groups of rows generating at once.
+pub fn map_tasks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    let grad = runtime::is_grad_enabled();
+    let stop = runtime::replace_call_stop(None);
+    runtime::replace_call_stop(stop.clone());
+    let results: Vec<Result<R>> = install(|| {
+        items
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|item| {
+                let prev_grad = runtime::set_grad_enabled(grad);
+                let prev_stop = runtime::replace_call_stop(stop.clone());
+                let r = catch_unwind(AssertUnwindSafe(|| f(item)));
+                runtime::set_grad_enabled(prev_grad);
+                runtime::replace_call_stop(prev_stop);
+                r.unwrap_or_else(|p| resume_unwind(p))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +304,25 @@ mod tests {
     static ONE_TEST: Mutex<()> = Mutex::new(());
     fn one_test() -> std::sync::MutexGuard<'static, ()> {
         ONE_TEST.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[test]
+    fn tasks_carry_the_callers_grad_mode_and_stop_flag() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let prev = runtime::replace_call_stop(Some(flag.clone()));
+        let _g = runtime::no_grad();
+        let seen = with_threads(2, || {
+            map_tasks((0..8).collect(), |i: usize| Ok((i, runtime::is_grad_enabled(), check_interrupt().is_ok())))
+        })
+        .unwrap();
+        assert_eq!(seen, (0..8).map(|i| (i, false, true)).collect::<Vec<_>>());
+        flag.store(true, Ordering::Relaxed);
+        let e = map_tasks(vec![1, 2], |_: i32| check_interrupt()).unwrap_err();
+        assert_eq!(e, Error::Interrupted);
+        runtime::replace_call_stop(prev);
+        // the first error in item order
+        let e = map_tasks(vec![1, 2, 3], |i: i32| if i >= 2 { Err(Error::value("t", format!("{i}"))) } else { Ok(i) });
+        assert_eq!(e.unwrap_err(), Error::value("t", "2"));
     }
 
     #[test]

@@ -56,6 +56,28 @@ def test_batched_equals_one_at_a_time(model, lengths, kw):
         np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"row {r} log-probs")
 
 
+def test_a_large_batch_in_row_groups_gives_each_row_its_own_result_on_any_thread_count(model):
+    """From 16 rows a small model's batch generates as groups of rows on the threads at once (see
+    models/generate.rs): each row still gets what its prompt gives alone, and 1 and 2 threads agree."""
+    prompts = prompts_of([3, 5, 1, 4] * 5, seed=11)  # 20 rows: two groups of 10
+    seeds = [200 + r for r in range(len(prompts))]
+    kw = dict(max_new_tokens=8, temperature=1.0, top_k=20, seed=seeds)
+    runs = []
+    for n in (1, 2):
+        nf.set_num_threads(n)
+        try:
+            runs.append(model.generate(prompts, **kw))
+        finally:
+            nf.set_num_threads(0)
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    want_toks, want_lps = alone(model, prompts, seeds, max_new_tokens=8, temperature=1.0, top_k=20)
+    assert runs[0][0] == want_toks
+    for r, (a, b) in enumerate(zip(runs[0][1], want_lps)):
+        np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"row {r} log-probs")
+
+
 def test_logprobs_are_the_models_own(model):
     """Each returned log-prob equals log p(token | prompt, earlier tokens) from a plain full forward."""
     prompts = prompts_of([6, 2, 4], seed=3)

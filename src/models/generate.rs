@@ -269,8 +269,40 @@ pub fn generate(model: &dyn CausalLm, prompts: &[Vec<i64>], opt: &SampleOptions)
     generate_padded(model, &PromptBatch::left_padded(prompts, 0), opt)
 }
 
+/// Rows per group when a batch generates as independent groups of rows (`row_groups`).
+const GROUP_ROWS: usize = 8;
+/// Groups only for models of at most this many bytes of weights: each group streams all of them per new
+/// token, which is cheap while they sit in the caches, but for a large model the rows are better kept
+/// together (the weights read once per token, each product split over the threads by columns).
+const GROUP_WEIGHT_BYTES: usize = 16 << 20;
+
+/// How a batch of `b` rows is cut into groups that generate independently and at the same time (each
+/// its own forward passes, cache and early stop), so that the threads share out whole decode steps
+/// instead of meeting at every op of every step: an even number of groups of at least GROUP_ROWS rows
+/// (as equal as can be), when there are that many rows and the model is small; else one group. Depends
+/// only on b and the model, never on the thread count; a row's numbers do not depend on its group at all
+/// (the prompt pass is a GEMM, whose rows do not depend on the rows beside them; the decode steps are
+/// row-wise), so they are the same on any number of threads.
+fn row_groups(model: &dyn CausalLm, b: usize) -> Vec<std::ops::Range<usize>> {
+    let weights: usize = model.named_parameters().iter().map(|(_, p)| p.numel() * 4).sum();
+    let n = b / GROUP_ROWS / 2 * 2;
+    if n < 2 || weights > GROUP_WEIGHT_BYTES {
+        return std::iter::once(0..b).collect();
+    }
+    let (per, extra) = (b / n, b % n);
+    let mut start = 0;
+    (0..n)
+        .map(|g| {
+            let len = per + usize::from(g < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
 /// Continue a padded batch of prompts, all rows at once. Row r's tokens (and, to float rounding, its
-/// log-probs) are those of its prompt run alone with seed s_r (see `SampleOptions::seed`).
+/// log-probs) are those of its prompt run alone with seed s_r (see `SampleOptions::seed`). A batch of
+/// small-model rows runs as groups of rows on the threads at once (`row_groups`).
 pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOptions) -> Result<Generated> {
     let (b, t0) = (batch.b, batch.t);
     opt.validate(b)?;
@@ -278,7 +310,6 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
         return Ok(Generated::default());
     }
     batch.validate()?;
-    let _g = no_grad();
     check_batch(model, &batch.ids, b, t0, 0)?;
     if t0 + opt.max_new_tokens > model.max_seq_len() {
         return Err(Error::value(
@@ -290,7 +321,45 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
             ),
         ));
     }
+    let _g = no_grad();
     let mut rngs = opt.row_rngs(b);
+    let groups = row_groups(model, b);
+    if groups.len() == 1 {
+        return generate_rows(model, batch, opt, 0, &mut rngs);
+    }
+    let mut pieces = Vec::with_capacity(groups.len());
+    let mut rest = &mut rngs[..];
+    for g in &groups {
+        let (mine, tail) = rest.split_at_mut(g.len());
+        rest = tail;
+        let rows = PromptBatch {
+            ids: batch.ids[g.start * t0..g.end * t0].to_vec(),
+            real: batch.real[g.start * t0..g.end * t0].to_vec(),
+            b: g.len(),
+            t: t0,
+        };
+        pieces.push((g.start, rows, mine));
+    }
+    let parts = crate::parallel::map_tasks(pieces, |(row0, rows, rngs)| generate_rows(model, &rows, opt, row0, rngs))?;
+    let mut out = Generated::default();
+    for p in parts {
+        out.tokens.extend(p.tokens);
+        out.logprobs.extend(p.logprobs);
+    }
+    Ok(out)
+}
+
+/// `generate_padded` for one group of rows: the rows `row0..row0 + batch.b` of the whole batch (for their
+/// stop tokens), sampling with `rngs` (one per row).
+fn generate_rows(
+    model: &dyn CausalLm,
+    batch: &PromptBatch,
+    opt: &SampleOptions,
+    row0: usize,
+    rngs: &mut [Rng],
+) -> Result<Generated> {
+    let (b, t0) = (batch.b, batch.t);
+    let _g = no_grad();
     let mut cache = KvCache::with_capacity(model.n_layer(), t0 + opt.max_new_tokens);
     let padded = batch.real.contains(&false);
     if padded {
@@ -304,9 +373,12 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
     let h = model.hidden(&batch.ids, b, t0, Some(&mut cache), false)?; // (B, T0, C)
     let mut last = if padded { last_real_positions(&h, batch)? } else { crate::ops::view::narrow(&h, 1, t0 - 1, 1)? };
     let mut next = vec![0i64; b];
+    // the decode steps compute their products row by row (`ops::matmul::row_wise`): a row's numbers are
+    // the same in any batch, any group and any share of the rows (`nf.rl.RayRollouts`)
+    use crate::ops::matmul::row_wise;
     for step in 0..opt.max_new_tokens {
         crate::parallel::check_interrupt()?;
-        let logits = model.head(&last)?; // (B, 1, V)
+        let logits = row_wise(|| model.head(&last))?; // (B, 1, V)
         let data = logits.data();
         for row in 0..b {
             if done[row] {
@@ -315,16 +387,16 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
             let (tok, lp) = sampler.sample(&data[row * v..(row + 1) * v], opt, &mut rngs[row])?;
             out.tokens[row].push(tok);
             out.logprobs[row].push(lp);
-            done[row] = opt.stops(row, tok);
-            // NOTE: a finished row stays in the batch (feeding its last token, its results unread) until
-            // every row is done: simple, but a batch with one long row pays for all rows to its end
+            done[row] = opt.stops(row0 + row, tok);
+            // NOTE: a finished row stays in its group (feeding its last token, its results unread) until
+            // every row of the group is done: simple, but a group with one long row pays for all its rows
             next[row] = tok;
         }
         drop(data);
         if done.iter().all(|&d| d) || step + 1 == opt.max_new_tokens {
             break;
         }
-        last = model.hidden(&next, b, 1, Some(&mut cache), false)?;
+        last = row_wise(|| model.hidden(&next, b, 1, Some(&mut cache), false))?;
     }
     Ok(out)
 }
@@ -395,6 +467,43 @@ mod tests {
             u -= x;
         }
         order[last]
+    }
+
+    #[test]
+    fn row_groups_are_even_in_number_and_size_and_only_for_small_models() {
+        let small = crate::models::gpt::Gpt::new(crate::models::gpt::GptConfig {
+            vocab_size: 8,
+            block_size: 8,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            dropout: 0.0,
+            bias: true,
+            layer_norm_eps: 1e-5,
+        })
+        .unwrap();
+        let lens = |b| row_groups(&small, b).iter().map(|g| g.len()).collect::<Vec<_>>();
+        assert_eq!(lens(15), [15]);
+        assert_eq!(lens(16), [8, 8]);
+        assert_eq!(lens(20), [10, 10]);
+        assert_eq!(lens(24), [12, 12]); // 3 groups of 8 would leave a thread idle for a third of the time
+        assert_eq!(lens(33), [9, 8, 8, 8]);
+        let groups = row_groups(&small, 70);
+        assert_eq!((groups.first().unwrap().start, groups.last().unwrap().end), (0, 70));
+        assert!(groups.windows(2).all(|w| w[0].end == w[1].start));
+        // a model too large to stream per group keeps its rows together
+        let big = crate::models::gpt::Gpt::new(crate::models::gpt::GptConfig {
+            vocab_size: 64,
+            block_size: 8,
+            n_layer: 3,
+            n_head: 4,
+            n_embd: 384,
+            dropout: 0.0,
+            bias: true,
+            layer_norm_eps: 1e-5,
+        })
+        .unwrap();
+        assert_eq!(row_groups(&big, 64).len(), 1);
     }
 
     #[test]

@@ -99,35 +99,178 @@ fn aligned(buf: &mut Vec<f32>, len: usize) -> usize {
     (64 - addr % 64) % 64 / 4
 }
 
+/// Pack one panel: `dst[kk·w + j] = src(j, kk)` for kk < k, j < cols, and 0 for cols ≤ j < w, where
+/// src(j, kk) is at `p + j·js + kk·ks`. B's panels (j = column, kk = term) and A's (j = row) both have
+/// this form. Fast paths: js = 1 (each term's values contiguous: copied a row at a time) and ks = 1
+/// (each vector contiguous along k: transposed in 8×8 blocks).
+///
+/// # Safety
+/// Every src(j, kk) for j < cols, kk < k is readable; dst holds k·w floats; the CPU has AVX2.
+unsafe fn pack_panel(p: *const f32, js: usize, ks: usize, cols: usize, k: usize, w: usize, dst: &mut [f32]) {
+    debug_assert!(cols <= w && dst.len() >= k * w);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as this function's contract (the own kernels only run on CPUs with AVX2).
+        if js == 1 && cols == w {
+            return unsafe { copy_rows_avx2(p, ks, k, w, dst) };
+        }
+        if ks == 1 && cols >= 4 {
+            return unsafe { transpose_in_avx2(p, js, cols, k, w, dst) };
+        }
+    }
+    // SAFETY: as this function's contract.
+    unsafe {
+        if js == 1 {
+            for kk in 0..k {
+                let row = &mut dst[kk * w..kk * w + w];
+                row[..cols].copy_from_slice(std::slice::from_raw_parts(p.add(kk * ks), cols));
+                row[cols..].fill(0.0);
+            }
+        } else {
+            if cols < w {
+                dst[..k * w].fill(0.0);
+            }
+            for j in 0..cols {
+                let src = p.add(j * js);
+                for kk in 0..k {
+                    *dst.get_unchecked_mut(kk * w + j) = *src.add(kk * ks);
+                }
+            }
+        }
+    }
+}
+
+/// `pack_panel` for js = 1 and cols = w ∈ {6, 12, 16, 32}: each term's w values are one contiguous run.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_rows_avx2(p: *const f32, ks: usize, k: usize, w: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = dst.as_mut_ptr();
+    // SAFETY: reads w floats of each of k rows (the caller's contract); writes k·w floats of dst.
+    unsafe {
+        match w {
+            32 => {
+                for kk in 0..k {
+                    let (s, o) = (p.add(kk * ks), d.add(kk * 32));
+                    _mm256_storeu_ps(o, _mm256_loadu_ps(s));
+                    _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
+                    _mm256_storeu_ps(o.add(16), _mm256_loadu_ps(s.add(16)));
+                    _mm256_storeu_ps(o.add(24), _mm256_loadu_ps(s.add(24)));
+                }
+            }
+            16 => {
+                for kk in 0..k {
+                    let (s, o) = (p.add(kk * ks), d.add(kk * 16));
+                    _mm256_storeu_ps(o, _mm256_loadu_ps(s));
+                    _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
+                }
+            }
+            12 => {
+                for kk in 0..k {
+                    let (s, o) = (p.add(kk * ks), d.add(kk * 12));
+                    _mm256_storeu_ps(o, _mm256_loadu_ps(s));
+                    _mm_storeu_ps(o.add(8), _mm_loadu_ps(s.add(8)));
+                }
+            }
+            _ => {
+                for kk in 0..k {
+                    std::ptr::copy_nonoverlapping(p.add(kk * ks), d.add(kk * w), w);
+                }
+            }
+        }
+    }
+}
+
+/// `pack_panel` for ks = 1, cols ≥ 4: the cols vectors (each contiguous along k) transposed into the panel
+/// in 8×8 blocks (then 4×4 for a remaining group of 4 vectors, scalar for the rest and for k's tail).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_in_avx2(p: *const f32, js: usize, cols: usize, k: usize, w: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = dst.as_mut_ptr();
+    let k8 = k / 8 * 8;
+    let k4 = k / 4 * 4;
+    // SAFETY: reads src(j, kk) for j < cols, kk < k (the caller's contract); writes inside dst (k·w).
+    unsafe {
+        let mut j = 0;
+        while j + 8 <= cols {
+            let src = |q: usize| p.add((j + q) * js);
+            let mut kk = 0;
+            while kk < k8 {
+                let r: [__m256; 8] = std::array::from_fn(|q| _mm256_loadu_ps(src(q).add(kk)));
+                // 8×8 transpose: pairs, then quads, then 128-bit halves
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let o = |t: usize| d.add((kk + t) * w + j);
+                _mm256_storeu_ps(o(0), _mm256_permute2f128_ps::<0x20>(u0, u4));
+                _mm256_storeu_ps(o(1), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                _mm256_storeu_ps(o(2), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                _mm256_storeu_ps(o(3), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                _mm256_storeu_ps(o(4), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                _mm256_storeu_ps(o(5), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                _mm256_storeu_ps(o(6), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                _mm256_storeu_ps(o(7), _mm256_permute2f128_ps::<0x31>(u3, u7));
+                kk += 8;
+            }
+            for kk in k8..k {
+                for q in 0..8 {
+                    *d.add(kk * w + j + q) = *src(q).add(kk);
+                }
+            }
+            j += 8;
+        }
+        if j + 4 <= cols {
+            let src = |q: usize| p.add((j + q) * js);
+            let mut kk = 0;
+            while kk < k4 {
+                let r: [__m128; 4] = std::array::from_fn(|q| _mm_loadu_ps(src(q).add(kk)));
+                let t0 = _mm_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm_unpackhi_ps(r[2], r[3]);
+                _mm_storeu_ps(d.add(kk * w + j), _mm_movelh_ps(t0, t2));
+                _mm_storeu_ps(d.add((kk + 1) * w + j), _mm_movehl_ps(t2, t0));
+                _mm_storeu_ps(d.add((kk + 2) * w + j), _mm_movelh_ps(t1, t3));
+                _mm_storeu_ps(d.add((kk + 3) * w + j), _mm_movehl_ps(t3, t1));
+                kk += 4;
+            }
+            for kk in k4..k {
+                for q in 0..4 {
+                    *d.add(kk * w + j + q) = *src(q).add(kk);
+                }
+            }
+            j += 4;
+        }
+        for kk in 0..k {
+            for q in j..w {
+                *d.add(kk * w + q) = if q < cols { *p.add(q * js + kk) } else { 0.0 };
+            }
+        }
+    }
+}
+
 /// Pack columns `0..n` of the k×n matrix `b` into `panels` (len ≥ k·round_up(n, nr)). When `parallel`,
 /// panels are spread over the pool (each is packed by one task: the bits do not depend on it).
 /// Errors: `Interrupted` (Ctrl-C) between runs of panels when `parallel`.
 fn pack_b_into(b: View, k: usize, n: usize, nr: usize, panels: &mut [f32], parallel: bool) -> Result<()> {
     let pack_one = |b: View, p: usize, dst: &mut [f32]| {
         let c0 = p * nr;
-        let cols = nr.min(n - c0);
-        // SAFETY: callers guarantee b has k rows and n columns; c0 + cols <= n.
-        unsafe {
-            if b.cs == 1 {
-                for kk in 0..k {
-                    let src = b.ptr.add(kk * b.rs + c0);
-                    let row = &mut dst[kk * nr..kk * nr + nr];
-                    row[..cols].copy_from_slice(std::slice::from_raw_parts(src, cols));
-                    row[cols..].fill(0.0);
-                }
-            } else {
-                // columns are contiguous in k (B = Wᵀ read in place): write each column down the panel
-                if cols < nr {
-                    dst[..k * nr].fill(0.0);
-                }
-                for j in 0..cols {
-                    let src = b.ptr.add((c0 + j) * b.cs);
-                    for kk in 0..k {
-                        *dst.get_unchecked_mut(kk * nr + j) = *src.add(kk * b.rs);
-                    }
-                }
-            }
-        }
+        // SAFETY: callers guarantee b has k rows and n columns, and AVX2; c0 < n.
+        unsafe { pack_panel(b.ptr.add(c0 * b.cs), b.cs, b.rs, nr.min(n - c0), k, nr, dst) };
     };
     let panel_len = k * nr;
     let count = n.div_ceil(nr);
@@ -165,30 +308,8 @@ pub(super) fn pack_b(level: Isa, b: View, k: usize, n: usize, parallel: bool, mu
 fn pack_a(a: View, m: usize, kc: usize, mr: usize, dst: &mut [f32]) {
     for p in 0..m.div_ceil(mr) {
         let r0 = p * mr;
-        let rows = mr.min(m - r0);
-        let panel = &mut dst[p * kc * mr..(p + 1) * kc * mr];
-        // SAFETY: callers guarantee a has m rows and kc columns.
-        unsafe {
-            if a.rs == 1 {
-                // rows contiguous for each term (Aᵀ read in place)
-                for kk in 0..kc {
-                    let src = a.ptr.add(kk * a.cs + r0);
-                    let out = &mut panel[kk * mr..kk * mr + mr];
-                    out[..rows].copy_from_slice(std::slice::from_raw_parts(src, rows));
-                    out[rows..].fill(0.0);
-                }
-            } else {
-                if rows < mr {
-                    panel.fill(0.0);
-                }
-                for i in 0..rows {
-                    let src = a.ptr.add((r0 + i) * a.rs);
-                    for kk in 0..kc {
-                        *panel.get_unchecked_mut(kk * mr + i) = *src.add(kk * a.cs);
-                    }
-                }
-            }
-        }
+        // SAFETY: callers guarantee a has m rows and kc columns, and AVX2.
+        unsafe { pack_panel(a.ptr.add(r0 * a.rs), a.rs, a.cs, mr.min(m - r0), kc, mr, &mut dst[p * kc * mr..]) };
     }
 }
 
@@ -245,7 +366,6 @@ pub(super) unsafe fn gemm(
         let a_len = mcb.min(m.div_ceil(mr) * mr) * kcb.min(k);
         let aoff = aligned(abuf, a_len);
         let ablk = &mut abuf[aoff..aoff + a_len];
-        let mut tmp = [0f32; 12 * 32];
         for pc in (0..k).step_by(kcb) {
             let kc = kcb.min(k - pc);
             let add = accumulate || pc > 0;
@@ -285,18 +405,7 @@ pub(super) unsafe fn gemm(
                             // SAFETY: the micro-tile lies inside C; panels hold kc·mr / kc·nr floats.
                             unsafe {
                                 let cp = c.add((ic + ip * mr) * ldc + jp * nr);
-                                if rows == mr && cols == nr {
-                                    micro(level, kc, apanel, bpanel, cp, ldc, add);
-                                } else {
-                                    // an edge: the whole micro-tile into tmp, then its valid part into C
-                                    micro(level, kc, apanel, bpanel, tmp.as_mut_ptr(), nr, false);
-                                    for i in 0..rows {
-                                        for j in 0..cols {
-                                            let (dst, v) = (cp.add(i * ldc + j), tmp[i * nr + j]);
-                                            *dst = if add { *dst + v } else { v };
-                                        }
-                                    }
-                                }
+                                micro(level, kc, apanel, bpanel, (cp, ldc, rows, cols), add);
                             }
                         }
                     }
@@ -314,51 +423,52 @@ enum APanel {
     Rows(*const f32, usize),
 }
 
+/// The C side of a micro-tile: its first element, row stride, and how many of its MR rows and NR
+/// columns lie inside C (fewer at the matrix's edges; the rest are computed and dropped).
+type CTile = (*mut f32, usize, usize, usize);
+
 /// One micro-tile at `level`.
 ///
 /// # Safety
-/// As `gemm`; a holds kc terms of MR rows, b kc·NR (its rows NR apart), c MR rows of NR at stride ldc.
+/// As `gemm`; a holds kc terms of MR rows, b kc·NR (its rows NR apart), c the tile's rows × cols at
+/// stride ldc.
 #[inline]
-unsafe fn micro(level: Isa, kc: usize, a: APanel, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+unsafe fn micro(level: Isa, kc: usize, a: APanel, b: *const f32, c: CTile, add: bool) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `level` was checked against the CPU's features by the caller.
     unsafe {
         match (level >= 2, a) {
-            (true, APanel::Cols(p, s)) => micro_avx512::<true>(kc, p, s, b, c, ldc, add),
-            (true, APanel::Rows(p, s)) => micro_avx512::<false>(kc, p, s, b, c, ldc, add),
-            (false, APanel::Cols(p, s)) => micro_avx2::<true>(kc, p, s, b, c, ldc, add),
-            (false, APanel::Rows(p, s)) => micro_avx2::<false>(kc, p, s, b, c, ldc, add),
+            (true, APanel::Cols(p, s)) => micro_avx512::<true>(kc, p, s, b, c, add),
+            (true, APanel::Rows(p, s)) => micro_avx512::<false>(kc, p, s, b, c, add),
+            (false, APanel::Cols(p, s)) => micro_avx2::<true>(kc, p, s, b, c, add),
+            (false, APanel::Rows(p, s)) => micro_avx2::<false>(kc, p, s, b, c, add),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (level, kc, a, b, c, ldc, add);
+        let _ = (level, kc, a, b, c, add);
         unreachable!("the own kernels are x86-64 only");
     }
 }
 
 /// 12 rows × 32 columns: 24 zmm accumulators; per term two loads of B and twelve broadcasts of A.
+/// Each C element is `acc` or, when `add`, `C + acc` (a masked store at the edges).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn micro_avx512<const COLS: bool>(
-    kc: usize,
-    a: *const f32,
-    s: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+unsafe fn micro_avx512<const COLS: bool>(kc: usize, a: *const f32, s: usize, b: *const f32, c: CTile, add: bool) {
     use std::arch::x86_64::*;
     const MR: usize = 12;
+    let (c, ldc, rows, cols) = c;
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     // SAFETY: reads stay inside the panels (kc terms), writes inside the C micro-tile.
     unsafe {
         // the C rows are needed only at the end: start fetching them now
         for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+            if i < rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+            }
         }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
@@ -372,15 +482,32 @@ unsafe fn micro_avx512<const COLS: bool>(
             a = a.add(if COLS { s } else { 1 });
             b = b.add(32);
         }
-        for i in 0..MR {
-            let row = c.add(i * ldc);
-            let (mut x, mut y) = (lo[i], hi[i]);
-            if add {
-                x = _mm512_add_ps(_mm512_loadu_ps(row), x);
-                y = _mm512_add_ps(_mm512_loadu_ps(row.add(16)), y);
+        if rows == MR && cols == 32 {
+            for i in 0..MR {
+                let row = c.add(i * ldc);
+                let (mut x, mut y) = (lo[i], hi[i]);
+                if add {
+                    x = _mm512_add_ps(_mm512_loadu_ps(row), x);
+                    y = _mm512_add_ps(_mm512_loadu_ps(row.add(16)), y);
+                }
+                _mm512_storeu_ps(row, x);
+                _mm512_storeu_ps(row.add(16), y);
             }
-            _mm512_storeu_ps(row, x);
-            _mm512_storeu_ps(row.add(16), y);
+        } else {
+            let m0 = ((1u32 << cols.min(16)) - 1) as __mmask16;
+            let m1 = ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16;
+            for i in 0..MR {
+                if i < rows {
+                    let row = c.add(i * ldc);
+                    let (mut x, mut y) = (lo[i], hi[i]);
+                    if add {
+                        x = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), x);
+                        y = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), y);
+                    }
+                    _mm512_mask_storeu_ps(row, m0, x);
+                    _mm512_mask_storeu_ps(row.add(16), m1, y);
+                }
+            }
         }
     }
 }
@@ -388,17 +515,10 @@ unsafe fn micro_avx512<const COLS: bool>(
 /// 6 rows × 16 columns: 12 ymm accumulators; per term two loads of B and six broadcasts of A.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2<const COLS: bool>(
-    kc: usize,
-    a: *const f32,
-    s: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+unsafe fn micro_avx2<const COLS: bool>(kc: usize, a: *const f32, s: usize, b: *const f32, c: CTile, add: bool) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
+    let (c, ldc, rows, cols) = c;
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
     // SAFETY: as in `micro_avx512`.
@@ -415,15 +535,34 @@ unsafe fn micro_avx2<const COLS: bool>(
             a = a.add(if COLS { s } else { 1 });
             b = b.add(16);
         }
-        for i in 0..MR {
-            let row = c.add(i * ldc);
-            let (mut x, mut y) = (lo[i], hi[i]);
-            if add {
-                x = _mm256_add_ps(_mm256_loadu_ps(row), x);
-                y = _mm256_add_ps(_mm256_loadu_ps(row.add(8)), y);
+        if rows == MR && cols == 16 {
+            for i in 0..MR {
+                let row = c.add(i * ldc);
+                let (mut x, mut y) = (lo[i], hi[i]);
+                if add {
+                    x = _mm256_add_ps(_mm256_loadu_ps(row), x);
+                    y = _mm256_add_ps(_mm256_loadu_ps(row.add(8)), y);
+                }
+                _mm256_storeu_ps(row, x);
+                _mm256_storeu_ps(row.add(8), y);
             }
-            _mm256_storeu_ps(row, x);
-            _mm256_storeu_ps(row.add(8), y);
+        } else {
+            // lane l of the two halves is inside C when l < cols (resp. l + 8 < cols)
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32), lanes);
+            let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32 - 8), lanes);
+            for i in 0..MR {
+                if i < rows {
+                    let row = c.add(i * ldc);
+                    let (mut x, mut y) = (lo[i], hi[i]);
+                    if add {
+                        x = _mm256_add_ps(_mm256_maskload_ps(row, m0), x);
+                        y = _mm256_add_ps(_mm256_maskload_ps(row.add(8), m1), y);
+                    }
+                    _mm256_maskstore_ps(row, m0, x);
+                    _mm256_maskstore_ps(row.add(8), m1, y);
+                }
+            }
         }
     }
 }
