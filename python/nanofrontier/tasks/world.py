@@ -177,7 +177,8 @@ class World:
         if kind == "elevation":
             elev = self.cities[city]
             text = f"What is the elevation of the birthplace of the inventor of the {invention}?"
-            steps = [(f"I need to find who invented the {invention}.", f"Search[inventor of {invention}]", obs1),
+            steps = [(f"I need to find who invented the {invention}.",
+                      f"Search[inventor of {invention}]", obs1),
                      (f"Now I need to find where {person} was born.", f"Search[{person} birthplace]", obs2),
                      (f"Now I need the elevation of {city}.", f"Search[{city} elevation]", self.pages[city])]
             answer, value = f"{elev} meters", elev
@@ -238,10 +239,16 @@ def make_world(seed=0, n_inventions=600, n_cities=120):
     heldout = frozenset(c for c in cities if _hash_heldout(c))
     city_list = sorted(cities)
     people, inventions = {}, {}
+
+    def person_name():
+        for _ in range(10_000):
+            first, last = _name(rng, 2), _name(rng, 2)
+            if first not in cities and last not in cities:  # no one is named like a city
+                return first + " " + last
+        raise InvalidArgumentError("world: ran out of person names; ask for fewer cities")
+
     for _ in range(n_inventions):
-        person = fresh(lambda: _name(rng, 2) + " " + _name(rng, 2))
-        for part in person.split():
-            taken.add(part)  # a city is never named like a person
+        person = fresh(person_name)
         inv = fresh(lambda: _name(rng, rng.randint(1, 2), capital=False) + rng.choice(DEVICES))
         year = rng.randint(1700, 1999)
         people[person] = (rng.choice(city_list), year - rng.randint(20, 70))
