@@ -48,7 +48,8 @@ GOLD = [
 
 def test_the_guides_trace_runs_through_the_loop():
     gen = scripted(*GOLD)
-    t = A.ReActAgent(gen, tools()).run("What is the elevation of the birthplace of the inventor of the telephone?")
+    q = "What is the elevation of the birthplace of the inventor of the telephone?"
+    t = A.ReActAgent(gen, tools()).run(q)
     assert t.answer == "47 meters" and t.stopped == "answer" and len(t.steps) == 4
     assert [s.observation for s in t.steps[:3]] == [PAGES["telephone"], PAGES["Alexander Bell"],
                                                      PAGES["Edinburgh"]]
@@ -159,7 +160,8 @@ def test_parse_action_never_raises():
     for _ in range(2000):
         s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
         a = A.parse_action(s, {"Search": str})
-        assert isinstance(a, A.Action) and (a.error is None) == (a.tool == "Search" and a.argument is not None)
+        ok = a.tool == "Search" and a.argument is not None
+        assert isinstance(a, A.Action) and (a.error is None) == ok
     assert A.parse_action(None).error.startswith("Invalid action")
     assert A.parse_action("Search[a[b]]") == A.Action("Search", "a[b]")
     assert A.parse_action("  Calculate[ 1 + 2 ]  ", ["Calculate"]) == A.Action("Calculate", "1 + 2")
@@ -336,7 +338,8 @@ def test_trace_example_masks_exactly_the_observations(world):
     assert p + c[:-1] == tok.encode(q.prompt + q.trace) and c[-1] == tok.eos_id and len(m) == len(c)
     masked = tok.decode([t for t, k in zip(c, m) if not k])
     kept = tok.decode([t for t, k in zip(c, m) if k])
-    obs_lines = [ln[len("Observation"):] + "\n" for ln in q.trace.splitlines() if ln.startswith("Observation")]
+    obs_lines = [ln[len("Observation"):] + "\n" for ln in q.trace.splitlines()
+                 if ln.startswith("Observation")]
     assert masked == "".join(obs_lines)
     assert kept.count("Observation") == 3 and "was invented by" not in kept
     assert A.observation_spans("a\nObservation 1: x\nb") == [(13, 19)]
@@ -367,7 +370,8 @@ def test_sft_loss_masks_score_only_the_ones():
     ex2 = [([1, 2], [3, 4, 5, 11]), ([7], [8, 9])]
     same = nf.rl.SFTTrainer(m, opt, ex2, loss_masks=[[1, 1, 1, 0], None], batch_size=2, max_steps=1)
     base = nf.rl.SFTTrainer(m, opt, examples, loss_masks=[[1, 1, 1, 0], None], batch_size=2, max_steps=1)
-    assert float(same._loss(m, np.array([0, 1]))[0].numpy()) == float(base._loss(m, np.array([0, 1]))[0].numpy())
+    both = np.array([0, 1])
+    assert float(same._loss(m, both)[0].numpy()) == float(base._loss(m, both)[0].numpy())
     assert sft.evaluate(examples, loss_masks=masks) == pytest.approx(-np.mean(want), rel=1e-5)
 
 
