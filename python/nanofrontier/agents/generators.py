@@ -51,12 +51,16 @@ def trace_example(tokenizer, prompt, completion, eos_id=None):
 class ModelGenerator:
     """A language model as the agent's (batched) generator. ``tokenizer``: ``encode``/``decode``;
     ``stop_tokens``: ids that end a reply (default: the tokenizer's encoding of ``"Observation"`` when that
-    is one token, and its ``eos_id`` when it has one). ``temperature=0`` is greedy. A prompt longer than
-    the model's context minus ``max_new_tokens`` keeps its last tokens (the loop's transcript grows)."""
+    is one token, and its ``eos_id`` when it has one). ``temperature=0`` is greedy; otherwise ``seed`` makes
+    the replies reproducible. Each call writes up to ``max_new_tokens``, fewer when the longest prompt
+    leaves less room in the model's context; when that would be fewer than ``min_new_tokens`` (default
+    16), the prompts keep only their last tokens. A model with learned positions then sees the transcript
+    shifted, which it was not trained on: give it a context longer than its longest trace."""
 
     batched = True
 
-    def __init__(self, model, tokenizer, *, max_new_tokens=64, temperature=0.0, stop_tokens=None, seed=0):
+    def __init__(self, model, tokenizer, *, max_new_tokens=64, min_new_tokens=None, temperature=0.0,
+                 stop_tokens=None, seed=0):
         if not hasattr(model, "generate") or not hasattr(model, "_max_len"):
             raise TypeError(f"model must be an nf.models.GPT or Llama, got {type(model).__name__}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -64,6 +68,12 @@ class ModelGenerator:
         if max_new_tokens >= model._max_len():
             raise InvalidArgumentError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                        f"model's context of {model._max_len()}")
+        if min_new_tokens is None:
+            min_new_tokens = min(16, max_new_tokens)
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or \
+                not 1 <= min_new_tokens <= max_new_tokens:
+            raise InvalidArgumentError(f"min_new_tokens must be an int in [1, max_new_tokens], got "
+                                       f"{min_new_tokens!r}")
         if stop_tokens is None:
             stop_tokens = []
             obs = tokenizer.encode(STOP)
@@ -72,20 +82,30 @@ class ModelGenerator:
             if getattr(tokenizer, "eos_id", None) is not None:
                 stop_tokens.append(int(tokenizer.eos_id))
         self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.temperature = max_new_tokens, float(temperature)
+        self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
+        self.temperature = float(temperature)
         self.stop_tokens, self.seed = [int(t) for t in stop_tokens], seed
         self.calls = 0
 
     def __call__(self, prompts):
         single = isinstance(prompts, str)
         rows = [prompts] if single else list(prompts)
-        keep = self.model._max_len() - self.max_new_tokens
-        ids = [self.tokenizer.encode(p)[-keep:] for p in rows]
+        if not rows:
+            return []
+        ctx = self.model._max_len()
+        ids = [self.tokenizer.encode(p) for p in rows]
+        # as many new tokens as asked for, as far as the context allows; a prompt that leaves no room for
+        # min_new_tokens keeps only its last tokens (a model with learned positions then sees them shifted)
+        longest = max(len(i) for i in ids)
+        n_new = min(self.max_new_tokens, ctx - longest)
+        if n_new < self.min_new_tokens:
+            n_new = min(self.max_new_tokens, ctx - 1)
+            ids = [i[-(ctx - n_new):] for i in ids]
         was = self.model.training
         self.model.eval()
         try:
             seed = None if self.seed is None else [self.seed + 7919 * self.calls + r for r in range(len(ids))]
-            tokens, _ = self.model.generate(ids, self.max_new_tokens, temperature=self.temperature, seed=seed,
+            tokens, _ = self.model.generate(ids, n_new, temperature=self.temperature, seed=seed,
                                             stop_tokens=self.stop_tokens or None)
         finally:
             self.model.train(was)
