@@ -2,7 +2,8 @@
 
 - :class:`KnowledgeBase` and :class:`Search`: look a query up in local pages (title → text). A page whose
   title appears in the query wins (the longest such title); otherwise the page sharing the most words with
-  the query (rarer words weigh more); otherwise "No results for ...".
+  the query (rarer words weigh more; a word on more than 5% of the pages does not count); otherwise
+  "No results for ...".
 - :class:`Calculate`: exact arithmetic on a parsed expression tree (:mod:`nanofrontier.tasks.expression`,
   with limits on length, nesting, digits, exponents and magnitude). Model text is never ``eval``-ed; a
   refused expression is answered with the reason, never an exception.
@@ -42,7 +43,9 @@ class KnowledgeBase:
         self._max_title = max(len(k) for k in self._titles)
         df = Counter(w for p in self.pages.values() for w in set(_words(p)))
         n = len(self.pages)
-        self._idf = {w: math.log((n + 1) / (c + 0.5)) for w, c in df.items()}
+        # a word on more than 5% of the pages ("elevation", "born") says too little to pick one of them
+        common = max(1, n // 20)
+        self._idf = {w: math.log((n + 1) / (c + 0.5)) for w, c in df.items() if c <= common}
         self._page_words = {t: set(_words(p)) for t, p in self.pages.items()}
 
     def __len__(self):
