@@ -305,6 +305,18 @@ def test_gold_traces_replayed_through_the_agent_are_correct(world):
     assert {q.kind for q in qs} == set(W.KINDS)
 
 
+def test_search_in_the_world(world):
+    search = A.Search(A.KnowledgeBase(world.pages))
+    q = world.questions("heldout", kind="elevation")[0]
+    person = world.inventions[q.invention][0]
+    city = world.people[person][0]
+    assert search(f"inventor of {q.invention}") == world.pages[q.invention]
+    assert search(f"{person} birthplace") == world.pages[person]
+    assert search(f"{city} elevation") == world.pages[city]
+    # a word on many pages ("elevation") picks none of them
+    assert search("Atlantis elevation") == "No results for 'Atlantis elevation'."
+
+
 def test_world_scoring_and_bad_arguments(world):
     q = world.questions("train", kind="age")[0]
     assert W.score(q, f"{q.value} years") == 1.0 and W.score(q, f"{q.value + 1}") == 0.0
