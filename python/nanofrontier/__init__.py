@@ -92,6 +92,7 @@ from . import functional, models, nn, optim, testing  # noqa: E402  (they import
 from . import checkpoint, data, formats, tokenizer, train  # noqa: E402
 from . import rl  # noqa: E402  (post-training objectives)
 from . import tasks  # noqa: E402  (generated tasks for the post-training notebooks)
+from . import agents  # noqa: E402, F401  (Part 7: ReAct agents and their tools)
 from . import tour  # noqa: E402  (the notebooks' runner; nf.tour.claim states a measured claim)
 
 __all__ = [

@@ -250,13 +250,18 @@ class SFTTrainer(_PostTrainer):
 
     ``examples``: a list of ``(prompt_ids, completion_ids)``; ``batch_size`` examples per step, packed
     right-padded with ``pad_token_id``; ``epochs`` (a number of passes, fractional allowed) or
-    ``max_steps`` / ``max_seconds``. The loss is a token mean over the whole batch (long completions weigh
-    more than short ones). Metrics: ``tokens`` (for tokens/s) and ``completion_tokens``."""
+    ``max_steps`` / ``max_seconds``. ``loss_masks``: optional, one per example (or None for an example
+    scored whole): 0/1 per completion token, only the 1s scored — e.g. a ReAct trace with the tool's
+    observation tokens masked out (they stay in the context and the model reads them, but it is not
+    taught to write them). The loss is a token mean over the scored tokens of the whole batch (long
+    completions weigh more than short ones). Metrics: ``tokens`` (for tokens/s) and ``completion_tokens``
+    (the scored ones)."""
 
-    def __init__(self, model, optimizer, examples, *, batch_size=8, epochs=None, max_steps=None,
-                 pad_token_id=0, seed=0, diagnostics=None, **kwargs):
+    def __init__(self, model, optimizer, examples, *, loss_masks=None, batch_size=8, epochs=None,
+                 max_steps=None, pad_token_id=0, seed=0, diagnostics=None, **kwargs):
         ctx = _context(model)
         self.examples = _rows(examples, 2, "examples", "(prompt, completion)", ctx)
+        self.loss_masks = _check_loss_masks(loss_masks, self.examples)
         _check_vocab(self.examples, _vocab(model), pad_token_id, "examples")
         self.pad_token_id = int(pad_token_id)
         super().__init__(model, optimizer, len(self.examples), batch_size=batch_size, epochs=epochs,
@@ -265,24 +270,68 @@ class SFTTrainer(_PostTrainer):
     def _pack(self, rows, idx):
         return pack([rows[i][0] for i in idx], [rows[i][1] for i in idx], self.pad_token_id)
 
+    def _scored(self, b, masks, idx):
+        """The (B, T) mask of scored tokens: the completion, minus the 0s of the rows' loss masks."""
+        if masks is None:
+            return b.completion_mask
+        scored = b.completion_mask.copy()
+        for r, i in enumerate(idx):
+            m = masks[i]
+            if m is not None:
+                p = int(b.prompt_lengths[r])
+                scored[r, p:p + len(m)] &= m
+        return scored
+
     def _loss(self, model, idx):
         b = self._pack(self.examples, idx)
-        lp = sequence_logprobs(model, b.input_ids, b.completion_mask, reduce="none")
-        n = int(b.token_mask.sum())
-        return -lp.sum() / n, {"tokens": int(b.attention_mask.sum()), "completion_tokens": n}
+        scored = self._scored(b, self.loss_masks, idx)
+        lp = sequence_logprobs(model, b.input_ids, scored, reduce="none")
+        n = int(scored[:, 1:].sum())
+        return -lp.sum() / max(n, 1), {"tokens": int(b.attention_mask.sum()), "completion_tokens": n}
 
-    def evaluate(self, examples):
-        """The mean −log p per completion token on held-out ``examples`` (a token mean over all of them),
-        in eval mode, without gradients."""
+    def evaluate(self, examples, loss_masks=None):
+        """The mean −log p per scored completion token on held-out ``examples`` (a token mean over all of
+        them; ``loss_masks`` as for training), in eval mode, without gradients."""
         rows = _rows(examples, 2, "examples", "(prompt, completion)", _context(self.model))
+        masks = _check_loss_masks(loss_masks, rows)
         _check_vocab(rows, _vocab(self.model), self.pad_token_id, "examples")
         total, count = 0.0, 0
         with _EvalMode(self.model):
             for idx in self._chunks(len(rows)):
                 b = self._pack(rows, idx)
-                total -= float(sequence_logprobs(self.model, b.input_ids, b.completion_mask).numpy().sum())
-                count += int(b.token_mask.sum())
+                scored = self._scored(b, masks, idx)
+                total -= float(sequence_logprobs(self.model, b.input_ids, scored).numpy().sum())
+                count += int(scored[:, 1:].sum())
+        if count == 0:
+            raise InvalidArgumentError("evaluate: the loss masks leave no token to score")
         return total / count
+
+
+def _check_loss_masks(masks, rows):
+    """Each mask as a bool array as long as its completion, holding only 0/1; at least one scored token."""
+    if masks is None:
+        return None
+    if isinstance(masks, (str, bytes)) or not hasattr(masks, "__len__"):
+        raise TypeError(f"loss_masks must be a list with one mask per example, got {type(masks).__name__}")
+    if len(masks) != len(rows):
+        raise InvalidArgumentError(f"loss_masks: {len(masks)} masks for {len(rows)} examples (one each)")
+    out = []
+    for i, (m, (_, completion)) in enumerate(zip(masks, rows)):
+        if m is None:
+            out.append(None)
+            continue
+        a = m.numpy() if isinstance(m, Tensor) else np.asarray(m)
+        if a.ndim != 1 or len(a) != len(completion):
+            raise ShapeError(f"loss_masks[{i}] has shape {a.shape}, expected one 0/1 per completion "
+                             f"token: ({len(completion)},)")
+        if a.dtype != bool:
+            if a.size and (a.dtype.kind not in "iuf" or not np.isin(a, (0, 1)).all()):
+                raise InvalidArgumentError(f"loss_masks[{i}] must hold only 0/1 (or False/True)")
+            a = a.astype(bool)
+        out.append(a)
+    if not any(True if m is None else m.any() for m in out):
+        raise InvalidArgumentError("loss_masks: every mask is all 0: there is nothing to train on")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- reward model

@@ -1,6 +1,6 @@
 """Countdown for Parts 6 and 8: reach a ``target`` from given ``numbers`` with + − × ÷ and parentheses, each
-number used at most once. Generated so a solution exists (one is kept), checked by a small parser of its
-own — the model's text is never ``eval``-ed::
+number used at most once. Generated so a solution exists (one is kept), checked by the safe parser of
+:mod:`nanofrontier.tasks.expression` — the model's text is never ``eval``-ed::
 
     from nanofrontier.tasks import countdown as cd
     p = cd.generate(100, level=3, split="train", seed=0)[0]   # level = how many numbers (2 … 6)
@@ -27,18 +27,17 @@ so train and test are disjoint for every seed.
 
 import random
 from dataclasses import dataclass
-from fractions import Fraction
 
 from ..exceptions import InvalidArgumentError
 from ._draw import draw_distinct, hash_split
 from .arithmetic import extract_answer
+from .expression import COUNTDOWN, ExpressionError, parse
 
-MAX_CHARS = 200
-MAX_DEPTH = 16
-MAX_DIGITS = 6
-MAX_MAGNITUDE = 10**18
+MAX_CHARS = COUNTDOWN.max_chars
+MAX_DEPTH = COUNTDOWN.max_depth
+MAX_DIGITS = COUNTDOWN.max_digits
+MAX_MAGNITUDE = COUNTDOWN.max_magnitude
 SPLITS = ("train", "test")
-_OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "/": "/", "÷": "/"}
 
 
 @dataclass(frozen=True)
@@ -68,116 +67,13 @@ class Verdict:
         return self.ok
 
 
-# ---- the checker -------------------------------------------------------------------------------------
-
-class _Refused(Exception):
-    pass
-
-
-def _tokens(text):
-    out, i, n = [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in " \t\n":
-            i += 1
-        elif ch in "0123456789":
-            j = i
-            while j < n and text[j] in "0123456789":
-                j += 1
-            if j - i > MAX_DIGITS:
-                raise _Refused(f"a number longer than {MAX_DIGITS} digits at position {i}")
-            out.append(("num", int(text[i:j])))
-            i = j
-        elif ch in _OPS:
-            if ch == "*" and i + 1 < n and text[i + 1] == "*":
-                raise _Refused("'**' (powers) is not allowed")
-            out.append(("op", _OPS[ch]))
-            i += 1
-        elif ch in "()":
-            out.append((ch, ch))
-            i += 1
-        else:
-            raise _Refused(f"character {ch!r} at position {i} is not arithmetic")
-    return out
-
-
-class _Parser:
-    """expr := term (('+'|'-') term)* ; term := atom (('*'|'/') atom)* ; atom := NUMBER | '(' expr ')'."""
-
-    def __init__(self, toks):
-        self.toks, self.i, self.used = toks, 0, []
-
-    def peek(self):
-        return self.toks[self.i] if self.i < len(self.toks) else (None, None)
-
-    def expr(self, depth):
-        v = self.term(depth)
-        while self.peek()[0] == "op" and self.peek()[1] in "+-":
-            op = self.toks[self.i][1]
-            self.i += 1
-            w = self.term(depth)
-            v = _bound(v + w if op == "+" else v - w)
-        return v
-
-    def term(self, depth):
-        v = self.atom(depth)
-        while self.peek()[0] == "op" and self.peek()[1] in "*/":
-            op = self.toks[self.i][1]
-            self.i += 1
-            w = self.atom(depth)
-            if op == "/" and w == 0:
-                raise _Refused("division by zero")
-            v = _bound(v * w if op == "*" else v / w)
-        return v
-
-    def atom(self, depth):
-        kind, val = self.peek()
-        if kind == "num":
-            self.i += 1
-            self.used.append(val)
-            return Fraction(val)
-        if kind == "(":
-            if depth >= MAX_DEPTH:
-                raise _Refused(f"parentheses nested deeper than {MAX_DEPTH}")
-            self.i += 1
-            v = self.expr(depth + 1)
-            if self.peek()[0] != ")":
-                raise _Refused("a '(' is not closed")
-            self.i += 1
-            return v
-        if kind is None:
-            raise _Refused("the expression ends where a number was expected")
-        raise _Refused(f"{val!r} where a number was expected (no unary signs)")
-
-
-def _bound(v):
-    if abs(v.numerator) > MAX_MAGNITUDE or v.denominator > MAX_MAGNITUDE:
-        raise _Refused(f"an intermediate value exceeds {MAX_MAGNITUDE:.0e} in size")
-    return v
-
+# ---- the checker (the parser is nf.tasks.expression's, with countdown's limits) ----------------------
 
 def evaluate(text):
     """``(value Fraction, numbers used list)`` of an arithmetic expression by the rules above (without
     the numbers-given and target rules), or raises ``ValueError`` with the reason."""
-    try:
-        return _evaluate(text)
-    except _Refused as e:
-        raise ValueError(str(e)) from None
-
-
-def _evaluate(text):
-    if not isinstance(text, str):
-        raise _Refused(f"not text ({type(text).__name__})")
-    if len(text) > MAX_CHARS:
-        raise _Refused(f"longer than {MAX_CHARS} characters ({len(text)})")
-    toks = _tokens(text)
-    if not toks:
-        raise _Refused("empty expression")
-    p = _Parser(toks)
-    v = p.expr(0)
-    if p.i != len(toks):
-        raise _Refused(f"unexpected {p.toks[p.i][1]!r} after a complete expression")
-    return v, p.used
+    e = parse(text, COUNTDOWN)
+    return e.value, e.numbers
 
 
 def check(expression, numbers, target):
@@ -194,10 +90,10 @@ def check(expression, numbers, target):
         if "=" in expression:
             expression, rhs = expression.split("=")
             try:
-                claimed, _ = _evaluate(rhs)
-            except _Refused as e:
+                claimed = parse(rhs, COUNTDOWN).value
+            except ExpressionError as e:
                 return Verdict(False, f"right of '=': {e}")
-        v, used = _evaluate(expression)
+        v, used = evaluate(expression)
         pool = {}
         for x in numbers:
             pool[int(x)] = pool.get(int(x), 0) + 1
@@ -212,7 +108,7 @@ def check(expression, numbers, target):
         if v != target:
             return Verdict(False, f"the expression is {v}, not the target {target}", v)
         return Verdict(True, "ok", v)
-    except _Refused as e:
+    except ExpressionError as e:
         return Verdict(False, str(e))
     except Exception as e:  # noqa: BLE001  (a safety net: the checker reports, never raises)
         return Verdict(False, f"unreadable ({type(e).__name__})")
