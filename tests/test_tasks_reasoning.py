@@ -268,7 +268,8 @@ def test_evaluate_scores_the_first_answer_and_counts_its_tokens():
         want = [len(ar.completion(p, steps)) for p in ps]
         assert ev.answer_tokens.tolist() == want
         assert ev.prompt_tokens.tolist() == [len(ar.prompt(p, steps)) for p in ps]
-        assert ev.flops.tolist() == [ar.decode_flops(m.real, len(ar.prompt(p, steps)), n) for p, n in zip(ps, want)]
+        assert ev.flops.tolist() == [ar.decode_flops(m.real, len(ar.prompt(p, steps)), n)
+                                     for p, n in zip(ps, want)]
         assert set(ev.by_level()) == {1, 3} and ev.by_level()[3][:2] == (1.0, 6)
     wrong = ar.evaluate(_Scripted(tok, lambda pr: "Answer: 7\n"), tok, ps, max_new_tokens=3)
     assert wrong.accuracy == 0.0 and wrong.texts[0] == "Ans"  # cut at max_new_tokens: no answer, wrong

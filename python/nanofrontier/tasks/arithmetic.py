@@ -12,9 +12,9 @@ direct answer or as a worked step-by-step scratchpad, the two marked by the prom
 and, to train and test a model on them (a character-level vocabulary, SFT rows, greedy evaluation with the
 compute each answer took)::
 
-    tok = ar.tokenizer()                                   # every character any rendering uses
-    rows = ar.sft_examples(train, tok, steps=(False, True))  # each problem both ways: (prompt ids, completion ids)
-    ev = ar.evaluate(model, tok, test, steps=True)         # greedy; ev.accuracy, ev.answer_tokens, ev.flops
+    tok = ar.tokenizer()                        # every character any rendering uses
+    rows = ar.sft_examples(train, tok)          # each problem both ways: (prompt ids, completion ids)
+    ev = ar.evaluate(model, tok, test, steps=True)   # greedy; ev.accuracy, ev.answer_tokens, ev.flops
 
 Two kinds, and what sets the level:
 
@@ -317,10 +317,9 @@ def decode_flops(model, prompt_len, new_tokens):
     cached positions, which is what ``model.flops_per_token(L)`` averages over a sequence of length ``L``,
     so the sum over positions ``0 … L-1`` is ``L · flops_per_token(L)["forward"]``, with
     ``L = prompt_len + new_tokens - 1``."""
-    for name, v in (("prompt_len", prompt_len), ("new_tokens", new_tokens)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "prompt_len" else 0):
-            raise InvalidArgumentError(f"decode_flops: {name} must be an int >= "
-                                       f"{1 if name == 'prompt_len' else 0}, got {v!r}")
+    for name, v, low in (("prompt_len", prompt_len, 1), ("new_tokens", new_tokens, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise InvalidArgumentError(f"decode_flops: {name} must be an int >= {low}, got {v!r}")
     n = int(prompt_len) + max(int(new_tokens) - 1, 0)
     return float(n * model.flops_per_token(n)["forward"])
 
