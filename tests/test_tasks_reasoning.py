@@ -29,6 +29,24 @@ def test_sum_has_level_plus_one_terms():
     assert all(len(p.terms) == 6 and p.answer == sum(p.terms) for p in ps)
 
 
+def test_colsum_is_worked_column_by_column():
+    p = ar.Problem((59, 13, 67, 34, 15), 188, 4, "colsum")
+    assert ar.completion(p, True) == "9+3+7+4+5+0=28\n5+1+6+3+1+2=18\nAnswer: 188\n"
+    assert ar.render(p) == ("59+13+67+34+15=\n", "Answer: 188\n")
+    q = ar.Problem((4785, 3956), 8741, 1, "colsum")  # two terms: the same lines as kind="add"
+    assert ar.scratchpad(q) == ar.scratchpad(ar.Problem(q.terms, q.answer, 3, "add"))
+    ps = ar.generate(100, 3, kind="colsum", digits=3, seed=2)
+    assert all(len(p.terms) == 4 and p.answer == sum(p.terms) for p in ps)
+    for p in ps:
+        lines = ar.scratchpad(p)
+        assert len(lines) == 3 and all(line.count("+") == 4 for line in lines)
+        assert ar.score(p, ar.completion(p, True)) == 1.0
+    # the same terms under another kind are another problem: its own split, its own rendering
+    assert {p.terms for p in ar.generate(50, 3, kind="sum", digits=3, seed=2)} != {p.terms for p in ps}
+    with pytest.raises(nf.InvalidArgumentError, match="terms"):
+        ar.generate(3, 0, kind="colsum")
+
+
 def test_generation_is_seeded_and_splits_are_disjoint():
     assert ar.generate(30, 2, seed=5) == ar.generate(30, 2, seed=5)
     assert ar.generate(30, 2, seed=5) != ar.generate(30, 2, seed=6)
@@ -171,7 +189,8 @@ def test_check_never_raises_on_random_input_and_is_fast():
 # ------------------------------------------------------------------ arithmetic: rows and evaluation (Part 6)
 def test_tokenizer_covers_every_rendering_and_round_trips():
     tok = ar.tokenizer()
-    ps = ar.generate(40, 3, seed=0, digits=5) + ar.generate(40, 4, kind="sum", digits=3, seed=0)
+    ps = ar.generate(40, 3, seed=0, digits=5) + ar.generate(40, 4, kind="sum", digits=3, seed=0) + \
+        ar.generate(40, 6, kind="colsum", digits=2, seed=0)
     for p in ps:
         for steps in (False, True):
             text = "".join(ar.render(p, steps))

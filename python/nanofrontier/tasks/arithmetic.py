@@ -16,13 +16,17 @@ compute each answer took)::
     rows = ar.sft_examples(train, tok)          # each problem both ways: (prompt ids, completion ids)
     ev = ar.evaluate(model, tok, test, steps=True)   # greedy; ev.accuracy, ev.answer_tokens, ev.flops
 
-Two kinds, and what sets the level:
+Three kinds, and what sets the level:
 
 - ``kind="add"``: two ``digits``-digit numbers; the level is the number of carries (0 … digits). The
   scratchpad works column by column from the right, ``a+b+carry_in=column sum``, one line each — every line
   is local, while the direct answer's first digit depends on the whole carry chain.
 - ``kind="sum"``: a sum of ``level + 1`` numbers of ``digits`` digits; the scratchpad keeps a running total,
   ``total+next=new total``, one line per term.
+- ``kind="colsum"``: the same sums (``level + 1`` numbers of ``digits`` digits), worked column by column as
+  ``add`` is: one line per column from the right, ``d1+d2+…+carry_in=column sum``, the carry being the column
+  sum without its last digit; the last line's sum is the answer's leading part. Each line adds single digits
+  whose places are fixed by the prompt, so no line needs a multi-digit addition.
 
 Splits: a problem belongs to the held-out split ``"test"`` when a hash of its text falls in the held-out
 fraction (1 in 5), else to ``"train"``; the generator only returns problems of the split asked for, so the
@@ -42,7 +46,7 @@ from ._draw import HELD_OUT_FRACTION, draw_distinct, hash_split  # noqa: F401  (
 
 STEP_MARKER = "Let's think step by step."
 ANSWER_MARKER = "Answer:"
-KINDS = ("add", "sum")
+KINDS = ("add", "sum", "colsum")
 SPLITS = ("train", "test")
 
 
@@ -168,6 +172,14 @@ def scratchpad(problem):
             lines.append(f"{x}+{y}+{c}={s}")
             c = s // 10
             a, b = a // 10, b // 10
+    elif problem.kind == "colsum":
+        terms, c = list(problem.terms), 0
+        while any(terms) or not lines:
+            digits = [t % 10 for t in terms]
+            s = sum(digits) + c
+            lines.append("+".join(str(d) for d in digits) + f"+{c}={s}")
+            c = s // 10
+            terms = [t // 10 for t in terms]  # a carry out of the top column shows in the last line's sum
     else:
         total = problem.terms[0]
         for t in problem.terms[1:]:
