@@ -274,7 +274,7 @@ ALPHABET = "0123456789+=\n " + ANSWER_MARKER + STEP_MARKER  # every character a 
 
 def tokenizer():
     """A character-level tokenizer (:class:`nanofrontier.tokenizer.CharTokenizer`) over every character the
-    renderings of either kind can hold: digits, ``+=``, space, newline and the two markers' letters."""
+    renderings of any kind can hold: digits, ``+=``, space, newline and the two markers' letters."""
     from ..tokenizer import CharTokenizer
 
     return CharTokenizer(ALPHABET)
