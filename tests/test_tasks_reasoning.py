@@ -29,6 +29,24 @@ def test_sum_has_level_plus_one_terms():
     assert all(len(p.terms) == 6 and p.answer == sum(p.terms) for p in ps)
 
 
+def test_colsum_is_worked_column_by_column():
+    p = ar.Problem((59, 13, 67, 34, 15), 188, 4, "colsum")
+    assert ar.completion(p, True) == "9+3+7+4+5+0=28\n5+1+6+3+1+2=18\nAnswer: 188\n"
+    assert ar.render(p) == ("59+13+67+34+15=\n", "Answer: 188\n")
+    q = ar.Problem((4785, 3956), 8741, 1, "colsum")  # two terms: the same lines as kind="add"
+    assert ar.scratchpad(q) == ar.scratchpad(ar.Problem(q.terms, q.answer, 3, "add"))
+    ps = ar.generate(100, 3, kind="colsum", digits=3, seed=2)
+    assert all(len(p.terms) == 4 and p.answer == sum(p.terms) for p in ps)
+    for p in ps:
+        lines = ar.scratchpad(p)
+        assert len(lines) == 3 and all(line.count("+") == 4 for line in lines)
+        assert ar.score(p, ar.completion(p, True)) == 1.0
+    # the same terms under another kind are another problem: its own split, its own rendering
+    assert {p.terms for p in ar.generate(50, 3, kind="sum", digits=3, seed=2)} != {p.terms for p in ps}
+    with pytest.raises(nf.InvalidArgumentError, match="terms"):
+        ar.generate(3, 0, kind="colsum")
+
+
 def test_generation_is_seeded_and_splits_are_disjoint():
     assert ar.generate(30, 2, seed=5) == ar.generate(30, 2, seed=5)
     assert ar.generate(30, 2, seed=5) != ar.generate(30, 2, seed=6)
@@ -166,3 +184,125 @@ def test_check_never_raises_on_random_input_and_is_fast():
     assert not cd.check(big, [1], 1).ok and not cd.score(cd.Problem((1,), 1, "1", 1), big)
     assert time.perf_counter() - t1 < 0.5
     assert time.perf_counter() - t0 < 20
+
+
+# ------------------------------------------------------------------ arithmetic: rows and evaluation (Part 6)
+def test_tokenizer_covers_every_rendering_and_round_trips():
+    tok = ar.tokenizer()
+    ps = ar.generate(40, 3, seed=0, digits=5) + ar.generate(40, 4, kind="sum", digits=3, seed=0) + \
+        ar.generate(40, 6, kind="colsum", digits=2, seed=0)
+    for p in ps:
+        for steps in (False, True):
+            text = "".join(ar.render(p, steps))
+            assert tok.decode(tok.encode(text)) == text
+    assert tok.vocab_size == len(set(ar.ALPHABET))
+
+
+def test_sft_examples_are_the_renderings_in_order():
+    tok = ar.tokenizer()
+    ps = ar.generate(5, 2, seed=1, digits=3)
+    rows = ar.sft_examples(ps, tok)
+    assert len(rows) == 10
+    for i, p in enumerate(ps):
+        for j, steps in enumerate((False, True)):
+            pr, co = rows[2 * i + j]
+            assert (tok.decode(pr), tok.decode(co)) == ar.render(p, steps)
+    assert len(ar.sft_examples(ps, tok, steps=True)) == 5
+    assert all("step" in tok.decode(pr) for pr, _ in ar.sft_examples(ps, tok, steps=[True]))
+    for bad in ("yes", [], [1], None):
+        with pytest.raises(nf.InvalidArgumentError, match="steps"):
+            ar.sft_examples(ps, tok, steps=bad)
+    with pytest.raises(nf.InvalidArgumentError, match="Problem"):
+        ar.sft_examples(["1+2="], tok)
+
+
+def test_first_answer_stops_after_the_first_answer_line():
+    assert ar.first_answer("1+2+0=3\nAnswer: 3\nAnswer: 9\n") == "1+2+0=3\nAnswer: 3\n"
+    assert ar.first_answer("Answer: 41") == "Answer: 41"  # the line never ended: all of it
+    assert ar.first_answer("5+5+0=10\n") == "5+5+0=10\n"
+    assert ar.first_answer(None) == ""
+    p = ar.Problem((12, 30), 42, 0, "add")
+    assert ar.score(p, ar.first_answer("Answer: 42\nAnswer: 7\n")) == 1.0  # the first answer is the one read
+    assert ar.score(p, ar.first_answer("Answer: 7\nAnswer: 42\n")) == 0.0
+
+
+def _tiny_gpt(vocab=31, n_layer=2, n_embd=16, block=64):
+    nf.manual_seed(0)
+    return nf.models.GPT(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=2, n_embd=n_embd)
+
+
+def test_decode_flops_is_the_sum_over_the_positions_run():
+    v, layers, d = 31, 2, 16
+    m = _tiny_gpt(v, layers, d)
+    per_position = 2 * (12 * d * d * layers + v * d)  # GPT-2 block: qkv 3d², proj d², MLP 8d²; tied head
+    for prompt_len, new in [(1, 1), (10, 1), (10, 7), (23, 30), (5, 0)]:
+        positions = prompt_len + max(new - 1, 0)  # the last new token is never fed back
+        want = sum(per_position + layers * 4 * d * (i + 1) for i in range(positions))  # QKᵀ and PV over i+1
+        got = ar.decode_flops(m, prompt_len, new)
+        assert got == pytest.approx(want, rel=1e-12), (prompt_len, new, got, want)
+    for bad in [(0, 3), (3, -1), (2.0, 1), (True, 1)]:
+        with pytest.raises(nf.InvalidArgumentError):
+            ar.decode_flops(m, *bad)
+
+
+class _Scripted:
+    """A stand-in model that 'generates' a scripted text per prompt (and counts FLOPs as a real tiny GPT)."""
+
+    def __init__(self, tok, answer_for):
+        self.tok, self.answer_for, self.training, self.calls = tok, answer_for, True, []
+        self.real = _tiny_gpt(tok.vocab_size)
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def flops_per_token(self, n):
+        return self.real.flops_per_token(n)
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, seed=None):
+        assert temperature == 0.0 and not self.training
+        self.calls.append(len(prompts))
+        out = []
+        for pr in prompts:
+            text = self.answer_for(self.tok.decode(pr))[:max_new_tokens]
+            out.append(self.tok.encode(text))
+        return out, [[0.0] * len(t) for t in out]
+
+
+def test_evaluate_scores_the_first_answer_and_counts_its_tokens():
+    tok = ar.tokenizer()
+    ps = ar.generate(6, 1, seed=0, digits=3) + ar.generate(6, 3, seed=0, digits=3)
+    by_prompt = {ar.prompt(p, s): p for p in ps for s in (False, True)}
+
+    def oracle(pr):  # right, then chatter that the evaluation must not read
+        return ar.completion(by_prompt[pr], "step" in pr) + "Answer: 1\n"
+
+    m = _Scripted(tok, oracle)
+    for steps in (False, True):
+        ev = ar.evaluate(m, tok, ps, steps=steps, batch_size=5)
+        assert m.training and m.calls[-3:] == [5, 5, 2]  # batches of 5, mode restored
+        assert ev.accuracy == 1.0 and ev.correct.all() and ev.steps == steps
+        want = [len(ar.completion(p, steps)) for p in ps]
+        assert ev.answer_tokens.tolist() == want
+        assert ev.prompt_tokens.tolist() == [len(ar.prompt(p, steps)) for p in ps]
+        assert ev.flops.tolist() == [ar.decode_flops(m.real, len(ar.prompt(p, steps)), n)
+                                     for p, n in zip(ps, want)]
+        assert set(ev.by_level()) == {1, 3} and ev.by_level()[3][:2] == (1.0, 6)
+    wrong = ar.evaluate(_Scripted(tok, lambda pr: "Answer: 7\n"), tok, ps, max_new_tokens=3)
+    assert wrong.accuracy == 0.0 and wrong.texts[0] == "Ans"  # cut at max_new_tokens: no answer, wrong
+    with pytest.raises(nf.InvalidArgumentError, match="steps"):
+        ar.evaluate(m, tok, ps, steps="yes")
+    with pytest.raises(nf.InvalidArgumentError, match="batch_size"):
+        ar.evaluate(m, tok, ps, batch_size=0)
+
+
+def test_evaluate_runs_a_real_model_greedily_and_reproducibly():
+    tok = ar.tokenizer()
+    m = _tiny_gpt(tok.vocab_size, block=128)
+    ps = ar.generate(8, 2, kind="sum", digits=2, split="test", seed=4)
+    a, b = ar.evaluate(m, tok, ps, steps=True), ar.evaluate(m, tok, ps, steps=True)
+    assert a.texts == b.texts and 0.0 <= a.accuracy <= 1.0 and m.training
+    assert (a.answer_tokens <= len(max((ar.completion(p, True) for p in ps), key=len)) + 4).all()
+    assert (a.flops > 0).all()

@@ -9,13 +9,24 @@ direct answer or as a worked step-by-step scratchpad, the two marked by the prom
                                 #  '5+6+0=11\\n8+5+1=14\\n7+9+1=17\\n4+3+1=8\\nAnswer: 8741\\n')
     ar.score(p, "... Answer: 8741")    # 1.0
 
-Two kinds, and what sets the level:
+and, to train and test a model on them (a character-level vocabulary, SFT rows, greedy evaluation with the
+compute each answer took)::
+
+    tok = ar.tokenizer()                        # every character any rendering uses
+    rows = ar.sft_examples(train, tok)          # each problem both ways: (prompt ids, completion ids)
+    ev = ar.evaluate(model, tok, test, steps=True)   # greedy; ev.accuracy, ev.answer_tokens, ev.flops
+
+Three kinds, and what sets the level:
 
 - ``kind="add"``: two ``digits``-digit numbers; the level is the number of carries (0 … digits). The
   scratchpad works column by column from the right, ``a+b+carry_in=column sum``, one line each — every line
   is local, while the direct answer's first digit depends on the whole carry chain.
 - ``kind="sum"``: a sum of ``level + 1`` numbers of ``digits`` digits; the scratchpad keeps a running total,
   ``total+next=new total``, one line per term.
+- ``kind="colsum"``: the same sums (``level + 1`` numbers of ``digits`` digits), worked column by column as
+  ``add`` is: one line per column from the right, ``d1+d2+…+carry_in=column sum``, the carry being the column
+  sum without its last digit; the last line's sum is the answer's leading part. Each line adds single digits
+  whose places are fixed by the prompt, so no line needs a multi-digit addition.
 
 Splits: a problem belongs to the held-out split ``"test"`` when a hash of its text falls in the held-out
 fraction (1 in 5), else to ``"train"``; the generator only returns problems of the split asked for, so the
@@ -28,12 +39,14 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 from ..exceptions import InvalidArgumentError
 from ._draw import HELD_OUT_FRACTION, draw_distinct, hash_split  # noqa: F401  (re-exported)
 
 STEP_MARKER = "Let's think step by step."
 ANSWER_MARKER = "Answer:"
-KINDS = ("add", "sum")
+KINDS = ("add", "sum", "colsum")
 SPLITS = ("train", "test")
 
 
@@ -159,6 +172,14 @@ def scratchpad(problem):
             lines.append(f"{x}+{y}+{c}={s}")
             c = s // 10
             a, b = a // 10, b // 10
+    elif problem.kind == "colsum":
+        terms, c = list(problem.terms), 0
+        while any(terms) or not lines:
+            digits = [t % 10 for t in terms]
+            s = sum(digits) + c
+            lines.append("+".join(str(d) for d in digits) + f"+{c}={s}")
+            c = s // 10
+            terms = [t // 10 for t in terms]  # a carry out of the top column shows in the last line's sum
     else:
         total = problem.terms[0]
         for t in problem.terms[1:]:
@@ -244,3 +265,138 @@ def parse_number(s):
     else:
         v = Fraction(t)
     return int(v) if v.denominator == 1 else v
+
+
+# ---- training rows and evaluation of a model (Part 6) ----
+
+ALPHABET = "0123456789+=\n " + ANSWER_MARKER + STEP_MARKER  # every character a rendering can hold
+
+
+def tokenizer():
+    """A character-level tokenizer (:class:`nanofrontier.tokenizer.CharTokenizer`) over every character the
+    renderings of any kind can hold: digits, ``+=``, space, newline and the two markers' letters."""
+    from ..tokenizer import CharTokenizer
+
+    return CharTokenizer(ALPHABET)
+
+
+def _steps_list(steps):
+    try:
+        out = [steps] if isinstance(steps, bool) else list(steps)
+    except TypeError:
+        out = []
+    if not out or not all(isinstance(s, bool) for s in out):
+        raise InvalidArgumentError(f"arithmetic: steps must be a bool or a sequence of bools, got {steps!r}")
+    return out
+
+
+def _problems(problems):
+    problems = list(problems)
+    bad = next((p for p in problems if not isinstance(p, Problem)), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"arithmetic: expected Problem objects, got {type(bad).__name__}")
+    return problems
+
+
+def sft_examples(problems, tok, steps=(False, True)):
+    """``(prompt_ids, completion_ids)`` rows for :class:`nanofrontier.rl.SFTTrainer`: each problem rendered
+    once per value in ``steps`` (``False``: the direct answer, ``True``: the worked one), encoded with
+    ``tok``. The default gives the mixture Part 6 trains on: every problem both ways, marked by its prompt."""
+    out = []
+    for p in _problems(problems):
+        for s in _steps_list(steps):
+            pr, co = render(p, s)
+            out.append((tok.encode(pr), tok.encode(co)))
+    return out
+
+
+def first_answer(text):
+    """``text`` cut after the end of its first ``Answer:`` line (the whole text when it has no marker, or
+    when that line never ends): what a reader who stops at the first answer sees."""
+    if not isinstance(text, str):
+        return ""
+    a = text.find(ANSWER_MARKER)
+    if a < 0:
+        return text
+    end = text.find("\n", a)
+    return text if end < 0 else text[:end + 1]
+
+
+def decode_flops(model, prompt_len, new_tokens):
+    """The exact matmul FLOPs of greedy decoding with a KV cache: the prompt's ``prompt_len`` positions,
+    then one position for each new token but the last (the last is sampled from the previous step's
+    output and never fed back). Position ``i`` costs the model's projections plus attention over ``i + 1``
+    cached positions, which is what ``model.flops_per_token(L)`` averages over a sequence of length ``L``,
+    so the sum over positions ``0 … L-1`` is ``L · flops_per_token(L)["forward"]``, with
+    ``L = prompt_len + new_tokens - 1``."""
+    for name, v, low in (("prompt_len", prompt_len, 1), ("new_tokens", new_tokens, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise InvalidArgumentError(f"decode_flops: {name} must be an int >= {low}, got {v!r}")
+    n = int(prompt_len) + max(int(new_tokens) - 1, 0)
+    return float(n * model.flops_per_token(n)["forward"])
+
+
+class Evaluation:
+    """What :func:`evaluate` measured, one entry per problem (numpy arrays): ``correct`` (bool),
+    ``level``, ``prompt_tokens``, ``answer_tokens`` (tokens up to the end of the first ``Answer:`` line,
+    the ones a reader needs), ``flops`` (:func:`decode_flops` of those tokens); ``texts`` the generated
+    text so cut; ``steps`` the prompt style."""
+
+    def __init__(self, problems, steps, texts, correct, prompt_tokens, answer_tokens, flops):
+        self.problems, self.steps, self.texts = problems, steps, texts
+        self.correct = np.asarray(correct, bool)
+        self.level = np.array([p.level for p in problems], np.int64)
+        self.prompt_tokens = np.asarray(prompt_tokens, np.int64)
+        self.answer_tokens = np.asarray(answer_tokens, np.int64)
+        self.flops = np.asarray(flops, np.float64)
+
+    @property
+    def accuracy(self):
+        """The fraction answered correctly (nan when there were no problems)."""
+        return float(self.correct.mean()) if len(self.correct) else float("nan")
+
+    def by_level(self):
+        """``{level: (accuracy, n, mean answer tokens, mean FLOPs per answer)}``, levels ascending."""
+        out = {}
+        for lv in sorted(set(self.level.tolist())):
+            m = self.level == lv
+            out[lv] = (float(self.correct[m].mean()), int(m.sum()), float(self.answer_tokens[m].mean()),
+                       float(self.flops[m].mean()))
+        return out
+
+    def __repr__(self):
+        return (f"Evaluation(steps={self.steps}, n={len(self.correct)}, accuracy={self.accuracy:.3f}, "
+                f"mean answer tokens={self.answer_tokens.mean() if len(self.correct) else 0:.1f})")
+
+
+def evaluate(model, tok, problems, steps=False, *, max_new_tokens=None, batch_size=256):
+    """Prompt ``model`` with each problem (direct, or with the step marker when ``steps``) and decode
+    greedily; a problem is solved when the first ``Answer:`` line gives its answer (:func:`score` of
+    :func:`first_answer`). ``max_new_tokens``: default the length of the longest target completion plus
+    4. Returns an :class:`Evaluation`. Runs in eval mode and restores the model's mode."""
+    problems = _problems(problems)
+    if not isinstance(steps, bool):
+        raise InvalidArgumentError(f"evaluate: steps must be a bool, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
+    if max_new_tokens is None:
+        max_new_tokens = max((len(completion(p, steps)) for p in problems), default=1) + 4
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidArgumentError(f"evaluate: max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    prompts = [tok.encode(prompt(p, steps)) for p in problems]
+    texts, n_answer = [], []
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            tokens, _ = model.generate(prompts[i:i + batch_size], max_new_tokens, temperature=0.0, seed=0)
+            for row in tokens:
+                text = first_answer(tok.decode(row))
+                texts.append(text)
+                n_answer.append(len(tok.encode(text)))  # one token per character
+    finally:
+        if was_training:
+            model.train()
+    correct = [score(p, t) == 1.0 for p, t in zip(problems, texts)]
+    flops = [decode_flops(model, len(pr), n) for pr, n in zip(prompts, n_answer)]
+    return Evaluation(problems, steps, texts, correct, [len(pr) for pr in prompts], n_answer, flops)
