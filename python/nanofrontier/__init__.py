@@ -93,6 +93,7 @@ from . import checkpoint, data, formats, tokenizer, train  # noqa: E402
 from . import rl  # noqa: E402  (post-training objectives)
 from . import tasks  # noqa: E402  (generated tasks for the post-training notebooks)
 from . import tour  # noqa: E402  (the notebooks' runner; nf.tour.claim states a measured claim)
+from . import scaling  # noqa: E402  (Part 4: FLOP counts, compute-budget sweeps, power-law fits)
 
 __all__ = [
     "Tensor",
