@@ -1,5 +1,5 @@
-"""nf.scaling: FLOP and parameter counts by hand, power-law fits on synthetic data, IsoFLOP optima, a tiny sweep,
-and bad input refused with a clear error."""
+"""nf.scaling: FLOP and parameter counts by hand, power-law fits on synthetic data, IsoFLOP optima, a tiny
+sweep, and bad input refused with a clear error."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Scaling laws from your own runs: FLOP counts, a compute-budget sweep, power-law fits, compute-optimal sizes.
+"""Scaling laws from your own runs: FLOP counts, a compute-budget sweep, power-law fits, compute-optimal size.
 
 The guide's Part 4: "plot loss against compute on a log-log scale — it's a straight line". This module draws
 that line from runs made here::
@@ -12,11 +12,11 @@ that line from runs made here::
     scaling.compute_optimal(1e13, optima)                 # N*, D*, tokens per parameter at a larger budget
 
 Compute is counted exactly from the model's shapes (:func:`training_flops_per_token`: every matmul of the
-forward pass, causal attention included, times 3 for forward + backward), not with the ``6·N·D`` rule of thumb;
-:func:`chinchilla_flops` gives that rule for models known only by their published N and D (the guide's GPT-2 and
-GPT-3, :data:`GUIDE_MODELS`). Fits are least squares in log space and report R² there. References: Kaplan et al.
-2020 (arXiv:2001.08361, the L(C) power law), Hoffmann et al. 2022 (arXiv:2203.15556, IsoFLOP parabolas and
-tokens per parameter).
+forward pass, causal attention included, times 3 for forward + backward), not with the ``6·N·D`` rule of
+thumb; :func:`chinchilla_flops` gives that rule for models known only by their published N and D (the guide's
+GPT-2 and GPT-3, :data:`GUIDE_MODELS`). Fits are least squares in log space and report R² there. References:
+Kaplan et al. 2020 (arXiv:2001.08361, the L(C) power law), Hoffmann et al. 2022 (arXiv:2203.15556, IsoFLOP
+parabolas and tokens per parameter).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def chinchilla_flops(n_params, n_tokens):
     """The ``6·N·D`` rule of thumb for training compute (2 FLOPs per weight per token forward, 4 backward)."""
     n, d = float(n_params), float(n_tokens)
     if not (n > 0 and d > 0 and math.isfinite(n) and math.isfinite(d)):
-        raise InvalidArgumentError(f"chinchilla_flops: N and D must be finite and > 0, got {n_params}, {n_tokens}")
+        raise InvalidArgumentError(
+            f"chinchilla_flops: N and D must be finite and > 0, got {n_params}, {n_tokens}")
     return 6.0 * n * d
 
 
@@ -194,7 +195,8 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
     steps = int(budget // per_step)
     if steps < 1:
         raise InvalidArgumentError(
-            f"train_one: a budget of {budget:.3g} FLOPs buys no step of this model ({per_step:.3g} FLOPs each)"
+            f"train_one: a budget of {budget:.3g} FLOPs buys no step of this model "
+            f"({per_step:.3g} FLOPs each)"
         )
     peak = float(lr(config) if callable(lr) else lr)
     _core.manual_seed(int(seed))
@@ -202,8 +204,9 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
     opt = optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.99), weight_decay=weight_decay)
     t0, c0 = time.perf_counter(), _cpu_seconds()
     hist = train.fit(model, opt, train_ids, val_ids, batch_size=batch_size, block_size=block_size,
-                     eval_iters=eval_iters, max_steps=steps, lr=peak, warmup_steps=max(1, int(warmup_frac * steps)),
-                     min_lr_ratio=min_lr_ratio, seed=int(seed), progress=False)
+                     eval_iters=eval_iters, max_steps=steps, lr=peak,
+                     warmup_steps=max(1, int(warmup_frac * steps)), min_lr_ratio=min_lr_ratio,
+                     seed=int(seed), progress=False)
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     done = int(hist.last("step") or 0)
     cfg = asdict(config)
@@ -341,13 +344,13 @@ def _line(x, y):
 
 
 def fit_power_law(C, L, irreducible=False):
-    """Fit ``L = a · C^(-alpha)`` (``irreducible=True``: ``L = E + a · C^(-alpha)``, ``0 <= E < min L``) by least
-    squares on ``log L``; returns a :class:`PowerLaw` with ``a``, ``alpha``, ``E`` and ``r2``.
+    """Fit ``L = a · C^(-alpha)`` (``irreducible=True``: ``L = E + a · C^(-alpha)``, ``0 <= E < min L``) by
+    least squares on ``log L``; returns a :class:`PowerLaw` with ``a``, ``alpha``, ``E`` and ``r2``.
 
     Without ``E`` it is a straight line through ``(log C, log L)``. With ``E``, the line is fitted through
-    ``(log C, log(L - E))`` for each candidate ``E`` and the ``E`` whose curve has the smallest squared error in
-    ``log L`` is kept (a grid over ``[0, min L)``, then golden-section refinement). Needs ≥ 3 points (≥ 4 with
-    ``E``), all finite and > 0, with at least 2 distinct ``C``."""
+    ``(log C, log(L - E))`` for each candidate ``E`` and the ``E`` whose curve has the smallest squared error
+    in ``log L`` is kept (a grid over ``[0, min L)``, then golden-section refinement). Needs ≥ 3 points
+    (≥ 4 with ``E``), all finite and > 0, with at least 2 distinct ``C``."""
     C, L = _xy("fit_power_law", C, L, 4 if irreducible else 3)
     x, y = np.log(C), np.log(L)
     sst = float(((y - y.mean()) ** 2).sum())
@@ -459,15 +462,16 @@ def compute_optimal(budget, optima, irreducible=False, interior_only=True):
     pts = [o for o in optima if o.interior or not interior_only]
     if len(pts) < 3:
         raise InvalidArgumentError(
-            f"compute_optimal: needs at least 3 IsoFLOP optima{' inside the sizes run' if interior_only else ''}"
-            f", got {len(pts)}"
+            f"compute_optimal: needs at least 3 IsoFLOP optima"
+            f"{' inside the sizes run' if interior_only else ''}, got {len(pts)}"
         )
     C = np.array([o.budget for o in pts])
     n0, n1, _ = _line(np.log(C), np.log([o.params for o in pts]))
     d0, d1, _ = _line(np.log(C), np.log([o.tokens for o in pts]))
     law = fit_power_law(C, [o.loss for o in pts], irreducible=irreducible)
     return ComputeOptimal(
-        budget=budget, params=math.exp(n0 + n1 * math.log(budget)), tokens=math.exp(d0 + d1 * math.log(budget)),
+        budget=budget, params=math.exp(n0 + n1 * math.log(budget)),
+        tokens=math.exp(d0 + d1 * math.log(budget)),
         loss=float(law.predict(budget)), params_exponent=n1, tokens_exponent=d1, loss_law=law,
     )
 
