@@ -232,6 +232,11 @@ def test_sweep_on_tiny_configs(data):
     assert again.val_loss == first.val_loss and again.train_loss == first.train_loss
     # more compute for the same model: lower loss
     assert runs.at(budgets[1])[0].val_loss < first.val_loss
+    # select: only the pairs it accepts run
+    picked = scaling.sweep(cfgs, budgets[:1], train_ids, val_ids, select=lambda c, b: c.n_embd == 16,
+                           progress=False, **kw)
+    assert [r.name for r in picked] == ["L1-d16"] and picked[0].val_loss == runs.at(budgets[0])[1].val_loss
+    assert ("L1-d8", budgets[0], "not selected") in picked.skipped
 
 
 def test_sweep_stops_cleanly_on_ctrl_c(data, monkeypatch):
@@ -262,6 +267,8 @@ def test_sweep_refuses_bad_input(data):
         scaling.sweep([{"n_embd": 8}], [1e9], train_ids, val_ids)
     with pytest.raises(nf.InvalidArgumentError, match="budget must be finite and > 0"):
         scaling.sweep([cfg], [float("inf")], train_ids, val_ids)
+    with pytest.raises(TypeError, match="select must be a function"):
+        scaling.sweep([cfg], [1e9], train_ids, val_ids, select=True)
     with pytest.raises(nf.InvalidArgumentError, match="no budgets"):
         scaling.sweep([cfg], [], train_ids, val_ids)
     with pytest.raises(nf.InvalidArgumentError, match="buys no step"):

@@ -219,10 +219,13 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
     )
 
 
-def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, progress=True, **train_kwargs):
+def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, select=None, progress=True, **train_kwargs):
     """Train every GPT config in ``configs`` on every compute budget in ``budgets`` (training FLOPs), all on
     the same data with the same seed and recipe (:func:`train_one`'s keyword arguments); returns a
-    :class:`Sweep` of :class:`Run` records.
+    :class:`Sweep` of :class:`Run` records, smallest budget first.
+
+    ``select(config, budget) -> bool``, if given, picks which pairs to run (e.g. only the sizes near the
+    expected optimum of each budget); the others are listed in ``Sweep.skipped``.
 
     Pairs whose budget buys fewer than ``min_steps`` steps are skipped (listed in ``Sweep.skipped``): such a
     run measures the learning-rate warmup, not the model. ``progress``: a tqdm bar over the runs (plain prints
@@ -240,6 +243,9 @@ def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, progress=True, 
     if not budgets:
         raise InvalidArgumentError("sweep: no budgets")
     min_steps = _positive_int("min_steps", min_steps)
+    if select is not None and not callable(select):
+        raise TypeError(f"sweep: select must be a function (config, budget) -> bool, "
+                        f"got {type(select).__name__}")
     batch_size = train_kwargs.get("batch_size", 16)
     block_size = train_kwargs.get("block_size", 64)
     plan, out = [], Sweep()
@@ -249,6 +255,8 @@ def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, progress=True, 
             name = f"L{c.n_layer}-d{c.n_embd}"
             if steps < min_steps:
                 out.skipped.append((name, b, f"{steps} steps < min_steps={min_steps}"))
+            elif select is not None and not select(c, b):
+                out.skipped.append((name, b, "not selected"))
             else:
                 plan.append((c, b, name))
     bar = _bar(len(plan), progress)
