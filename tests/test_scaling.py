@@ -239,6 +239,21 @@ def test_sweep_on_tiny_configs(data):
     assert ("L1-d8", budgets[0], "not selected") in picked.skipped
 
 
+def test_sweep_in_two_worker_processes_gives_the_same_runs(data):
+    train_ids, val_ids = data
+    cfgs = tiny_configs()
+    budget = 50 * scaling.training_flops_per_step(cfgs[-1], 4, 16)
+    kw = dict(batch_size=4, block_size=16, eval_iters=4, seed=2, progress=False, min_steps=10,
+              lr=lambda c: 0.1 / c.n_embd)  # a lambda: evaluated in this process, never pickled
+    one = scaling.sweep(cfgs, [budget], train_ids, val_ids, **kw)
+    two = scaling.sweep(cfgs, [budget], train_ids, val_ids, workers=2, **kw)
+    assert len(one) == len(two) == 3 and two.stop_reason == "done"
+    for a, b in zip(one, two):
+        keys = ("name", "steps", "lr", "val_loss", "train_loss", "flops")
+        assert [getattr(a, k) for k in keys] == [getattr(b, k) for k in keys]
+    assert [r.lr for r in one] == [0.1 / c.n_embd for c in cfgs]
+
+
 def test_sweep_stops_cleanly_on_ctrl_c(data, monkeypatch):
     train_ids, val_ids = data
     calls = []
@@ -269,6 +284,8 @@ def test_sweep_refuses_bad_input(data):
         scaling.sweep([cfg], [float("inf")], train_ids, val_ids)
     with pytest.raises(TypeError, match="select must be a function"):
         scaling.sweep([cfg], [1e9], train_ids, val_ids, select=True)
+    with pytest.raises(nf.InvalidArgumentError, match="workers"):
+        scaling.sweep([cfg], [1e9], train_ids, val_ids, workers=0)
     with pytest.raises(nf.InvalidArgumentError, match="no budgets"):
         scaling.sweep([cfg], [], train_ids, val_ids)
     with pytest.raises(nf.InvalidArgumentError, match="buys no step"):

@@ -119,6 +119,8 @@ GUIDE_MODELS = {
 
 # ------------------------------------------------------------------------------------------- the sweep
 
+_WORKER_DATA = None  # (train_ids, val_ids) inside a sweep's worker process
+
 
 @dataclass
 class Run:
@@ -219,18 +221,24 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
     )
 
 
-def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, select=None, progress=True, **train_kwargs):
+def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, select=None, workers=1, threads=1,
+          progress=True, **train_kwargs):
     """Train every GPT config in ``configs`` on every compute budget in ``budgets`` (training FLOPs), all on
     the same data with the same seed and recipe (:func:`train_one`'s keyword arguments); returns a
     :class:`Sweep` of :class:`Run` records, smallest budget first.
 
     ``select(config, budget) -> bool``, if given, picks which pairs to run (e.g. only the sizes near the
-    expected optimum of each budget); the others are listed in ``Sweep.skipped``.
+    expected optimum of each budget); the others are listed in ``Sweep.skipped``, as are pairs whose budget
+    buys fewer than ``min_steps`` steps (such a run measures the learning-rate warmup, not the model).
 
-    Pairs whose budget buys fewer than ``min_steps`` steps are skipped (listed in ``Sweep.skipped``): such a
-    run measures the learning-rate warmup, not the model. ``progress``: a tqdm bar over the runs (plain prints
-    without tqdm). Ctrl-C stops cleanly: the run in progress is dropped and the finished runs are returned
-    (``stop_reason="interrupted"``)."""
+    ``workers``: how many runs train at once, each in its own process with ``threads`` threads (tiny models
+    gain little from a second thread, so two one-thread workers use two cores better than one two-thread
+    run). Every run seeds itself, so the records are the same for any number of workers (except the clock
+    readings). A callable ``lr`` is evaluated here, in this process, so it need not be picklable. Workers are
+    started with ``spawn``: in a script, call ``sweep(..., workers=2)`` under ``if __name__ == "__main__":``.
+
+    ``progress``: a tqdm bar over the runs (plain prints without tqdm). Ctrl-C stops cleanly: runs in progress
+    are dropped and the finished runs are returned (``stop_reason="interrupted"``)."""
     from .models import GPTConfig
 
     configs = list(configs)
@@ -243,11 +251,13 @@ def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, select=None, pr
     if not budgets:
         raise InvalidArgumentError("sweep: no budgets")
     min_steps = _positive_int("min_steps", min_steps)
+    workers, threads = _positive_int("workers", workers), _positive_int("threads", threads)
     if select is not None and not callable(select):
         raise TypeError(f"sweep: select must be a function (config, budget) -> bool, "
                         f"got {type(select).__name__}")
     batch_size = train_kwargs.get("batch_size", 16)
     block_size = train_kwargs.get("block_size", 64)
+    lr = train_kwargs.pop("lr", 3e-3)
     plan, out = [], Sweep()
     for b in budgets:
         for c in configs:
@@ -258,21 +268,72 @@ def sweep(configs, budgets, train_ids, val_ids, *, min_steps=20, select=None, pr
             elif select is not None and not select(c, b):
                 out.skipped.append((name, b, "not selected"))
             else:
-                plan.append((c, b, name))
+                plan.append((c, b, dict(train_kwargs, name=name, lr=float(lr(c) if callable(lr) else lr))))
     bar = _bar(len(plan), progress)
+    done = {}
+
+    def record(i, run):
+        if run.stop_reason == "interrupted":  # Ctrl-C inside fit: the run is incomplete, drop it
+            return False
+        done[i] = run
+        c, b, kw = plan[i]
+        bar.update(f"{kw['name']} @ {b:.2g} FLOPs: val {run.val_loss:.3f} ({run.seconds:.1f} s)")
+        return True
+
     try:
-        for c, b, name in plan:
-            run = train_one(c, b, train_ids, val_ids, name=name, **train_kwargs)
-            if run.stop_reason == "interrupted":  # Ctrl-C inside fit: the run is incomplete, drop it
-                out.stop_reason = "interrupted"
-                break
-            out.append(run)
-            bar.update(f"{name} @ {b:.2g} FLOPs: val {run.val_loss:.3f} ({run.seconds:.1f} s)")
+        if workers == 1:
+            before = _core.get_num_threads()
+            _core.set_num_threads(threads)
+            try:
+                for i, (c, b, kw) in enumerate(plan):
+                    if not record(i, train_one(c, b, train_ids, val_ids, **kw)):
+                        out.stop_reason = "interrupted"
+                        break
+            finally:
+                _core.set_num_threads(before)
+        else:
+            out.stop_reason = _sweep_parallel(plan, train_ids, val_ids, workers, threads, record)
     except KeyboardInterrupt:
         out.stop_reason = "interrupted"
     finally:
         bar.close()
+    out.extend(done[i] for i in sorted(done))
     return out
+
+
+def _worker_init(train_ids, val_ids, threads):
+    global _WORKER_DATA
+    _WORKER_DATA = (train_ids, val_ids)
+    _core.set_num_threads(threads)
+
+
+def _worker_run(c, b, kw):
+    train_ids, val_ids = _WORKER_DATA
+    return train_one(c, b, train_ids, val_ids, **kw)
+
+
+def _sweep_parallel(plan, train_ids, val_ids, workers, threads, record):
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked Rust thread pool
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(np.asarray(train_ids), np.asarray(val_ids), threads))
+    try:
+        futures = {pool.submit(_worker_run, c, b, kw): i for i, (c, b, kw) in enumerate(plan)}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                if not record(futures[f], f.result()):
+                    return "interrupted"
+        return "done"
+    except KeyboardInterrupt:  # Ctrl-C: stop the workers now rather than after their current runs
+        for p in list(getattr(pool, "_processes", {}).values()):
+            p.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _bar:
