@@ -290,5 +290,9 @@ def test_sweep_refuses_bad_input(data):
         scaling.sweep([cfg], [], train_ids, val_ids)
     with pytest.raises(nf.InvalidArgumentError, match="buys no step"):
         scaling.train_one(cfg, 10.0, train_ids, val_ids, batch_size=4, block_size=16)
+    with pytest.raises(nf.InvalidArgumentError, match="lr must be finite and > 0"):
+        scaling.train_one(cfg, 1e9, train_ids, val_ids, batch_size=4, block_size=16, lr=-1.0)
+    with pytest.raises(nf.InvalidArgumentError, match="warmup_frac"):
+        scaling.train_one(cfg, 1e9, train_ids, val_ids, batch_size=4, block_size=16, warmup_frac=1.5)
     with pytest.raises(nf.InvalidArgumentError, match="longer than the model's context"):
         scaling.train_one(cfg, 1e12, train_ids, val_ids, batch_size=4, block_size=32)

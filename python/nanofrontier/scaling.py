@@ -180,8 +180,11 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
 
     The step count is the largest that fits the budget; the learning rate warms up over ``warmup_frac`` of the
     steps and decays on a cosine to ``min_lr_ratio`` × ``lr`` at the last step (each run's schedule fits its
-    own budget, as in Hoffmann et al.). ``val_loss`` is the mean loss on ``eval_iters`` fixed held-out batches
-    (the same batches for every run)."""
+    own budget, as in Hoffmann et al.); AdamW with betas (0.9, 0.99) and ``weight_decay``. ``lr`` is a number
+    or a function ``config -> lr``. The model is initialised from the global generator seeded with ``seed``.
+    ``val_loss`` is the mean loss on ``eval_iters`` fixed held-out batches (the same batches for every run).
+    If Ctrl-C stops the run early, ``stop_reason`` is ``"interrupted"`` and ``val_loss`` is the one measured
+    before training (no final evaluation)."""
     from . import optim, train
     from .models import GPT, GPTConfig
 
@@ -200,7 +203,9 @@ def train_one(config, budget, train_ids, val_ids, *, batch_size=16, block_size=6
             f"train_one: a budget of {budget:.3g} FLOPs buys no step of this model "
             f"({per_step:.3g} FLOPs each)"
         )
-    peak = float(lr(config) if callable(lr) else lr)
+    peak = _positive_number("lr", lr(config) if callable(lr) else lr)
+    if not (isinstance(warmup_frac, (int, float)) and 0 <= warmup_frac < 1):
+        raise InvalidArgumentError(f"train_one: warmup_frac must be in [0, 1), got {warmup_frac!r}")
     _core.manual_seed(int(seed))
     model = GPT(config)
     opt = optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.99), weight_decay=weight_decay)
