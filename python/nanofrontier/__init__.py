@@ -94,6 +94,7 @@ from . import rl  # noqa: E402  (post-training objectives)
 from . import tasks  # noqa: E402  (generated tasks for the post-training notebooks)
 from . import agents  # noqa: E402, F401  (Part 7: ReAct agents and their tools)
 from . import tour  # noqa: E402  (the notebooks' runner; nf.tour.claim states a measured claim)
+from . import scaling  # noqa: E402  (Part 4: FLOP counts, compute-budget sweeps, power-law fits)
 
 __all__ = [
     "Tensor",
