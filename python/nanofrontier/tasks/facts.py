@@ -619,8 +619,9 @@ class FactsTask:
         questions of ``split``."""
         qs = self.questions(split)
         heads = [q.answer_text().split(q.answer)[0] for q in qs]
+        n_new = max(len(v) for vals in self._values.values() for v in vals) + 2  # value, ".", stop
         toks, _ = model.generate([self.tokenizer.encode(q.prompt + h) for q, h in zip(qs, heads)],
-                                 self.max_new_tokens, temperature=0.0, stop_tokens=list(self.stop_ids))
+                                 n_new, temperature=0.0, stop_tokens=list(self.stop_ids))
         right = [self.score(q, h + self.tokenizer.decode(t))["correct"] for q, h, t in zip(qs, heads, toks)]
         return float(np.mean(right))
 
