@@ -27,6 +27,12 @@ Tokens: one per character of a fixed alphabet (letters, digits, space, ``.,?'-``
 specials written as literal text, ``<pad>`` (id 0) and ``<eos>`` (id 1), the end-of-answer marker and stop
 token. A model for this task needs a vocabulary of ``task.tokenizer.vocab_size`` (71) and positions for
 ``task.block_size`` tokens (a prompt plus its longest completion).
+
+For the trainers and the Part 5 notebooks: ``example_ids`` / ``pair_ids`` / ``prompt_ids`` (token ids as
+``nf.rl``'s trainers take them), ``rule_fn`` (the rule as a reward function), ``knowledge_probe`` (does the
+model know the facts, apart from whether it answers), ``evaluate(..., ref_model=)`` (rates, and the KL to a
+reference on the model's own samples), ``sampled_pairs`` (on-policy pairs judged by the rule), and
+:func:`base_model` (the pretrained base model, cached on disk so notebooks share it).
 """
 
 import dataclasses
