@@ -561,3 +561,21 @@ def test_progress_bar_and_time_budget(capsys):
     assert h.stop_reason == "max_seconds" and len(h) >= 1
     err = capsys.readouterr().err
     assert "step" in err and "reward_mean" in err  # tqdm's bar, with the step's numbers in its postfix
+
+
+def test_ppo_takes_a_list_of_rules_measured_never_rewarded():
+    """Two held-out rules: each logged as rule/<name>, the first also as rule_score; the reward unchanged."""
+    def first_is_target(prompt, completion):
+        return float(bool(completion) and completion[0] == TARGET)
+
+    tr = ppo(max_steps=2, diagnostics=False, rule_fn=[frac_target, first_is_target])
+    h = tr.train()
+    ro = tr.last_rollout
+    comps = [list(c) for c in ro.completions]  # no stop tokens: the completions are what was sampled
+    assert set(h[-1]) >= {"rule_score", "rule/frac_target", "rule/first_is_target"}
+    assert h[-1]["rule_score"] == h[-1]["rule/frac_target"]
+    want = np.mean([first_is_target(None, c) for c in comps])
+    np.testing.assert_allclose(h[-1]["rule/first_is_target"], want)
+    np.testing.assert_allclose(h[-1]["score"], np.mean([frac_target(None, c) for c in comps]))
+    with pytest.raises(nf.InvalidArgumentError, match="rule_fn"):
+        ppo(rule_fn=3)

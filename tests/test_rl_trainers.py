@@ -322,3 +322,42 @@ def test_bad_input_is_refused_by_name():
         rl.DPOTrainer(m, opt, PREF_TRAIN, max_steps=1, label_smoothing=0.7)
     with pytest.raises(nf.InvalidArgumentError, match=r"pairs\[0\] has 2 parts, expected 3"):
         make("dpo", max_steps=1).evaluate([([1], [2])])
+
+
+# ------------------------------------------------------------------------- scores and implicit rewards
+
+
+def test_reward_trainer_scores_match_the_model_and_rank_like_evaluate():
+    tr = make("reward", max_steps=30)
+    tr.train()
+    chosen = [(p, c) for p, c, _ in PREF_HELD]
+    rejected = [(p, r) for p, _, r in PREF_HELD]
+    sc, sr = tr.scores(chosen), tr.scores(rejected)
+    assert sc.shape == sr.shape == (len(PREF_HELD),) and sc.dtype == np.float64
+    assert np.mean(sc > sr) == tr.evaluate(PREF_HELD)
+    # one row scored alone gives the same number as in a batch (padding never reaches the last token)
+    b = rl.pack([chosen[3][0]], [chosen[3][1]])
+    with nf.no_grad():
+        want = tr.model.eval()(b.input_ids, b.attention_mask).numpy()[0]
+    np.testing.assert_allclose(sc[3], want, rtol=1e-5, atol=1e-6)
+    assert tr.model.training is False  # left as it was set just above
+    with pytest.raises(nf.InvalidArgumentError, match="empty"):
+        tr.scores([([1, 2], [])])
+
+
+def test_dpo_rewards_are_beta_times_the_log_ratio():
+    tr = make("dpo", max_steps=1, beta=0.25)
+    chosen = [(p, c) for p, c, _ in PREF_HELD]
+    np.testing.assert_array_equal(tr.rewards(chosen), 0.0)  # policy == reference before training
+    tr = make("dpo", max_steps=20, beta=0.25)
+    tr.train()
+    rejected = [(p, r) for p, _, r in PREF_HELD]
+    rc, rr = tr.rewards(chosen), tr.rewards(rejected)
+    b = rl.pack([p for p, _ in chosen], [c for _, c in chosen])
+    with nf.no_grad():
+        lp = rl.sequence_logprobs(tr.model, b.input_ids, b.completion_mask).numpy()
+        ref = rl.sequence_logprobs(tr.ref_model, b.input_ids, b.completion_mask).numpy()
+    np.testing.assert_allclose(rc, 0.25 * (lp - ref), rtol=1e-4, atol=1e-5)
+    m = tr.metrics(PREF_HELD)
+    assert np.mean(rc > rr) == pytest.approx(m["accuracy"]) and m["accuracy"] > 0.8, m
+    np.testing.assert_allclose(np.mean(rc - rr), m["margin"], rtol=1e-4, atol=1e-5)

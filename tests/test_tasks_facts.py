@@ -316,3 +316,128 @@ def test_pairs_kinds_filter(task):
         task.pairs("train", kinds=("helpful",))
     with pytest.raises(nf.InvalidArgumentError, match="kinds"):
         task.pairs("train", kinds=())
+
+
+# ---------------------------------------------------------------- helpers for the trainers and notebooks
+
+
+class Scripted:
+    """A stand-in model whose completion of each question is ``reply(question, prompt_text)``; generation
+    stops after the first stop token, as the real ``generate`` does."""
+
+    def __init__(self, task, reply):
+        self.task, self.reply = task, reply
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=None, stop_tokens=()):
+        out = []
+        for p in prompts:
+            text = self.task.tokenizer.decode(p)
+            q = self.task.question(text.split("\n", 1)[0])
+            ids = self.task.tokenizer.encode(self.reply(q, text))[:max_new_tokens]
+            stop = next((i for i, t in enumerate(ids) if t in stop_tokens), None)
+            out.append(ids if stop is None else ids[: stop + 1])
+        return out, [[0.0] * len(t) for t in out]
+
+
+def test_token_id_helpers_round_trip(task):
+    dec = task.tokenizer.decode
+    ex = task.example_ids()
+    assert len(ex) == len(task.demonstrations("train"))
+    assert [(dec(p), dec(c)) for p, c in ex] == [(e.prompt, e.completion) for e in task.demonstrations()]
+    pairs = task.pairs("heldout")[:5]
+    got = [tuple(map(dec, r)) for r in task.pair_ids(pairs)]
+    assert got == [(p.prompt, p.chosen, p.rejected) for p in pairs]
+    ps = task.prompt_ids("heldout")
+    assert [dec(p["prompt"]) for p in ps] == [q.prompt for q in task.questions("heldout")]
+    assert [p["question"] for p in ps] == [q.text for q in task.questions("heldout")]
+
+
+def test_rule_fn_is_the_scorer(task):
+    q, other = task.questions("train")[:2]
+    wrong = next(v for v in task.cities + task.people if v != q.answer and v[0].isupper())
+    answered, correct, clean = task.rule_fn("answered"), task.rule_fn("correct"), task.rule_fn("clean")
+    assert answered.__name__ == "rule_answered"
+    cases = {
+        q.answer_text(): (1, 1, 1),
+        q.answer_text() + " " + other.text: (1, 1, 0),
+        q.answer_text(wrong if q.relation != "color" else "red" if q.answer != "red" else "blue"): (1, 0, 1),
+        other.text: (0, 0, 0),
+        q.text: (0, 0, 0),
+        "": (0, 0, 0),
+    }
+    for completion, want in cases.items():
+        got = tuple(f(q.prompt, completion, question=q.text) for f in (answered, correct, clean))
+        assert got == want, (completion, got, want)
+    with pytest.raises(nf.InvalidArgumentError, match="decode"):
+        answered(task.tokenizer.encode(q.prompt), [1, 2])
+    with pytest.raises(nf.InvalidArgumentError, match="what"):
+        task.rule_fn("helpful")
+
+
+def test_evaluate_sampled_pairs_and_probe_on_a_scripted_model(task):
+    held = {q.text for q in task.questions("heldout")}
+
+    def reply(q, text):  # answers the train questions, continues the held-out ones with another question
+        if text.endswith(q.prompt):
+            other = task.questions("train")[0].text + "\n"
+            return q.answer_text() + facts.EOS if q.text not in held else other
+        head = text[len(q.prompt):]  # the knowledge probe: the value it knows, then stop
+        return q.answer_text()[len(head):] + facts.EOS if q.text not in held else "Zzz." + facts.EOS
+
+    m = Scripted(task, reply)
+    tr, he = task.evaluate(m, "train", samples_per_question=2), task.evaluate(m, "heldout")
+    n_train = len(task.questions("train"))
+    assert (tr["answer_rate"], tr["accuracy"], tr["clean_rate"], tr["n"]) == (1, 1, 1, 2 * n_train)
+    assert (he["answer_rate"], he["accuracy"], he["n"]) == (0, 0, len(held))
+    assert task.knowledge_probe(m, "train") == 1.0 and task.knowledge_probe(m, "heldout") == 0.0
+    assert task.sampled_pairs(m, "train") == []  # every sample right: nothing to prefer against
+    pairs = task.sampled_pairs(m, "heldout", samples_per_question=3)
+    assert len(pairs) == 3 * len(held) and {p.kind for p in pairs} == {"sampled"}
+    for p in pairs:
+        q = task.question(p.prompt)
+        assert p.chosen == q.answer_text() + facts.EOS
+        assert p.rejected == task.questions("train")[0].text + "\n"
+    with pytest.raises(nf.InvalidArgumentError, match="samples_per_question"):
+        task.evaluate(m, samples_per_question=0)
+
+
+def test_evaluate_kl_to_a_reference_is_the_log_ratio_of_the_samples(task):
+    nf.manual_seed(0)
+    cfg = nf.models.GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.block_size, n_layer=1,
+                              n_head=2, n_embd=32)
+    a, b = nf.models.GPT(cfg), nf.models.GPT(cfg)
+    same = task.evaluate(a, "heldout", samples_per_question=2, seed=3, ref_model=a.copy())
+    assert same["kl"] == 0.0 and same["kl_sem"] == 0.0
+    r = task.evaluate(a, "heldout", samples_per_question=2, seed=3, ref_model=b)
+    qs = [q for q in task.questions("heldout") for _ in range(2)]
+    prompts = [task.tokenizer.encode(q.prompt) for q in qs]
+    toks, lps = a.generate(prompts, task.max_new_tokens, seed=3, stop_tokens=list(task.stop_ids))
+    assert [task.tokenizer.decode(t) for t in toks] == [s[1] for s in r["samples"]]
+    pk = nf.rl.pack(prompts, [list(t) for t in toks])
+    with nf.no_grad():
+        ref = nf.rl.sequence_logprobs(b, pk.input_ids, pk.completion_mask).numpy()
+    want = np.mean([sum(lp) for lp in lps] - ref)  # generate reports log p under the sampling model
+    assert r["kl"] == pytest.approx(want, rel=1e-4, abs=1e-4) and r["kl_sem"] > 0
+
+
+def test_base_model_is_cached_atomically_and_keyed_by_its_settings(tmp_path):
+    t = facts.make_task(0, n_base_docs=200)
+    kw = dict(n_layer=1, n_head=2, n_embd=32, steps=3, block_size=t.block_size, directory=str(tmp_path))
+    m1, i1 = facts.base_model(t, **kw)
+    assert not i1["cached"] and i1["steps"] == 3 and i1["tokens"] == 3 * 16 * t.block_size
+    assert 0.0 <= i1["knowledge"] <= 1.0 and i1["seconds"] > 0
+    rng = nf.get_rng_state()
+    m2, i2 = facts.base_model(t, **kw)
+    assert i2["cached"] and i2["path"] == i1["path"] and nf.get_rng_state() == rng  # loading draws nothing
+    for (k, v), (k2, v2) in zip(sorted(m1.state_dict().items()), sorted(m2.state_dict().items())):
+        assert k == k2 and np.array_equal(np.asarray(v), np.asarray(v2)), k
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    _, i3 = facts.base_model(t, **{**kw, "seed": 1})
+    _, i4 = facts.base_model(facts.make_task(1, n_base_docs=200), **kw)
+    assert len({i1["path"], i3["path"], i4["path"]}) == 3 and not i3["cached"] and not i4["cached"]
+    _, i5 = facts.base_model(t, **{**kw, "cache": False})
+    assert not i5["cached"] and i5["path"] is None
+    with pytest.raises(nf.InvalidArgumentError, match="block_size"):
+        facts.base_model(t, **{**kw, "block_size": t.block_size - 1})
+    with pytest.raises(nf.InvalidArgumentError, match="steps"):
+        facts.base_model(t, **{**kw, "steps": 0})

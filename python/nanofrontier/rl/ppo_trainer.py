@@ -45,8 +45,10 @@ class PPOTrainer(ol.OnlineTrainer):
       gradient) or a Python function ``f(prompt, completion, **extras) -> float`` (text with ``decode``,
       else ids; the completion stops before its stop token), or a list of functions (with
       ``reward_weights``). A function that raises or returns None/NaN stops with an error naming it and the
-      row. ``rule_fn``: an optional held-out rule (same signature) that is measured, never rewarded
-      (``rule_score``); the reward-hacking diagnostic compares the two.
+      row. ``rule_fn``: an optional held-out rule (same signature), or a list of rules, measured and
+      never rewarded: each logged as ``rule/<name>``, the first also as ``rule_score`` (the one the
+      reward-hacking diagnostic compares with the reward). Use it to watch what a learned reward model
+      does not see, e.g. ``[task.rule_fn("answered"), task.rule_fn("correct")]``.
     - ``ref_model``: the frozen reference (default: a frozen copy of the policy at the start).
     - KL: ``kl_controller`` (``nf.rl.FixedKLController`` / ``AdaptiveKLController``; default
       ``FixedKLController(kl_coef)``, ``kl_coef=0.05``; give one or the other), ``kl_estimator`` ("k1" or
@@ -61,8 +63,8 @@ class PPOTrainer(ol.OnlineTrainer):
       with Ray the workers run the reward functions, while a reward model scores in this process).
 
     Each step's history row: ``score`` (mean reward at the end) and ``score_std``, ``reward/<fn>``,
-    ``accuracy`` (with a correctness rule), ``rule_score``, ``kl`` (mean per-sequence sum of the k1/k3
-    KL to the reference, measured on the rollout), ``kl_coef`` (β used this step), ``entropy``,
+    ``accuracy`` (with a correctness rule), ``rule_score`` and ``rule/<fn>``, ``kl`` (mean per-sequence sum
+    of the k1/k3 KL to the reference, measured on the rollout), ``kl_coef`` (β used this step), ``entropy``,
     ``policy_loss``, ``value_loss``, ``clip_fraction``, ``value_clip_fraction``, ``approx_kl``,
     ``explained_variance`` (of the returns by the values), ``completion_length``, ``truncation_rate``,
     ``grad_norm``, ``time``.
@@ -110,7 +112,10 @@ class PPOTrainer(ol.OnlineTrainer):
         else:
             raise InvalidArgumentError(f"{owner}: reward must be an nf.rl.RewardModel or a function (prompt, "
                                        f"completion, **extras) -> float, got {type(reward).__name__}")
-        self.rule = None if rule_fn is None else ol.RewardFunctions(owner, [rule_fn])
+        if rule_fn is not None and not (callable(rule_fn) or isinstance(rule_fn, (list, tuple))):
+            raise InvalidArgumentError(f"{owner}: rule_fn must be a function (prompt, completion, **extras) "
+                                       f"-> float or a list of them, got {type(rule_fn).__name__}")
+        self.rule = None if rule_fn is None else ol.RewardFunctions(owner, rule_fn)
         if decode is not None and not callable(decode):
             raise InvalidArgumentError(f"{owner}: decode must be a function ids -> str, got "
                                        f"{type(decode).__name__}")
@@ -206,7 +211,10 @@ class PPOTrainer(ol.OnlineTrainer):
                 if correct is not None:
                     metrics["accuracy"] = float(correct.mean())
             if self.rule is not None:
-                metrics["rule_score"] = float(done["rule"][0].mean())
+                per_rule = done["rule"][1]
+                for name, vals in zip(self.rule.names, per_rule):
+                    metrics[f"rule/{name}"] = float(np.mean(vals))
+                metrics["rule_score"] = float(np.mean(per_rule[0]))
         return scores, metrics
 
     def _step(self):

@@ -399,6 +399,18 @@ class RewardTrainer(_PostTrainer):
                 wins += int((c.numpy() > r.numpy()).sum())
         return wins / len(rows)
 
+    def scores(self, examples):
+        """The reward model's score of each ``(prompt_ids, completion_ids)`` in ``examples``: a (N,)
+        float64 array (eval mode, no gradients, ``batch_size`` rows per forward)."""
+        rows = _rows(examples, 2, "examples", "(prompt, completion)", _context(self.model))
+        _check_vocab(rows, _vocab(self.model), self.pad_token_id, "examples")
+        out = []
+        with _EvalMode(self.model):
+            for idx in self._chunks(len(rows)):
+                b = pack([rows[i][0] for i in idx], [rows[i][1] for i in idx], self.pad_token_id)
+                out.append(self.model(b.input_ids, b.attention_mask).numpy().astype(np.float64).reshape(-1))
+        return np.concatenate(out)
+
 
 # ------------------------------------------------------------------------------------------- DPO
 
@@ -507,6 +519,23 @@ class DPOTrainer(_PostTrainer):
                 loss += out.item() * len(idx)
         n = len(rows)
         return {"accuracy": wins / n, "margin": margin / n, "loss": loss / n}
+
+    def rewards(self, examples):
+        """DPO's implicit reward of each ``(prompt_ids, completion_ids)`` in ``examples``:
+        β·(log π(completion | prompt) − log π_ref(completion | prompt)), a (N,) float64 array (eval mode, no
+        gradients). Up to a term that depends on the prompt only, this is the reward the policy is the
+        optimum for (Rafailov et al. 2023, eq. 5), so it ranks two completions of one prompt as a reward
+        model would; 0 for every completion before training."""
+        rows = _rows(examples, 2, "examples", "(prompt, completion)", _context(self.model))
+        _check_vocab(rows, _vocab(self.model), self.pad_token_id, "examples")
+        out = []
+        with _EvalMode(self.model, self.ref_model):
+            for idx in self._chunks(len(rows)):
+                b = pack([rows[i][0] for i in idx], [rows[i][1] for i in idx], self.pad_token_id)
+                pol = sequence_logprobs(self.model, b.input_ids, b.completion_mask).numpy()
+                ref = sequence_logprobs(self.ref_model, b.input_ids, b.completion_mask).numpy()
+                out.append(self.beta * (pol.astype(np.float64) - ref.astype(np.float64)))
+        return np.concatenate(out)
 
     def evaluate(self, pairs):
         """Held-out implicit-reward accuracy on ``pairs`` (see :meth:`metrics`). Chance is 0.5; the

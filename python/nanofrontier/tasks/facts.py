@@ -27,11 +27,24 @@ Tokens: one per character of a fixed alphabet (letters, digits, space, ``.,?'-``
 specials written as literal text, ``<pad>`` (id 0) and ``<eos>`` (id 1), the end-of-answer marker and stop
 token. A model for this task needs a vocabulary of ``task.tokenizer.vocab_size`` (71) and positions for
 ``task.block_size`` tokens (a prompt plus its longest completion).
+
+For the trainers and the Part 5 notebooks: ``example_ids`` / ``pair_ids`` / ``prompt_ids`` (token ids as
+``nf.rl``'s trainers take them), ``rule_fn`` (the rule as a reward function), ``knowledge_probe`` (does the
+model know the facts, apart from whether it answers), ``evaluate(..., ref_model=)`` (rates, and the KL to a
+reference on the model's own samples), ``sampled_pairs`` (on-policy pairs judged by the rule), and
+:func:`base_model` (the pretrained base model, cached on disk so notebooks share it).
 """
 
+import dataclasses
+import hashlib
+import json
+import os
 import random
 import re
+import shutil
 import string
+import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,6 +315,10 @@ class FactsTask:
         heldout_in_base,
     ):
         self.seed, self.heldout_in_base = seed, heldout_in_base
+        # everything the generated data depends on (the base-model cache is keyed by it)
+        self.params = {"seed": seed, "n_per_relation": n_per_relation, "heldout_fraction": heldout_fraction,
+                       "n_base_docs": n_base_docs, "p_answer": p_answer, "p_question": p_question,
+                       "p_repeat": p_repeat, "heldout_in_base": heldout_in_base}
         self.p_answer, self.p_question, self.p_repeat = p_answer, p_question, p_repeat
         self.tokenizer = FactsTokenizer()
         # the scorer reads a completion's first line only, so generation may stop at a newline as well
@@ -483,11 +500,22 @@ class FactsTask:
         top_k=None,
         seed=0,
         max_new_tokens=None,
+        ref_model=None,
     ):
         """Generate from ``model`` for every question of ``split`` (``samples_per_question`` times each, in
         one batch) and score by rule. Returns ``{"answer_rate", "accuracy", "clean_rate", "n", "samples"}``:
         rates over all samples (accuracy = correct / all), ``samples`` a list of (question text, completion
-        text, score). Generation stops at ``<eos>`` or a newline (``stop_ids``)."""
+        text, score). Generation stops at ``<eos>`` or a newline (``stop_ids``).
+
+        ``ref_model``: also measure how far ``model`` has moved from it: ``"kl"``, the mean over the samples
+        of the summed log p_model − log p_ref of each completion's tokens (stop token included) — the k1
+        (Monte Carlo) estimate of KL(model ‖ ref) per completion, in nats, unbiased at ``temperature=1``
+        with no ``top_k`` (otherwise a measure of the drift on what was sampled, not the KL) — and
+        ``"kl_sem"``, its standard error."""
+        if samples_per_question < 1:
+            raise InvalidArgumentError(
+                f"facts.evaluate: samples_per_question must be >= 1, got {samples_per_question}"
+            )
         qs = [q for q in self.questions(split) for _ in range(samples_per_question)]
         prompts = [self.tokenizer.encode(q.prompt) for q in qs]
         tokens, _ = model.generate(
@@ -504,13 +532,104 @@ class FactsTask:
             samples.append((q.text, text, self.score(q, text)))
         n = len(samples)
         rate = {k: sum(s[2][k] for s in samples) / n for k in ("answered", "correct", "clean")}
-        return {
+        out = {
             "answer_rate": rate["answered"],
             "accuracy": rate["correct"],
             "clean_rate": rate["clean"],
             "n": n,
             "samples": samples,
         }
+        if ref_model is not None:
+            logp = self._completion_logp
+            kl = logp(model, prompts, tokens) - logp(ref_model, prompts, tokens)
+            out["kl"], out["kl_sem"] = float(kl.mean()), float(kl.std() / np.sqrt(max(1, n - 1)))
+        return out
+
+    def _completion_logp(self, model, prompts, tokens, chunk=64):
+        """(N,) float64: the summed log-probs of each completion under ``model`` (no gradients)."""
+        from .. import no_grad
+        from ..rl.sequences import pack, sequence_logprobs
+
+        out = []
+        with no_grad():
+            for i in range(0, len(prompts), chunk):
+                comps = [list(t) for t in tokens[i : i + chunk]]
+                b = pack(prompts[i : i + chunk], comps, self.tokenizer.pad_id)
+                lp = sequence_logprobs(model, b.input_ids, b.completion_mask)
+                out.append(lp.numpy().astype(np.float64))
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------ token ids for the nf.rl trainers
+
+    def example_ids(self, examples=None, split="train"):
+        """``(prompt_ids, completion_ids)`` per demonstration, as ``nf.rl.SFTTrainer`` takes them:
+        ``examples`` (a list of :class:`Example`) or, when None, every demonstration of ``split``."""
+        enc = self.tokenizer.encode
+        examples = self.demonstrations(split) if examples is None else examples
+        return [(enc(e.prompt), enc(e.completion)) for e in examples]
+
+    def pair_ids(self, pairs):
+        """``(prompt_ids, chosen_ids, rejected_ids)`` per :class:`Pair`, as ``nf.rl.RewardTrainer`` and
+        ``nf.rl.DPOTrainer`` take them."""
+        enc = self.tokenizer.encode
+        return [(enc(p.prompt), enc(p.chosen), enc(p.rejected)) for p in pairs]
+
+    def prompt_ids(self, split="train"):
+        """The prompts of ``split`` as ``nf.rl.PPOTrainer`` / ``GRPOTrainer`` take them: one dict per
+        question, ``{"prompt": ids, "question": text}``."""
+        enc = self.tokenizer.encode
+        return [{"prompt": enc(q.prompt), "question": q.text} for q in self.questions(split)]
+
+    def rule_fn(self, what="answered"):
+        """The rule as a reward function ``f(prompt, completion, **extras) -> float`` for the online
+        trainers (with ``decode=task.tokenizer.decode``): 1.0 when :meth:`score` says ``what``
+        ("answered", "correct" or "clean") of the completion of that prompt, else 0.0. Named
+        ``rule_<what>`` (the trainers log it under that name)."""
+        if what not in ("answered", "correct", "clean"):
+            raise InvalidArgumentError(
+                f"facts.rule_fn: what must be 'answered', 'correct' or 'clean', got {what!r}"
+            )
+
+        def rule(prompt, completion, **extras):
+            if not isinstance(prompt, str) or not isinstance(completion, str):
+                raise InvalidArgumentError("facts rule: prompt and completion must be text (give the trainer "
+                                           "decode=task.tokenizer.decode)")
+            return float(self.score(prompt, completion)[what])
+
+        rule.__name__ = rule.__qualname__ = f"rule_{what}"
+        return rule
+
+    def sampled_pairs(self, model, split="train", samples_per_question=4, temperature=1.0, seed=0):
+        """On-policy preference pairs: ``samples_per_question`` completions of each question of ``split``
+        sampled from ``model`` and judged by the rule; every sample that is not a correct, clean answer
+        becomes the rejected side of a pair whose chosen side is the correct answer (kind "sampled"). The
+        rejected texts are what this model actually writes, so DPO pushes down its own mistakes rather
+        than text it would never produce. Returns a list of :class:`Pair` (possibly empty, when every
+        sample was right)."""
+        if samples_per_question < 1:
+            raise InvalidArgumentError(f"facts.sampled_pairs: samples_per_question must be >= 1, got "
+                                       f"{samples_per_question}")
+        r = self.evaluate(model, split, samples_per_question=samples_per_question, temperature=temperature,
+                          seed=seed)
+        out = []
+        for text, completion, sc in r["samples"]:
+            if sc["correct"] and sc["clean"]:
+                continue
+            q = self.question(text)
+            out.append(Pair(q.prompt, q.answer_text() + EOS, completion, "sampled"))
+        return out
+
+    def knowledge_probe(self, model, split="heldout"):
+        """Knowledge apart from behaviour: given the question and the start of its answer sentence
+        ("...Its capital is "), does greedy decoding fill in the true value? The fraction right over the
+        questions of ``split``."""
+        qs = self.questions(split)
+        heads = [q.answer_text().split(q.answer)[0] for q in qs]
+        n_new = max(len(v) for vals in self._values.values() for v in vals) + 2  # value, ".", stop
+        toks, _ = model.generate([self.tokenizer.encode(q.prompt + h) for q, h in zip(qs, heads)],
+                                 n_new, temperature=0.0, stop_tokens=list(self.stop_ids))
+        right = [self.score(q, h + self.tokenizer.decode(t))["correct"] for q, h, t in zip(qs, heads, toks)]
+        return float(np.mean(right))
 
     def __repr__(self):
         return (
@@ -536,6 +655,85 @@ def _check_split(split):
     return split
 
 
+def cache_dir():
+    """Where :func:`base_model` keeps pretrained base models: ``$NANOFRONTIER_CACHE`` if set, else
+    ``$XDG_CACHE_HOME/nanofrontier`` or ``~/.cache/nanofrontier``; under it, ``facts_base/``."""
+    root = os.environ.get("NANOFRONTIER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nanofrontier"
+    )
+    return os.path.join(root, "facts_base")
+
+
+def base_model(task, *, n_layer=2, n_head=4, n_embd=128, steps=2000, batch_size=16, block_size=128, lr=3e-3,
+               warmup_steps=50, weight_decay=0.1, seed=0, cache=True, directory=None, progress=False):
+    """The base model of ``task``: a GPT pretrained by next-token loss on ``task.base_corpus`` (random
+    windows of ``block_size``, AdamW betas 0.9/0.99, warmup then cosine to 0.1 × ``lr``, clip 1.0), the
+    raw model post-training starts from. Returns ``(model, info)``; ``info`` holds ``steps``, ``tokens``,
+    ``seconds`` and ``cpu_seconds`` of the pretraining (as measured when it ran), ``loss`` (last step),
+    ``knowledge`` (:meth:`FactsTask.knowledge_probe` on the held-out questions), ``cached`` (True when
+    loaded from disk) and ``path``.
+
+    With ``cache=True`` the weights are saved under ``directory`` (default :func:`cache_dir`) in a folder
+    named by a hash of everything the result depends on (the task's parameters, the model and training
+    settings, the seed), written to a temporary folder and renamed into place, so notebooks share one
+    pretraining and a concurrent or interrupted run never leaves half a model. The same call on another
+    machine gives the same weights up to floating-point summation order."""
+    from .. import manual_seed, optim, train
+    from ..models import GPT, GPTConfig
+
+    for name, v in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd), ("steps", steps),
+                    ("batch_size", batch_size), ("block_size", block_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidArgumentError(f"facts.base_model: {name} must be an int >= 1, got {v!r}")
+    if block_size < task.block_size:
+        raise InvalidArgumentError(f"facts.base_model: block_size={block_size} is shorter than the task's "
+                                   f"longest prompt + completion ({task.block_size} tokens)")
+    settings = {"task": task.params, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "steps": steps,
+                "batch_size": batch_size, "block_size": block_size, "lr": lr, "warmup_steps": warmup_steps,
+                "weight_decay": weight_decay, "seed": seed, "version": 1}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(directory or cache_dir(), f"{key}")
+    if cache and os.path.isfile(os.path.join(path, "info.json")):
+        with open(os.path.join(path, "info.json")) as f:
+            info = json.load(f)
+        with np.load(os.path.join(path, "weights.npz")) as z:
+            model = GPT._from_state(info["config"], {k: z[k] for k in z.files})
+        model.eval()
+        info.update(cached=True, path=path)
+        return model, info
+
+    manual_seed(seed)
+    config = GPTConfig(vocab_size=task.tokenizer.vocab_size, block_size=block_size, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, bias=False)
+    model = GPT(config)
+    ids = np.array(task.tokenizer.encode(task.base_corpus), dtype=np.int64)
+    opt = optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    t0, c0 = time.perf_counter(), time.process_time()
+    hist = train.fit(model, opt, ids, batch_size=batch_size, block_size=block_size, max_steps=steps, lr=lr,
+                     warmup_steps=warmup_steps, min_lr_ratio=0.1, seed=seed, progress=progress)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    model.eval()
+    info = {"steps": steps, "tokens": steps * batch_size * block_size, "seconds": seconds, "cpu_seconds": cpu,
+            "loss": float(hist.last("loss")), "knowledge": task.knowledge_probe(model, "heldout"),
+            "parameters": model.num_parameters(), "load": os.getloadavg()[0], "settings": settings,
+            "config": dataclasses.asdict(config)}
+    if cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=os.path.dirname(path))
+        try:
+            np.savez(os.path.join(tmp, "weights.npz"), **model.state_dict())
+            with open(os.path.join(tmp, "info.json"), "w") as f:
+                json.dump(info, f, indent=1)
+            os.replace(tmp, path)
+        except OSError:
+            if not os.path.isfile(os.path.join(path, "info.json")):  # not a concurrent writer's success
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    info.update(cached=False, path=path if cache else None)
+    return model, info
+
+
 def make_task(
     seed=0,
     *,
@@ -553,8 +751,8 @@ def make_task(
     after ≈ 1,600-1,800 steps of 16 × 128 tokens; twice as many facts need far more); ``heldout_fraction``
     of each relation's questions held out; ``n_base_docs`` documents in the base corpus, where each line
     after a question is its answer with probability ``p_answer``, another question with ``p_question``,
-    the same question again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether held-out questions
-    (and so their answers) appear in the base corpus (see the module docstring)."""
+    the same question again with ``p_repeat``, and unrelated text otherwise. ``heldout_in_base``: whether
+    held-out questions (and so their answers) appear in the base corpus (see the module docstring)."""
     if not isinstance(seed, int):
         raise InvalidArgumentError(f"facts.make_task: seed must be an int, got {seed!r}")
     if not 2 <= n_per_relation <= 200:
