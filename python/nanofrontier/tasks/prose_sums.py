@@ -19,8 +19,9 @@ answer: the format the rewards ask for is never demonstrated, only the arithmeti
 The rule (no learned judge): a completion is *well formed* when it is one sentence — lowercase letters,
 digits, spaces and ``+ = , :`` only, no other full stop — ending in ``<number>.`` (a trailing newline
 allowed); its *answer* is that final number. :func:`parse_answer` returns it (or None), and
-:func:`nanofrontier.rl.rewards.sentence_answer_reward` / :func:`~nanofrontier.rl.rewards.sentence_format_reward`
-turn it into rewards. A worked answer (``" 5+2=7, 3+9=12, so 127."``) and a bare one (``" 127."``) both count.
+:func:`nanofrontier.rl.rewards.sentence_answer_reward` and
+:func:`~nanofrontier.rl.rewards.sentence_format_reward` turn it into rewards. A worked answer
+(``" 5+2=7, 3+9=12, so 127."``) and a bare one (``" 127."``) both count.
 
 Splits: a pair (a, b) is held out (``"test"``) when a hash of its text falls in the held-out fraction (1 in
 5), whatever the seed; the corpus and ``split="train"`` use only the other pairs, so held-out problems are in
@@ -63,7 +64,8 @@ class Problem:
         """``{"prompt": text (or ids, with ``encode``), "answer": int, "level": int}`` — the fields the
         rewards read (:func:`nanofrontier.rl.rewards.sentence_answer_reward` takes ``answer``)."""
         text = prompt(self)
-        return {"prompt": text if encode is None else encode(text), "answer": self.answer, "level": self.level}
+        ids = text if encode is None else encode(text)
+        return {"prompt": ids, "answer": self.answer, "level": self.level}
 
 
 def carries(a, b):
