@@ -55,8 +55,8 @@ def correctness_reward(completion, answer, **_):
 
 correctness_reward.is_correctness_rule = True
 
-_STRICT = re.compile(r"<think>(?:(?!</?think>|</?answer>).)*</think>\s*<answer>((?:(?!</?think>|</?answer>).)*)"
-                     r"</answer>", re.DOTALL)
+_STRICT = re.compile(r"<think>(?:(?!</?think>|</?answer>).)*</think>\s*"
+                     r"<answer>((?:(?!</?think>|</?answer>).)*)</answer>", re.DOTALL)
 _MAX = 200_000  # completions longer than this score 0 (the regexes stay linear-time on the rest)
 
 
