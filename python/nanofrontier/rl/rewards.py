@@ -23,12 +23,17 @@ fields are ignored (``**_``). None of them raises on any completion text; a non-
 - :func:`countdown_reward` — 1.0 when the answer (as above; the whole completion if it has neither
   marker) is an expression of the given ``numbers`` that reaches ``target``, checked by
   :func:`nanofrontier.tasks.countdown.check` (its own parser, exact fractions; never ``eval``).
+- :func:`sentence_answer_reward` / :func:`sentence_format_reward` — Part 8's rules for answers written as
+  one plain sentence ending in ``<number>.`` (``" 7+5=12, 4+8+1=13, so 132."`` or ``" 132."``), parsed by
+  :func:`nanofrontier.tasks.prose_sums.parse_answer`: 1.0 when that final number is ``answer`` (marked
+  ``is_correctness_rule``); 1.0 when the completion is such a sentence at all.
 """
 
 import re
 
 from ..tasks.arithmetic import extract_answer, parse_number
 from ..tasks.countdown import check
+from ..tasks.prose_sums import parse_answer as _sentence_answer
 
 _SPACE = re.compile(r"\s+")
 
@@ -50,8 +55,8 @@ def correctness_reward(completion, answer, **_):
 
 correctness_reward.is_correctness_rule = True
 
-_STRICT = re.compile(r"<think>(?:(?!</?think>|</?answer>).)*</think>\s*<answer>((?:(?!</?think>|</?answer>).)*)"
-                     r"</answer>", re.DOTALL)
+_STRICT = re.compile(r"<think>(?:(?!</?think>|</?answer>).)*</think>\s*"
+                     r"<answer>((?:(?!</?think>|</?answer>).)*)</answer>", re.DOTALL)
 _MAX = 200_000  # completions longer than this score 0 (the regexes stay linear-time on the rest)
 
 
@@ -87,3 +92,18 @@ def countdown_reward(completion, numbers, target, **_):
 
 
 countdown_reward.is_correctness_rule = True
+
+
+def sentence_answer_reward(completion, answer, **_):
+    """1.0 when the completion is one sentence ending in ``<number>.`` and that number equals ``answer``
+    (an int), else 0.0 (:func:`nanofrontier.tasks.prose_sums.parse_answer`)."""
+    got = _sentence_answer(completion)
+    return 1.0 if got is not None and not isinstance(answer, bool) and got == answer else 0.0
+
+
+sentence_answer_reward.is_correctness_rule = True
+
+
+def sentence_format_reward(completion, **_):
+    """1.0 when the completion is one sentence ending in ``<number>.``, whatever the number, else 0.0."""
+    return 0.0 if _sentence_answer(completion) is None else 1.0
