@@ -5,5 +5,5 @@ Each submodule is one task family (the notebooks that use it say which).
 """
 
 from . import facts as facts  # Part 5: a world of facts, a base corpus that rarely answers, preference pairs
-from . import arithmetic, countdown  # noqa: F401  (Parts 6 and 8)
+from . import arithmetic, countdown, prose_sums  # noqa: F401  (Part 6; Countdown; Part 8's prose sums)
 from . import expression, world  # noqa: F401  (safe arithmetic; Part 7's world)
