@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from ..exceptions import InvalidArgumentError
 from ._draw import draw_distinct, hash_split
+from .arithmetic import carries  # noqa: F401  (part of this module's API: a Problem's level)
 
 PROMPT = "question: {a} + {b}. answer:"
 SPLITS = ("train", "test")
@@ -66,16 +67,6 @@ class Problem:
         text = prompt(self)
         ids = text if encode is None else encode(text)
         return {"prompt": ids, "answer": self.answer, "level": self.level}
-
-
-def carries(a, b):
-    """How many columns of ``a + b`` carry a 1 into the next one."""
-    c = n = 0
-    while a or b:
-        c = 1 if a % 10 + b % 10 + c >= 10 else 0
-        n += c
-        a, b = a // 10, b // 10
-    return n
 
 
 def split_of(a, b):
