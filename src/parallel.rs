@@ -225,13 +225,14 @@ fn run_on_worker_polling<R: Send>(
     }
     let Some(_one_call) = OneCall::enter() else { return f() };
     let grad = runtime::is_grad_enabled();
+    let bf16 = crate::ops::matmul::bf16_enabled();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel::<Outcome<R>>(1);
     let job_stop = stop.clone();
     let job = move || {
         let out = catch_unwind(AssertUnwindSafe(|| {
             let _state = OnWorker::enter(grad, job_stop);
-            f()
+            crate::ops::matmul::with_bf16(bf16, f)
         }));
         let _ = tx.send(out); // the last use of anything borrowed: after it the caller may return
     };
@@ -275,6 +276,7 @@ fn run_on_worker_polling<R: Send>(
 pub fn map_tasks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Sync) -> Result<Vec<R>> {
     use rayon::prelude::*;
     let grad = runtime::is_grad_enabled();
+    let bf16 = crate::ops::matmul::bf16_enabled();
     let stop = runtime::replace_call_stop(None);
     runtime::replace_call_stop(stop.clone());
     let results: Vec<Result<R>> = install(|| {
@@ -284,7 +286,7 @@ pub fn map_tasks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + S
             .map(|item| {
                 let prev_grad = runtime::set_grad_enabled(grad);
                 let prev_stop = runtime::replace_call_stop(stop.clone());
-                let r = catch_unwind(AssertUnwindSafe(|| f(item)));
+                let r = catch_unwind(AssertUnwindSafe(|| crate::ops::matmul::with_bf16(bf16, || f(item))));
                 runtime::set_grad_enabled(prev_grad);
                 runtime::replace_call_stop(prev_stop);
                 r.unwrap_or_else(|p| resume_unwind(p))
