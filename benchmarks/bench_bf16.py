@@ -89,7 +89,8 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NANOFRONTIER_NUM_THREADS"):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
-           "--case-ids", ",".join(map(str, cases)), "--repeat", str(args.repeat), "--min-time", str(args.min_time), "--clock", args.clock]
+           "--case-ids", ",".join(map(str, cases)), "--repeat", str(args.repeat),
+           "--min-time", str(args.min_time), "--clock", args.clock]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{side} worker failed:\n{res.stderr}")
@@ -144,8 +145,8 @@ def main() -> int:
     print(f"after the runs: {load()}")
     print(
         f"\nbf16 vs f32 matmul, {args.threads} thread(s), {args.rounds} rounds (median GFLOP/s; "
-        f"ratio: median (min–max) of the per-round ratios); f32 peak {peak:.0f} GFLOP/s (measured), bf16 peak "
-        f"{2 * peak:.0f} (derived: 2x); clock: {args.clock}\n"
+        f"ratio: median (min–max) of the per-round ratios); f32 peak {peak:.0f} GFLOP/s (measured), "
+        f"bf16 peak {2 * peak:.0f} (derived: 2x); clock: {args.clock}\n"
     )
     head = "| case | f32 GFLOP/s | % f32 peak | bf16 GFLOP/s | % bf16 peak | bf16 / f32 |"
     if "torch" in sides:
