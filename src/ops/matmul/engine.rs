@@ -98,8 +98,6 @@ thread_local! {
     static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Set while the calling thread is inside `row_wise`.
     static ROW_WISE: Cell<bool> = const { Cell::new(false) };
-    /// Set while the calling thread is in a bf16 scope (`set_bf16`, `with_bf16`).
-    static BF16: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Turn bf16 products on or off for the products this thread makes from now on (`nf.autocast`); returns
@@ -118,12 +116,12 @@ pub(crate) fn set_bf16(on: bool) -> Result<bool> {
             ),
         ));
     }
-    Ok(BF16.with(|c| c.replace(on)))
+    Ok(crate::runtime::replace_bf16_matmul(on))
 }
 
 /// Whether this thread's products run in bf16.
 pub(crate) fn bf16_enabled() -> bool {
-    BF16.with(Cell::get)
+    crate::runtime::is_bf16_matmul()
 }
 
 /// Run `f` with this thread's bf16 setting `on` (restored after, also on panic): how a backward replays
@@ -132,10 +130,10 @@ pub(crate) fn with_bf16<R>(on: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            BF16.with(|c| c.set(self.0));
+            crate::runtime::replace_bf16_matmul(self.0);
         }
     }
-    let _restore = Restore(BF16.with(|c| c.replace(on)));
+    let _restore = Restore(crate::runtime::replace_bf16_matmul(on));
     f()
 }
 
@@ -244,7 +242,7 @@ impl<'a> Gemm<'a> {
             }
         }
         assert_eq!(*starts.last().unwrap_or(&0), terms.len());
-        Gemm { m, k, n, a, b, terms, starts, bias: None, row_wise: ROW_WISE.with(Cell::get), bf16: BF16.with(Cell::get) }
+        Gemm { m, k, n, a, b, terms, starts, bias: None, row_wise: ROW_WISE.with(Cell::get), bf16: bf16_enabled() }
     }
 
     /// Add `bias` (length n) to every output row.
