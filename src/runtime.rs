@@ -1,6 +1,6 @@
 //! Per-thread switches that every layer may consult, so none of them has to import another for them:
-//! grad mode (`no_grad`: while off, ops record nothing), bf16 products (`nf.autocast`) and Ctrl-C (the hook that asks Python, and the
-//! stop flag of the `parallel::run_on_worker` call a thread is running).
+//! grad mode (`no_grad`: while off, ops record nothing), bf16 products (`nf.autocast`) and Ctrl-C (the
+//! hook that asks Python, and the stop flag of the `parallel::run_on_worker` call a thread is running).
 //! Not here: the thread pool (`parallel`), the tape (`autograd`). Declared first, it uses nothing of ours
 //! but the error type.
 
