@@ -87,7 +87,7 @@ def main() -> int:
               f"({load()})")
     d = (res["bf16"]["val"] - res["f32"]["val"]) / res["f32"]["val"]
     ok = abs(d) <= 0.01
-    print(f"RESULT: val loss bf16 {res['bf16']['val']:.4f} vs f32 {res['f32']['val']:.4f}: {100 * d:+.2f}% "
+    print(f"RESULT: val loss bf16 {res['bf16']['val']:.4f} vs f32 {res['f32']['val']:.4f}: {100 * d:+.3f}% "
           f"(target within 1%: {'met' if ok else 'NOT met'}); bf16 step time "
           f"{res['bf16']['wall'] / res['f32']['wall']:.2f}x the f32 run's")
     return 0
