@@ -146,24 +146,27 @@ pub use crate::runtime::{check_interrupt, set_interrupt_hook};
 /// How often a caller waiting for `run_on_worker` asks the hook about Ctrl-C.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The per-thread state a call carries onto the worker (grad mode, its stop flag), restored on drop, also
-/// when the call panics. Restoring matters: a worker waiting inside one call can pick up another.
+/// The per-thread state a call carries onto the worker (grad mode, bf16 products, its stop flag), restored
+/// on drop, also when the call panics. Restoring matters: a worker waiting inside one call can pick up another.
 struct OnWorker {
     grad: bool,
+    bf16: bool,
     stop: Option<Arc<AtomicBool>>,
 }
 
 impl OnWorker {
-    fn enter(grad: bool, stop: Arc<AtomicBool>) -> OnWorker {
+    fn enter(grad: bool, bf16: bool, stop: Arc<AtomicBool>) -> OnWorker {
         let grad = runtime::set_grad_enabled(grad);
+        let bf16 = runtime::replace_bf16_matmul(bf16);
         let stop = runtime::replace_call_stop(Some(stop));
-        OnWorker { grad, stop }
+        OnWorker { grad, bf16, stop }
     }
 }
 
 impl Drop for OnWorker {
     fn drop(&mut self) {
         runtime::set_grad_enabled(self.grad);
+        runtime::replace_bf16_matmul(self.bf16);
         runtime::replace_call_stop(self.stop.take());
     }
 }
@@ -225,12 +228,13 @@ fn run_on_worker_polling<R: Send>(
     }
     let Some(_one_call) = OneCall::enter() else { return f() };
     let grad = runtime::is_grad_enabled();
+    let bf16 = runtime::is_bf16_matmul();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel::<Outcome<R>>(1);
     let job_stop = stop.clone();
     let job = move || {
         let out = catch_unwind(AssertUnwindSafe(|| {
-            let _state = OnWorker::enter(grad, job_stop);
+            let _state = OnWorker::enter(grad, bf16, job_stop);
             f()
         }));
         let _ = tx.send(out); // the last use of anything borrowed: after it the caller may return
@@ -268,13 +272,14 @@ fn run_on_worker_polling<R: Send>(
     }
 }
 
-/// `f(item)` for every item, each a pool task that runs with this thread's grad mode and Ctrl-C stop
-/// flag (what a `run_on_worker` call carries; both are per-thread, so a task stolen by another worker
+/// `f(item)` for every item, each a pool task that runs with this thread's grad mode, bf16 switch and
+/// Ctrl-C stop flag (what a `run_on_worker` call carries; both are per-thread, so a task stolen by another worker
 /// would otherwise run without them). Results come back in item order; the first error (in item order)
 /// is returned. For a few large independent pieces of one call, e.g. groups of rows generating at once.
 pub fn map_tasks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Sync) -> Result<Vec<R>> {
     use rayon::prelude::*;
     let grad = runtime::is_grad_enabled();
+    let bf16 = runtime::is_bf16_matmul();
     let stop = runtime::replace_call_stop(None);
     runtime::replace_call_stop(stop.clone());
     let results: Vec<Result<R>> = install(|| {
@@ -284,7 +289,9 @@ pub fn map_tasks<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + S
             .map(|item| {
                 let prev_grad = runtime::set_grad_enabled(grad);
                 let prev_stop = runtime::replace_call_stop(stop.clone());
+                let prev_bf16 = runtime::replace_bf16_matmul(bf16);
                 let r = catch_unwind(AssertUnwindSafe(|| f(item)));
+                runtime::replace_bf16_matmul(prev_bf16);
                 runtime::set_grad_enabled(prev_grad);
                 runtime::replace_call_stop(prev_stop);
                 r.unwrap_or_else(|p| resume_unwind(p))

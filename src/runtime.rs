@@ -1,6 +1,6 @@
 //! Per-thread switches that every layer may consult, so none of them has to import another for them:
-//! grad mode (`no_grad`: while off, ops record nothing) and Ctrl-C (the hook that asks Python, and the
-//! stop flag of the `parallel::run_on_worker` call a thread is running).
+//! grad mode (`no_grad`: while off, ops record nothing), bf16 products (`nf.autocast`) and Ctrl-C (the
+//! hook that asks Python, and the stop flag of the `parallel::run_on_worker` call a thread is running).
 //! Not here: the thread pool (`parallel`), the tape (`autograd`). Declared first, it uses nothing of ours
 //! but the error type.
 
@@ -42,6 +42,24 @@ impl Drop for NoGradGuard {
 /// Turn recording off until the guard is dropped (inference, optimizer steps, the backward pass itself).
 pub fn no_grad() -> NoGradGuard {
     NoGradGuard { prev: set_grad_enabled(false) }
+}
+
+// ---- bf16 products ----
+
+thread_local! {
+    static BF16_MATMUL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread's matmul/linear products run in bf16 (`ops::matmul::set_bf16` checks the CPU before
+/// turning it on; `parallel` carries it into pool tasks as it does grad mode).
+pub fn is_bf16_matmul() -> bool {
+    BF16_MATMUL.with(|e| e.get())
+}
+
+/// Set this thread's bf16 switch as is (no CPU check: callers pass a setting that was checked); returns
+/// the previous one.
+pub fn replace_bf16_matmul(on: bool) -> bool {
+    BF16_MATMUL.with(|e| e.replace(on))
 }
 
 // ---- Ctrl-C ----

@@ -80,6 +80,45 @@ class no_grad(_contextlib.ContextDecorator):
         return False
 
 
+class autocast(_contextlib.ContextDecorator):
+    """Context manager (or decorator): matmul and linear products made inside it on this thread run in
+    bfloat16 with float32 accumulation::
+
+        with nf.autocast("bf16"):
+            loss = model(x, targets)   # the big products in bf16 (tensors stay float32)
+        loss.backward()                # their backward products in bf16 too (recorded in the forward)
+
+    Both operands of a product are rounded to bf16 (to nearest even) as the kernel packs them; the sums
+    are float32 and every tensor stays float32, so optimizers keep float32 master weights. Matrix-vector
+    products (a single row, decode) and everything that is not a matmul stay float32. ``dtype`` is
+    ``"bf16"`` (or ``"bfloat16"``) to turn it on, ``"f32"`` (or ``"float32"``) to turn it off again in a
+    nested scope; the previous setting comes back on exit. The setting is per thread and float32 is the
+    default. Raises ``InvalidArgumentError`` on entry when the CPU has no AVX512-BF16 (or
+    ``NANOFRONTIER_MATMUL_ISA`` forces a lower path); see ``bf16_supported()``.
+    """
+
+    _NAMES = {"bf16": True, "bfloat16": True, "f32": False, "float32": False}
+
+    def __init__(self, dtype: str = "bf16"):
+        if dtype not in self._NAMES:
+            raise InvalidArgumentError(f"autocast: dtype must be one of {sorted(self._NAMES)}, got {dtype!r}")
+        self.dtype = dtype
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(_core._set_bf16(self._NAMES[self.dtype]))
+        return self
+
+    def __exit__(self, *exc):
+        _core._set_bf16(self._prev.pop())
+        return False
+
+
+def bf16_supported():
+    """Whether ``autocast("bf16")`` can run here: a CPU with AVX512-BF16 and the AVX-512 matmul path."""
+    return _core._bf16_supported()
+
+
 def smoke_mode():
     """True when ``NANOFRONTIER_SMOKE`` is set to a non-empty value other than ``0``.
 
@@ -117,6 +156,8 @@ __all__ = [
     "expand",
     "where",
     "no_grad",
+    "autocast",
+    "bf16_supported",
     "set_grad_enabled",
     "is_grad_enabled",
     "set_num_threads",

@@ -179,6 +179,23 @@ pub fn _fma_peak(py: Python<'_>, threads: usize, seconds: f64) -> PyResult<(f64,
 pub fn _matmul_path() -> &'static str {
     crate::ops::matmul::gemm_path()
 }
+/// Turn bf16 matmul/linear products on or off for this thread (`nf.autocast`); returns the previous
+/// setting. Raises InvalidArgumentError when turning it on where the CPU cannot (no AVX512-BF16, or
+/// `NANOFRONTIER_MATMUL_ISA` forcing a lower path).
+#[pyfunction]
+pub fn _set_bf16(on: bool) -> PyResult<bool> {
+    crate::ops::matmul::set_bf16(on).map_err(PyErr::from)
+}
+/// Whether this thread's matmul/linear products run in bf16.
+#[pyfunction]
+pub fn _bf16_enabled() -> bool {
+    crate::ops::matmul::bf16_enabled()
+}
+/// Whether bf16 products can run here (AVX512-BF16 and the AVX-512 GEMM path).
+#[pyfunction]
+pub fn _bf16_supported() -> bool {
+    crate::ops::matmul::bf16_supported()
+}
 /// Turn op recording on/off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn set_grad_enabled(on: bool) -> bool {

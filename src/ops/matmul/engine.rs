@@ -71,6 +71,9 @@ pub(super) struct Gemm<'a> {
     pub(super) bias: Option<&'a [f32]>,
     /// Made inside `row_wise`: an x·Wᵀ product runs as per-row dot products (`dots`).
     row_wise: bool,
+    /// Made inside a bf16 scope (`set_bf16`): the GEMM tiles run `kernels::gemm_bf16` (at the AVX-512
+    /// level on a CPU with AVX512-BF16; matrix-vector and row-wise products stay f32).
+    bf16: bool,
 }
 
 /// One block of output rows r0..r0+rows and columns c0..c0+cols of output matrix `mat`.
@@ -95,6 +98,43 @@ thread_local! {
     static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Set while the calling thread is inside `row_wise`.
     static ROW_WISE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Turn bf16 products on or off for the products this thread makes from now on (`nf.autocast`); returns
+/// the previous setting. Errors: `Unsupported` when turning it on where `kernels::bf16_supported()` is
+/// false (no AVX512-BF16, or a lower ISA forced by `NANOFRONTIER_MATMUL_ISA`).
+pub(crate) fn set_bf16(on: bool) -> Result<bool> {
+    if on && !kernels::bf16_supported() {
+        return Err(crate::error::Error::value(
+            "autocast",
+            format!(
+                "bf16 matmul needs a CPU with AVX512-BF16 and the AVX-512 GEMM path; this process runs {}{} \
+                 (NANOFRONTIER_MATMUL_ISA={:?})",
+                kernels::level_name(kernels::level()),
+                if kernels::level() >= 2 { " and the CPU lacks AVX512-BF16" } else { "" },
+                std::env::var("NANOFRONTIER_MATMUL_ISA").unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(crate::runtime::replace_bf16_matmul(on))
+}
+
+/// Whether this thread's products run in bf16.
+pub(crate) fn bf16_enabled() -> bool {
+    crate::runtime::is_bf16_matmul()
+}
+
+/// Run `f` with this thread's bf16 setting `on` (restored after, also on panic): how a backward replays
+/// its forward's setting and a pool task its caller's. `on` is only ever a setting `set_bf16` accepted.
+pub(crate) fn with_bf16<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            crate::runtime::replace_bf16_matmul(self.0);
+        }
+    }
+    let _restore = Restore(crate::runtime::replace_bf16_matmul(on));
+    f()
 }
 
 /// Run `f` with every x·Wᵀ product it makes on this thread (`linear`, W as stored) computed row by row:
@@ -202,7 +242,7 @@ impl<'a> Gemm<'a> {
             }
         }
         assert_eq!(*starts.last().unwrap_or(&0), terms.len());
-        Gemm { m, k, n, a, b, terms, starts, bias: None, row_wise: ROW_WISE.with(Cell::get) }
+        Gemm { m, k, n, a, b, terms, starts, bias: None, row_wise: ROW_WISE.with(Cell::get), bf16: bf16_enabled() }
     }
 
     /// Add `bias` (length n) to every output row.
@@ -223,6 +263,11 @@ impl<'a> Gemm<'a> {
     ) -> Gemm<'a> {
         let starts = (0..=terms.len()).collect();
         Gemm::new(dims, a, b, terms, starts)
+    }
+
+    /// Whether the GEMM tiles of a run at `level` take the bf16 kernel.
+    fn uses_bf16(&self, level: Isa) -> bool {
+        self.bf16 && level >= 2 && kernels::bf16_supported()
     }
 
     pub(super) fn count(&self) -> usize {
@@ -341,6 +386,21 @@ impl<'a> Gemm<'a> {
                     debug_assert_eq!(t.c0 % p.nr, 0);
                     (&p.panels()[t.c0 / p.nr * p.k * p.nr..], p.k)
                 });
+                if self.uses_bf16(level) {
+                    // SAFETY: as below, and `uses_bf16` checked the CPU's AVX512-BF16.
+                    unsafe {
+                        kernels::gemm_bf16(
+                            (t.rows, self.k, t.cols),
+                            view(a, ao),
+                            view(b, bo),
+                            panels,
+                            cp,
+                            self.n,
+                            !overwrite,
+                        )
+                    };
+                    continue;
+                }
                 // SAFETY: operands in bounds (checked in `Gemm::new`), the tile is this task's alone,
                 // and `level` came from `kernels::level()`, which never exceeds the CPU's features.
                 unsafe {
@@ -445,7 +505,12 @@ impl<'a> Gemm<'a> {
         let packed = if self.shares_b(level) {
             let b = kernels::View { ptr: self.b.data[self.terms[0].1..].as_ptr(), rs: self.b.rs, cs: self.b.cs };
             let reuse = SHARED_B.with(|c| std::mem::take(&mut *c.borrow_mut()));
-            Some(kernels::pack_b(level, b, self.k, self.n, 2 * self.m * self.k * self.n > SERIAL_FLOPS, reuse)?)
+            let parallel = 2 * self.m * self.k * self.n > SERIAL_FLOPS;
+            Some(if self.uses_bf16(level) {
+                kernels::pack_b_bf16(b, self.k, self.n, parallel, reuse)?
+            } else {
+                kernels::pack_b(level, b, self.k, self.n, parallel, reuse)?
+            })
         } else {
             None
         };

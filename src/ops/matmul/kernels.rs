@@ -567,6 +567,432 @@ unsafe fn micro_avx2<const COLS: bool>(kc: usize, a: *const f32, s: usize, b: *c
     }
 }
 
+// ---- the bf16 GEMM (AVX512-BF16): operands rounded to bf16 while packing, f32 accumulation ----
+//
+// Both operands are packed as bf16 PAIRS: a 32-bit word holds the values of two consecutive terms
+// (k = 2p in its low half, 2p + 1 in its high half; a zero pairs an odd K's last term). `_mm512_dpbf16_ps`
+// multiplies 16 such pairs of A and B lane by lane and adds both products to an f32 accumulator, so a
+// micro-kernel works like the f32 one over K/2 pair-terms. The packed words live in the same f32
+// buffers as the f32 panels (as raw bits), so `PackedB` and the thread-local buffers serve both; a
+// packed bf16 B's `k` counts pairs. Bits: as the f32 GEMM (one accumulator per output element over a
+// block of `KC_BF16` terms, then C = acc or C + acc), so they depend on the shapes alone, never on the
+// tiling or thread count. The rounding (f32 -> bf16, to nearest even, NaN kept quiet) is the same integer
+// arithmetic in the scalar and the vector packers.
+
+/// K terms per block of the bf16 GEMM (an A panel of KC_BF16/2 pairs × 12 rows = 12 KB stays in L1).
+pub(super) const KC_BF16: usize = 512;
+
+/// Whether matmul can run in bf16 here: the AVX-512 level (`level()`, so `NANOFRONTIER_MATMUL_ISA=avx2`
+/// or `portable` answers no) on a CPU with AVX512-BF16 (detected at run time).
+pub(crate) fn bf16_supported() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            level() >= 2 && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// f32 -> bf16 bits, rounded to nearest even; a NaN stays a (quiet) NaN.
+pub(super) fn to_bf16(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x7FFF_FFFF > 0x7F80_0000 {
+        return (b >> 16) | 0x40;
+    }
+    b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16
+}
+
+/// The value of a bf16 (bits in the low half).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(super) fn from_bf16(h: u32) -> f32 {
+    f32::from_bits(h << 16)
+}
+
+/// `to_bf16` on 16 lanes: each u32 lane gets the bf16 bits in its low half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bf16_lanes(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))));
+    let abs = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    _mm512_mask_blend_epi32(nan, rounded, quiet)
+}
+
+/// Pack one bf16 panel: `dst[p·w + j]` = the pair (src(j, 2p), src(j, 2p + 1)) for p < k.div_ceil(2),
+/// j < w, where src(j, kk) is at `ptr + j·js + kk·ks` for j < cols, kk < k, and 0 elsewhere (padding
+/// columns, an odd K's missing last term). The layout of `pack_panel` with term pairs for terms.
+///
+/// # Safety
+/// Every src(j, kk) for j < cols, kk < k is readable; dst holds k.div_ceil(2)·w words; w ≤ 32; the CPU
+/// has AVX-512F.
+unsafe fn pack_panel_bf16(p: *const f32, js: usize, ks: usize, cols: usize, k: usize, w: usize, dst: &mut [f32]) {
+    let k2 = k.div_ceil(2);
+    debug_assert!(cols <= w && w <= 32 && dst.len() >= k2 * w);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as this function's contract.
+        if js == 1 {
+            return unsafe { pack_bf16_rows(p, ks, cols, k, w, dst) };
+        }
+        if ks == 1 {
+            return unsafe { pack_bf16_cols(p, js, cols, k, w, dst) };
+        }
+    }
+    for kp in 0..k2 {
+        for j in 0..w {
+            let at = |kk: usize| {
+                // SAFETY: j < cols and kk < k (the caller's contract).
+                if j < cols && kk < k { to_bf16(unsafe { *p.add(j * js + kk * ks) }) } else { 0 }
+            };
+            dst[kp * w + j] = f32::from_bits(at(2 * kp) | at(2 * kp + 1) << 16);
+        }
+    }
+}
+
+/// `pack_panel_bf16` for js = 1: the cols values of each term are contiguous; two terms' rows are loaded
+/// (masked past cols), rounded, and interleaved into one row of words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bf16_rows(p: *const f32, ks: usize, cols: usize, k: usize, w: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = dst.as_mut_ptr();
+    let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let (l0, l1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    let (w0, w1) = (lanes(w), lanes(w.saturating_sub(16)));
+    // SAFETY: reads the cols values of terms < k (the caller's contract); writes k2·w words of dst.
+    unsafe {
+        for kp in 0..k.div_ceil(2) {
+            let lo = p.add(2 * kp * ks);
+            let (a0, a1) = (_mm512_maskz_loadu_ps(l0, lo), _mm512_maskz_loadu_ps(l1, lo.add(16)));
+            let (b0, b1) = if 2 * kp + 1 < k {
+                let hi = lo.add(ks);
+                (_mm512_maskz_loadu_ps(l0, hi), _mm512_maskz_loadu_ps(l1, hi.add(16)))
+            } else {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            let x0 = _mm512_or_si512(bf16_lanes(a0), _mm512_slli_epi32::<16>(bf16_lanes(b0)));
+            let x1 = _mm512_or_si512(bf16_lanes(a1), _mm512_slli_epi32::<16>(bf16_lanes(b1)));
+            let o = d.add(kp * w);
+            _mm512_mask_storeu_epi32(o as *mut i32, w0, x0);
+            if w > 16 {
+                _mm512_mask_storeu_epi32(o.add(16) as *mut i32, w1, x1);
+            }
+        }
+    }
+}
+
+/// `pack_panel_bf16` for ks = 1: each of the cols vectors is contiguous along k; 32 terms at a time are
+/// rounded and narrowed to 16 pair words (their order in memory), then stored down the panel's column.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bf16_cols(p: *const f32, js: usize, cols: usize, k: usize, w: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k2 = k.div_ceil(2);
+    let d = dst.as_mut_ptr() as *mut u32;
+    let mut words = [0u32; 16];
+    // SAFETY: reads terms < k of the vectors j < cols (the caller's contract); writes k2·w words of dst.
+    unsafe {
+        for j in 0..cols {
+            let src = p.add(j * js);
+            for kk in (0..k).step_by(32) {
+                let rest = k - kk;
+                let m0 = ((1u32 << rest.min(16)) - 1) as __mmask16;
+                let m1 = ((1u32 << rest.saturating_sub(16).min(16)) - 1) as __mmask16;
+                let v0 = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(m0, src.add(kk))));
+                let v1 = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(m1, src.add(kk + 16))));
+                _mm256_storeu_si256(words.as_mut_ptr() as *mut __m256i, v0);
+                _mm256_storeu_si256(words.as_mut_ptr().add(8) as *mut __m256i, v1);
+                let kp0 = kk / 2;
+                for (t, &wd) in words.iter().enumerate().take((k2 - kp0).min(16)) {
+                    *d.add((kp0 + t) * w + j) = wd;
+                }
+            }
+        }
+        for kp in 0..k2 {
+            for j in cols..w {
+                *d.add(kp * w + j) = 0;
+            }
+        }
+    }
+}
+
+/// One row of A, contiguous along k, as k.div_ceil(2) pair words at `dst` (32 terms per step: rounded and
+/// narrowed to 16 words in memory order; masked at K's tail, an odd K's last pair zero-padded).
+///
+/// # Safety
+/// `p[0..k]` is readable, dst holds k.div_ceil(2) words, the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bf16_row_pairs(p: *const f32, k: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k2 = k.div_ceil(2);
+    debug_assert!(dst.len() >= k2);
+    let d = dst.as_mut_ptr() as *mut i32;
+    // SAFETY: reads p[kk..kk + 32] masked to k; writes words < k2 of dst.
+    unsafe {
+        for kk in (0..k).step_by(32) {
+            let rest = k - kk;
+            let m0 = ((1u32 << rest.min(16)) - 1) as __mmask16;
+            let m1 = ((1u32 << rest.saturating_sub(16).min(16)) - 1) as __mmask16;
+            let v0 = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(m0, p.add(kk))));
+            let v1 = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(m1, p.add(kk + 16))));
+            let words = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1);
+            let n = (k2 - kk / 2).min(16);
+            _mm512_mask_storeu_epi32(d.add(kk / 2), ((1u32 << n) - 1) as __mmask16, words);
+        }
+    }
+}
+
+/// B (k×n) packed in bf16 pairs for every tile of a product (`PackedB::k` = k.div_ceil(2) pairs).
+/// Errors: `Interrupted` (Ctrl-C) while packing a large B.
+pub(super) fn pack_b_bf16(b: View, k: usize, n: usize, parallel: bool, mut reuse: Vec<f32>) -> Result<PackedB> {
+    let (nr, k2) = (32, k.div_ceil(2));
+    let len = k2 * n.div_ceil(nr) * nr;
+    let off = aligned(&mut reuse, len);
+    pack_b_bf16_into(b, k, n, &mut reuse[off..off + len], parallel)?;
+    Ok(PackedB { buf: reuse, off, k: k2, nr })
+}
+
+fn pack_b_bf16_into(b: View, k: usize, n: usize, panels: &mut [f32], parallel: bool) -> Result<()> {
+    let nr = 32;
+    let pack_one = |b: View, p: usize, dst: &mut [f32]| {
+        let c0 = p * nr;
+        // SAFETY: callers guarantee b has k rows and n columns, and AVX-512; c0 < n.
+        unsafe { pack_panel_bf16(b.ptr.add(c0 * b.cs), b.cs, b.rs, nr.min(n - c0), k, nr, dst) };
+    };
+    let panel_len = k.div_ceil(2) * nr;
+    let count = n.div_ceil(nr);
+    let panels = &mut panels[..count * panel_len];
+    if parallel && count > 1 {
+        use rayon::prelude::*;
+        let per_run = (PACK_RUN / panel_len).max(1);
+        for (r, run) in panels.chunks_mut(per_run * panel_len).enumerate() {
+            crate::parallel::install(|| {
+                run.par_chunks_mut(panel_len).enumerate().for_each(|(p, dst)| pack_one(b, r * per_run + p, dst));
+            });
+            crate::parallel::check_interrupt()?;
+        }
+    } else {
+        for (p, dst) in panels.chunks_mut(panel_len).enumerate() {
+            pack_one(b, p, dst);
+        }
+    }
+    Ok(())
+}
+
+/// C (m×n, row stride ldc) = [C +] bf16(A) (m×k) · bf16(B) (k×n), accumulated in f32: the bf16 twin of
+/// `gemm` (12×32 micro-tiles on `_mm512_dpbf16_ps`). `packed`: B's bf16 panels from this tile's first
+/// column on, with their pair count; else B is packed here. A is always packed (rounded) per block: row
+/// by row when it is contiguous along k (vector stores only), else in MR-row panels.
+///
+/// # Safety
+/// As `gemm`, and the CPU has AVX512-BF16 (`bf16_supported()`).
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_bf16(
+    (m, k, n): (usize, usize, usize),
+    a: View,
+    b: View,
+    packed: Option<(&[f32], usize)>,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(bf16_supported());
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (mr, nr) = (12, 32);
+    let k2 = k.div_ceil(2);
+    with_bufs(|abuf, bbuf| {
+        let (bp, bk2): (&[f32], usize) = match packed {
+            Some(p) => p,
+            None => {
+                let len = k2 * n.div_ceil(nr) * nr;
+                let off = aligned(bbuf, len);
+                // (not parallel: no interrupt check, so this cannot fail)
+                let _ = pack_b_bf16_into(b, k, n, &mut bbuf[off..off + len], false);
+                (&bbuf[off..off + len], k2)
+            }
+        };
+        let kcp = KC_BF16 / 2;
+        // A row-major (contiguous along k): packed row by row (micro-kernel reads rows `pairs` apart);
+        // else in the panel layout (each pair-term's MR words contiguous)
+        let by_rows = a.cs == 1 && cfg!(target_arch = "x86_64");
+        let a_len = MC.min(m.div_ceil(mr) * mr) * kcp.min(k2);
+        let aoff = aligned(abuf, a_len);
+        let ablk = &mut abuf[aoff..aoff + a_len];
+        for pc in (0..k2).step_by(kcp) {
+            let pairs = kcp.min(k2 - pc);
+            let terms = (k - 2 * pc).min(2 * pairs);
+            let add = accumulate || pc > 0;
+            // pack A's panel ip of the block at rows ic.. (its source prefetched while the previous
+            // panel's micro-tiles ran: a large A comes from memory, and packing it in a pass of its own
+            // measured ~15% of a K = 1536, N = 384 product)
+            let pack = |ablk: &mut [f32], ic: usize, ip: usize| {
+                let r0 = ic + ip * mr;
+                if by_rows {
+                    // each row's pairs contiguous (row stride `pairs` words): vector stores only
+                    let panel = &mut ablk[ip * pairs * mr..(ip + 1) * pairs * mr];
+                    for (r, row) in panel.chunks_mut(pairs).enumerate() {
+                        if r0 + r < m {
+                            // SAFETY: row r0 + r, terms 2·pc..2·pc + terms lie inside a; AVX-512.
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                pack_bf16_row_pairs(a.ptr.add((r0 + r) * a.rs + 2 * pc), terms, row)
+                            };
+                        } else {
+                            row.fill(0.0);
+                        }
+                    }
+                    return;
+                }
+                // SAFETY: rows r0.., terms 2·pc.. lie inside a; AVX-512 (the caller's contract).
+                unsafe {
+                    pack_panel_bf16(
+                        a.ptr.add(r0 * a.rs + 2 * pc * a.cs),
+                        a.rs,
+                        a.cs,
+                        mr.min(m - r0),
+                        terms,
+                        mr,
+                        &mut ablk[ip * pairs * mr..],
+                    )
+                };
+            };
+            // fetch the source of the panel at rows r0.. into L2 (a hint: no effect on results)
+            let prefetch = |r0: usize| {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                    let rows = mr.min(m - r0);
+                    // SAFETY: every address is an element of a (rows r0.., terms 2·pc.. inside it).
+                    unsafe {
+                        if a.cs == 1 {
+                            for r in 0..rows {
+                                let row = a.ptr.add((r0 + r) * a.rs + 2 * pc);
+                                for t in (0..terms).step_by(16) {
+                                    _mm_prefetch::<_MM_HINT_T1>(row.add(t) as *const i8);
+                                }
+                            }
+                        } else if a.rs == 1 {
+                            let p = a.ptr.add(r0 + 2 * pc * a.cs);
+                            for t in 0..terms {
+                                _mm_prefetch::<_MM_HINT_T1>(p.add(t * a.cs) as *const i8);
+                                _mm_prefetch::<_MM_HINT_T1>(p.add(t * a.cs + rows - 1) as *const i8);
+                            }
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = r0;
+            };
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                for jc in (0..n).step_by(NC) {
+                    let nc = NC.min(n - jc);
+                    for ip in 0..mc.div_ceil(mr) {
+                        let rows = mr.min(mc - ip * mr);
+                        if jc == 0 {
+                            pack(ablk, ic, ip);
+                            if ip + 1 < mc.div_ceil(mr) {
+                                prefetch(ic + (ip + 1) * mr);
+                            }
+                        }
+                        let apanel = ablk[ip * pairs * mr..].as_ptr();
+                        for jp in jc / nr..(jc + nc).div_ceil(nr) {
+                            let cols = nr.min(n - jp * nr);
+                            let bpanel = bp[jp * bk2 * nr + pc * nr..].as_ptr();
+                            // SAFETY: the micro-tile lies inside C; panels hold pairs·mr / pairs·nr words.
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                let cp = c.add((ic + ip * mr) * ldc + jp * nr);
+                                if by_rows {
+                                    micro_bf16::<false>(pairs, apanel, pairs, bpanel, (cp, ldc, rows, cols), add);
+                                } else {
+                                    micro_bf16::<true>(pairs, apanel, mr, bpanel, (cp, ldc, rows, cols), add);
+                                }
+                            }
+                            #[cfg(not(target_arch = "x86_64"))]
+                            let _ = (apanel, bpanel, rows, cols, add);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// 12 rows × 32 columns of bf16 pairs: 24 zmm accumulators; per pair-term two loads of B and twelve
+/// broadcasts of an A pair, each feeding two `vdpbf16ps`. A's pair p of row i is at `a + p·MR + i`
+/// (`COLS`, a panel) or `a + i·s + p` (rows `s` words apart). Stores as `micro_avx512`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_bf16<const COLS: bool>(pairs: usize, a: *const f32, s: usize, b: *const f32, c: CTile, add: bool) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    let (c, ldc, rows, cols) = c;
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    // SAFETY: reads stay inside the panels (pairs words per row/column), writes inside the C micro-tile.
+    unsafe {
+        for i in 0..MR {
+            if i < rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+            }
+        }
+        let (mut a, mut b) = (a as *const i32, b);
+        for _ in 0..pairs {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(16)));
+            for i in 0..MR {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(if COLS { i } else { i * s })));
+                lo[i] = _mm512_dpbf16_ps(lo[i], ai, b0);
+                hi[i] = _mm512_dpbf16_ps(hi[i], ai, b1);
+            }
+            a = a.add(if COLS { MR } else { 1 });
+            b = b.add(32);
+        }
+        if rows == MR && cols == 32 {
+            for i in 0..MR {
+                let row = c.add(i * ldc);
+                let (mut x, mut y) = (lo[i], hi[i]);
+                if add {
+                    x = _mm512_add_ps(_mm512_loadu_ps(row), x);
+                    y = _mm512_add_ps(_mm512_loadu_ps(row.add(16)), y);
+                }
+                _mm512_storeu_ps(row, x);
+                _mm512_storeu_ps(row.add(16), y);
+            }
+        } else {
+            let m0 = ((1u32 << cols.min(16)) - 1) as __mmask16;
+            let m1 = ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16;
+            for i in 0..MR {
+                if i < rows {
+                    let row = c.add(i * ldc);
+                    let (mut x, mut y) = (lo[i], hi[i]);
+                    if add {
+                        x = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), x);
+                        y = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), y);
+                    }
+                    _mm512_mask_storeu_ps(row, m0, x);
+                    _mm512_mask_storeu_ps(row.add(16), m1, y);
+                }
+            }
+        }
+    }
+}
+
 // ---- the FMA peak probe (for the benchmarks) ----
 
 /// The fp32 FMA throughput of this CPU, in GFLOP/s summed over `threads` threads that each run
@@ -727,6 +1153,123 @@ mod tests {
                     let diff = b.iter().zip(&bits[0]).position(|(x, y)| x != y);
                     assert!(diff.is_none(), "({m}, {k}, {n}) {ta}/{tb}: run {q} differs from run 0 at {diff:?}");
                 }
+            }
+        }
+    }
+
+    /// The bf16 rounding: exact on bf16 values, nearest-even on ties, NaN kept, and the vector packers
+    /// (both layouts, masked edges, odd K) give the scalar packer's words.
+    #[test]
+    fn bf16_rounding_and_packers_agree() {
+        assert_eq!(to_bf16(1.0), 0x3F80);
+        assert_eq!(to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80); // tie -> even (down)
+        assert_eq!(to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82); // tie -> even (up)
+        assert_eq!(to_bf16(f32::from_bits(0x3F80_8001)), 0x3F81);
+        assert_eq!(to_bf16(f32::INFINITY), 0x7F80);
+        assert_eq!(to_bf16(f32::MAX), 0x7F80); // rounds up to infinity, as it should
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert!(from_bf16(to_bf16(f32::from_bits(0x7F80_0001))).is_nan());
+        if !bf16_supported() {
+            eprintln!("skipped the vector packers: no AVX512-BF16 here");
+            return;
+        }
+        let mut rng = Rng::new(7);
+        let mut specials = vec![0.0f32, -0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e-39];
+        specials.extend([0x3F80_8000u32, 0x3F81_8000, 0x7F7F_FFFF, 0xFFC0_0001].map(f32::from_bits));
+        for (cols, k, w) in [(32, 7, 32), (5, 9, 32), (12, 33, 12), (7, 64, 12), (32, 70, 32), (1, 1, 32)] {
+            let data: Vec<f32> = (0..cols * k)
+                .map(|i| if i % 5 == 0 { specials[i / 5 % specials.len()] } else { rng.normal() as f32 })
+                .collect();
+            let k2 = k.div_ceil(2);
+            // the same matrix read as (j, kk) at j·k + kk (ks = 1) and at kk·cols + j (js = 1)
+            let tr: Vec<f32> = (0..cols * k).map(|i| data[(i % cols) * k + i / cols]).collect();
+            let mut want = vec![0f32; k2 * w];
+            let mut by_cols = vec![1f32; k2 * w];
+            let mut by_rows = vec![1f32; k2 * w];
+            for kp in 0..k2 {
+                for j in 0..w {
+                    let at = |kk: usize| if j < cols && kk < k { to_bf16(data[j * k + kk]) } else { 0 };
+                    want[kp * w + j] = f32::from_bits(at(2 * kp) | at(2 * kp + 1) << 16);
+                }
+            }
+            // SAFETY: both sources hold cols × k values, the destinations k2 · w words; AVX-512 checked.
+            unsafe {
+                pack_panel_bf16(data.as_ptr(), k, 1, cols, k, w, &mut by_cols);
+                pack_panel_bf16(tr.as_ptr(), 1, cols, cols, k, w, &mut by_rows);
+            }
+            for (name, got) in [("ks = 1", &by_cols), ("js = 1", &by_rows)] {
+                let bad = got.iter().zip(&want).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(bad.is_none(), "{name} packer, cols {cols}, k {k}, w {w}: word {bad:?} differs");
+            }
+        }
+    }
+
+    /// The bf16 GEMM against an f64 product of the bf16-ROUNDED operands (odd sizes, K tails: odd K,
+    /// K across several KC_BF16 blocks; all four layouts; B shared or packed here; overwrite and
+    /// accumulate), against the f32 product within bf16's rounding, and shared / local packing bit for bit.
+    #[test]
+    fn bf16_gemm_matches_f64_of_rounded_inputs() {
+        if !bf16_supported() {
+            eprintln!("skipped: no AVX512-BF16 here");
+            return;
+        }
+        let round = |v: f64| from_bf16(to_bf16(v as f32)) as f64;
+        let mut rng = Rng::new(22);
+        let shapes = [(1, 1, 1), (5, 1, 7), (13, 3, 33), (12, 512, 32), (37, 515, 65), (70, 1025, 50), (2, 9, 131)];
+        for (m, k, n) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (ad, av, ars, acs) = mat(&mut rng, m, k, ta);
+                let (bd, bv, brs, bcs) = mat(&mut rng, k, n, tb);
+                let c0: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
+                let mut bits: Vec<Vec<u32>> = Vec::new();
+                for (accumulate, shared) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let a = View { ptr: ad.as_ptr(), rs: ars, cs: acs };
+                    let b = View { ptr: bd.as_ptr(), rs: brs, cs: bcs };
+                    let packed = shared.then(|| pack_b_bf16(b, k, n, true, Vec::new()).unwrap());
+                    let mut c = c0.clone();
+                    // SAFETY: the views match their buffers, c is m × n, AVX512-BF16 checked.
+                    unsafe {
+                        gemm_bf16(
+                            (m, k, n),
+                            a,
+                            b,
+                            packed.as_ref().map(|p| (p.panels(), p.k)),
+                            c.as_mut_ptr(),
+                            n,
+                            accumulate,
+                        )
+                    };
+                    let (mut worst, mut worst32) = (0f64, 0f64);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let base = if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                            let dot: f64 = (0..k).map(|q| round(av[i * k + q]) * round(bv[q * n + j])).sum();
+                            let dot32: f64 = (0..k).map(|q| av[i * k + q] * bv[q * n + j]).sum();
+                            let abs: f64 = (0..k).map(|q| (av[i * k + q] * bv[q * n + j]).abs()).sum();
+                            let got = c[i * n + j] as f64;
+                            worst = worst.max((got - dot - base).abs() / (1.0 + (dot + base).abs()));
+                            // a product is off by ≤ 2^-7 of its size (two roundings by ≤ 2^-8, bf16's unit roundoff)
+                            let bound = 2f64.powi(-7) * 1.01 * abs + 1e-5 * (k as f64).sqrt() * (1.0 + dot32.abs());
+                            worst32 = worst32.max((got - dot32 - base).abs() / bound);
+                        }
+                    }
+                    // f32 accumulation of exact products: the f32 GEMM's tolerance
+                    let tol = 2e-6 * (k as f64).sqrt() * 4.0;
+                    assert!(
+                        worst <= tol,
+                        "bf16 ({m}, {k}) @ ({k}, {n}), transposed {ta}/{tb}, accumulate {accumulate}, shared B \
+                         {shared}: off from the rounded product by {worst:.2e} (tolerance {tol:.1e})"
+                    );
+                    assert!(
+                        worst32 <= 1.0,
+                        "bf16 ({m}, {k}, {n}) {ta}/{tb}: off from the f32 product by {worst32:.2} of the bound"
+                    );
+                    if !accumulate {
+                        bits.push(c.iter().map(|v| v.to_bits()).collect());
+                    }
+                }
+                let diff = bits[1].iter().zip(&bits[0]).position(|(x, y)| x != y);
+                assert!(diff.is_none(), "bf16 ({m}, {k}, {n}) {ta}/{tb}: shared vs local B differ at {diff:?}");
             }
         }
     }

@@ -23,8 +23,9 @@ mod dots;
 mod engine;
 mod kernels;
 
-pub(crate) use engine::row_wise;
 use engine::{Gemm, plain, transposed};
+pub(crate) use engine::{bf16_enabled, row_wise, set_bf16, with_bf16};
+pub(crate) use kernels::bf16_supported;
 pub(crate) use kernels::fma_peak;
 
 /// The GEMM path this process uses, e.g. `"avx512 (own 12x32 FMA kernel)"`.
@@ -145,12 +146,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !will_record(&[a, b]) {
         return Ok(out);
     }
-    Ok(record(out, MatmulBackward { a: a.clone(), b: b.clone() }))
+    Ok(record(out, MatmulBackward { a: a.clone(), b: b.clone(), bf16: bf16_enabled() }))
 }
 
 struct MatmulBackward {
     a: Tensor,
     b: Tensor,
+    /// The forward ran in a bf16 scope: so do both backward products (wherever backward is called).
+    bf16: bool,
 }
 
 /// CSR grouping: for each of `count` targets, the positions i (ascending) with `target_of[i]` == it.
@@ -182,6 +185,12 @@ impl Backward for MatmulBackward {
     //   dA[j] = Σ_{i: ia(i) = j} dC[i] @ B[ib(i)]ᵀ     dB[j] = Σ_{i: ib(i) = j} A[ia(i)]ᵀ @ dC[i]
     // (1-D inputs were promoted to (1, K) / (K, 1): same data, so their gradients are just reshaped.)
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        with_bf16(self.bf16, || self.grads(dout, needs))
+    }
+}
+
+impl MatmulBackward {
+    fn grads(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let dims = Dims::new(self.a.shape(), self.b.shape())?;
         let (m, k, n) = (dims.m, dims.k, dims.n);
         let reads = crate::tensor::read_all([&self.a, &self.b, dout]);
@@ -284,13 +293,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if !will_record(&inputs) {
         return Ok(out);
     }
-    Ok(record(out, LinearBackward { x: x.clone(), weight: weight.clone(), bias: bias.cloned() }))
+    Ok(record(out, LinearBackward { x: x.clone(), weight: weight.clone(), bias: bias.cloned(), bf16: bf16_enabled() }))
 }
 
 struct LinearBackward {
     x: Tensor,
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The forward ran in a bf16 scope: so do dX and dW.
+    bf16: bool,
 }
 
 impl Backward for LinearBackward {
@@ -305,6 +316,12 @@ impl Backward for LinearBackward {
     // forward was: Y (rows, OUT) = X (rows, IN) @ Wᵀ + b, so
     //   dX = dY @ W (rows, IN)      dW = dYᵀ @ X (OUT, IN)      db = Σ_rows dY
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        with_bf16(self.bf16, || self.grads(dout, needs))
+    }
+}
+
+impl LinearBackward {
+    fn grads(&self, dout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let [out_f, in_f] = self.weight.shape()[..] else { unreachable!("checked in the forward") };
         let rows = self.x.numel().checked_div(in_f).unwrap_or(dout.numel() / out_f.max(1));
         let (xd, wd, dy) = (self.x.data(), self.weight.data(), dout.data());
@@ -844,6 +861,103 @@ mod tests {
             let (r, c) = tile_shape(1, m, k, n);
             assert!(m.div_ceil(r) * n.div_ceil(c) > 1, "({m}, {k}) @ ({k}, {n}) is one tile");
         }
+    }
+
+    /// The bf16 path through the engine and the ops: matmul / linear forward and both backward products
+    /// in a bf16 scope are 1 vs 2 threads bit-identical, close to f64 of the bf16-rounded operands, within
+    /// bf16's rounding of the f32 results, and differ from them (the scope really switched); outside
+    /// the scope (also after a nested scope ends) the f32 bits come back.
+    #[test]
+    fn bf16_scope_products_are_thread_independent_and_close() {
+        if !bf16_supported() {
+            eprintln!("skipped: no AVX512-BF16 here");
+            assert!(set_bf16(true).is_err(), "bf16 must be refused where it is not supported");
+            return;
+        }
+        let round = |v: f32| kernels::from_bf16(kernels::to_bf16(v)) as f64;
+        let mut rng = crate::tensor::random::Rng::new(41);
+        // (m, k, n, count, a transposed, b transposed): shared packed B in row and column tiles, dW-like,
+        // linear-like, batched, K = 1, odd K
+        let cases = [
+            (1000, 64, 700, 1, false, false),
+            (50, 513, 1000, 1, false, false),
+            (333, 301, 97, 1, true, false),
+            (517, 129, 258, 1, false, true),
+            (65, 41, 130, 12, false, false),
+            (300, 1, 200, 1, false, false),
+        ];
+        for (m, k, n, count, ta, tb) in cases {
+            let a: Vec<f32> = (0..count * m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..count * k * n).map(|_| rng.normal() as f32).collect();
+            let sa = if ta { Strided { data: &a, rs: 1, cs: m } } else { plain(&a, k) };
+            let sb = if tb { Strided { data: &b, rs: 1, cs: k } } else { plain(&b, n) };
+            let terms = (0..count).map(|i| (i * m * k, i * k * n)).collect::<Vec<_>>();
+            let gemm = with_bf16(true, || Gemm::one_term_each((m, k, n), sa, sb, terms.clone()));
+            let f32_gemm = Gemm::one_term_each((m, k, n), sa, sb, terms);
+            let run = |g: &Gemm| {
+                let mut out = vec![0f32; count * m * n];
+                g.run_at(&mut out, kernels::level()).unwrap();
+                out
+            };
+            let (one, two) = (with_threads(1, || run(&gemm)), with_threads(2, || run(&gemm)));
+            let pos = one.iter().zip(&two).position(|(x, y)| x.to_bits() != y.to_bits());
+            assert!(pos.is_none(), "bf16 ({m}, {k}, {n}) ×{count}: 1 vs 2 threads differ at {pos:?}");
+            let f = run(&f32_gemm);
+            let at = |s: Strided, off: usize, r: usize, c: usize| s.data[off + r * s.rs + c * s.cs];
+            let (mut worst, mut worst32) = (0f64, 0f64);
+            for (i, &(ao, bo)) in gemm.terms.iter().enumerate() {
+                for r in 0..m {
+                    for c in 0..n {
+                        let want: f64 = (0..k).map(|q| round(at(sa, ao, r, q)) * round(at(sb, bo, q, c))).sum();
+                        let abs: f64 = (0..k).map(|q| (at(sa, ao, r, q) as f64 * at(sb, bo, q, c) as f64).abs()).sum();
+                        let (got, f32v) = (one[i * m * n + r * n + c] as f64, f[i * m * n + r * n + c] as f64);
+                        worst = worst.max((got - want).abs() / (1.0 + want.abs()));
+                        // a product is off by ≤ 2^-7 of its size (two roundings by ≤ 2^-8, bf16's unit roundoff)
+                        let bound = 2f64.powi(-7) * 1.01 * abs + 2.0 * tol_k(k) * (1.0 + f32v.abs());
+                        worst32 = worst32.max((got - f32v).abs() / bound);
+                    }
+                }
+            }
+            assert!(worst <= tol_k(k), "bf16 ({m}, {k}, {n}) ×{count}: off from rounded f64 by {worst:.2e}");
+            assert!(worst32 <= 1.0, "bf16 ({m}, {k}, {n}): off from f32 by {worst32:.2} of the rounding bound");
+            if k > 1 {
+                assert!(one != f, "bf16 ({m}, {k}, {n}): the bf16 scope gave the f32 bits");
+            }
+        }
+        // the ops: linear and matmul forward + backward, recorded in the scope, backward run outside it
+        let mut rng = crate::tensor::random::Rng::new(42);
+        let mut local = |s: &[usize]| {
+            let v = (0..crate::tensor::numel(s)).map(|_| rng.normal() as f32).collect();
+            Tensor::new(v, s).unwrap().requires_grad_(true)
+        };
+        let (x, w, bias, b2) = (local(&[4, 150, 96]), local(&[700, 96]), local(&[700]), local(&[700, 130]));
+        let step = |bf: bool| {
+            let run = || {
+                let y = with_bf16(bf, || linear(&x, &w, Some(&bias)).and_then(|y| matmul(&y, &b2))).unwrap();
+                let dy = Tensor::new((0..y.numel()).map(|i| (i % 7) as f32 - 3.0).collect(), y.shape()).unwrap();
+                y.backward(Some(&dy), false).unwrap();
+                let out: Vec<Vec<f32>> =
+                    [y, x.grad().unwrap(), w.grad().unwrap(), b2.grad().unwrap()].iter().map(|t| t.to_vec()).collect();
+                for t in [&x, &w, &bias, &b2] {
+                    t.zero_grad();
+                }
+                out
+            };
+            let (one, two) = (with_threads(1, run), with_threads(2, run));
+            for (i, (p, q)) in one.iter().zip(&two).enumerate() {
+                let d = p.iter().zip(q).position(|(u, v)| u.to_bits() != v.to_bits());
+                assert!(d.is_none(), "bf16 {bf}: tensor {i} differs between 1 and 2 threads at {d:?}");
+            }
+            one
+        };
+        let (f, h, f_again) = (step(false), step(true), step(false));
+        assert!(f == f_again, "after the bf16 scope the f32 bits must come back");
+        for (i, (p, q)) in f.iter().zip(&h).enumerate() {
+            let scale = p.iter().map(|v| (*v as f64).abs()).fold(0f64, f64::max);
+            let worst = p.iter().zip(q).map(|(u, v)| (*u as f64 - *v as f64).abs()).fold(0f64, f64::max) / scale;
+            assert!(worst < 2e-2 && worst > 0.0, "tensor {i}: bf16 vs f32 relative difference {worst:.2e}");
+        }
+        assert!(!bf16_enabled(), "the scope leaked");
     }
 
     /// Every GEMM path (the portable one and each own kernel the CPU runs) through the tiling engine:
