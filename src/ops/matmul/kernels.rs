@@ -482,6 +482,29 @@ unsafe fn micro_avx512<const COLS: bool>(kc: usize, a: *const f32, s: usize, b: 
             a = a.add(if COLS { s } else { 1 });
             b = b.add(32);
         }
+        store_tile_512(&lo, &hi, (c, ldc, rows, cols), add);
+    }
+}
+
+/// Write a 12 × 32 block of accumulators (`lo`: columns 0..16, `hi`: 16..32 of each row) to the C
+/// micro-tile: `acc` or, when `add`, `C + acc`; masked stores for a ragged edge (rows < 12 or cols < 32).
+/// Shared by the f32 and bf16 AVX-512 kernels.
+///
+/// # Safety
+/// `c` points to rows × cols writable floats at row stride ldc that nothing else accesses meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile_512(
+    lo: &[std::arch::x86_64::__m512; 12],
+    hi: &[std::arch::x86_64::__m512; 12],
+    (c, ldc, rows, cols): CTile,
+    add: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    // SAFETY: the caller's contract; every store stays inside the rows × cols tile.
+    unsafe {
         if rows == MR && cols == 32 {
             for i in 0..MR {
                 let row = c.add(i * ldc);
@@ -963,33 +986,7 @@ unsafe fn micro_bf16<const COLS: bool>(pairs: usize, a: *const f32, s: usize, b:
             a = a.add(if COLS { MR } else { 1 });
             b = b.add(32);
         }
-        if rows == MR && cols == 32 {
-            for i in 0..MR {
-                let row = c.add(i * ldc);
-                let (mut x, mut y) = (lo[i], hi[i]);
-                if add {
-                    x = _mm512_add_ps(_mm512_loadu_ps(row), x);
-                    y = _mm512_add_ps(_mm512_loadu_ps(row.add(16)), y);
-                }
-                _mm512_storeu_ps(row, x);
-                _mm512_storeu_ps(row.add(16), y);
-            }
-        } else {
-            let m0 = ((1u32 << cols.min(16)) - 1) as __mmask16;
-            let m1 = ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16;
-            for i in 0..MR {
-                if i < rows {
-                    let row = c.add(i * ldc);
-                    let (mut x, mut y) = (lo[i], hi[i]);
-                    if add {
-                        x = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), x);
-                        y = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), y);
-                    }
-                    _mm512_mask_storeu_ps(row, m0, x);
-                    _mm512_mask_storeu_ps(row.add(16), m1, y);
-                }
-            }
-        }
+        store_tile_512(&lo, &hi, (c, ldc, rows, cols), add);
     }
 }
 
