@@ -25,14 +25,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_sgemm import CASES, case_flops, nf_case, time_per_call  # noqa: E402
+from bench_sgemm import CASES, case_flops, nf_case, spawn_worker, time_per_call  # noqa: E402
 
 DEFAULT = ("512²", "1024²", "2048²", "(4096×128)·(128×512)", "linear fwd (4096×384)", "linear dX (4096×1536)",
            "linear dW (1536×4096)")
@@ -93,15 +92,7 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NANOFRONTIER_NUM_THREADS"):
         env[var] = str(args.threads)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
-           "--case-ids", ",".join(map(str, cases)), "--repeat", str(args.repeat),
-           "--min-time", str(args.min_time), "--clock", args.clock]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"{side} worker failed:\n{res.stderr}")
-    if res.stderr.strip():
-        print(res.stderr.strip(), file=sys.stderr)
-    return json.loads(res.stdout)
+    return spawn_worker(os.path.abspath(__file__), side, args, cases, env)
 
 
 def main() -> int:

@@ -179,7 +179,13 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
     if side == "numpy" and not args.numpy_env:
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--case-ids", ",".join(map(str, cases)),
+    return spawn_worker(os.path.abspath(__file__), side, args, cases, env)
+
+
+def spawn_worker(script: str, side: str, args: argparse.Namespace, cases: list[int],
+                 env: dict[str, str]) -> dict[str, Any]:
+    """Run ``script --worker side`` on ``cases`` in its own process with ``env``; its JSON result."""
+    cmd = [sys.executable, script, "--worker", side, "--case-ids", ",".join(map(str, cases)),
            "--repeat", str(args.repeat), "--min-time", str(args.min_time), "--clock", args.clock]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
