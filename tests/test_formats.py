@@ -792,6 +792,23 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
     assert nf.data.data_dir() == tmp_path / "home" / ".cache" / "nanofrontier"
 
 
+def test_cache_dir_precedence_and_facts_cache_follows_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("NANOFRONTIER_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("NANOFRONTIER_DATA", str(tmp_path / "d"))  # the data folder is not the cache
+    assert nf.data.cache_dir() == tmp_path / "c"
+    assert nf.data.cache_dir("part8", "x.safetensors") == tmp_path / "c" / "part8" / "x.safetensors"
+    from nanofrontier.tasks import facts
+
+    assert facts.cache_dir() == str(tmp_path / "c" / "facts_base")
+    monkeypatch.delenv("NANOFRONTIER_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert nf.data.cache_dir("a") == tmp_path / "xdg" / "nanofrontier" / "a"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert nf.data.cache_dir() == tmp_path / "home" / ".cache" / "nanofrontier"
+    assert not (tmp_path / "home").exists()  # naming a folder does not create it
+
+
 def test_get_file_checks_downloads_and_explains(monkeypatch, tmp_path, nf_data):
     root = tmp_path / "data"
     (root / "stories260K").mkdir(parents=True)

@@ -77,9 +77,22 @@ def data_dir():
     env = os.environ.get(ENV_VAR, "")
     if env:
         return Path(env).expanduser()
+    return _user_cache()
+
+
+def _user_cache():
     cache = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(cache).expanduser() if cache else Path.home() / ".cache"
     return base / "nanofrontier"
+
+
+def cache_dir(*parts):
+    """Where derived results are kept between runs (pretrained base models of the notebooks, their records):
+    ``$NANOFRONTIER_CACHE`` if set, else ``$XDG_CACHE_HOME/nanofrontier`` or ``~/.cache/nanofrontier``,
+    joined with ``parts``. One setting moves every cache; deleting the folder only costs recomputation.
+    (Not created here.)"""
+    env = os.environ.get("NANOFRONTIER_CACHE", "")
+    return (Path(env).expanduser() if env else _user_cache()).joinpath(*parts)
 
 
 def sha256sum(path, chunk=1 << 20):

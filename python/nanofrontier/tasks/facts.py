@@ -656,12 +656,11 @@ def _check_split(split):
 
 
 def cache_dir():
-    """Where :func:`base_model` keeps pretrained base models: ``$NANOFRONTIER_CACHE`` if set, else
-    ``$XDG_CACHE_HOME/nanofrontier`` or ``~/.cache/nanofrontier``; under it, ``facts_base/``."""
-    root = os.environ.get("NANOFRONTIER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nanofrontier"
-    )
-    return os.path.join(root, "facts_base")
+    """Where :func:`base_model` keeps pretrained base models: ``facts_base/`` under
+    :func:`nanofrontier.data.cache_dir` (``$NANOFRONTIER_CACHE`` if set, else the per-user cache)."""
+    from ..data import cache_dir as root
+
+    return str(root("facts_base"))
 
 
 def base_model(task, *, n_layer=2, n_head=4, n_embd=128, steps=2000, batch_size=16, block_size=128, lr=3e-3,
