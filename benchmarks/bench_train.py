@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                    # tiny and small configs, 2 threads
     python benchmarks/bench_train.py --config tiny --steps 30 --threads 2
     python benchmarks/bench_train.py --torch-python /path/to/torch-env/bin/python
+    python benchmarks/bench_train.py --dtype bf16       # both sides' matmuls in bf16: nf.autocast / torch.autocast
 
 One command prints the machine first (CPU model, the GEMM path matmul takes, load, the measured fp32 FMA
 peak of the threads used: benchmarks/machine.py), then per config each side's tokens/s, GFLOP/s and that
@@ -19,6 +20,11 @@ speed hits both alike. torch is optional (it is never a dependency): without it 
 is printed; --torch-python runs the torch side with another interpreter (a scratch environment that has
 torch). The torch model below is written here for the comparison (GPT-2 architecture, same sizes, same
 fused attention call), so both sides do the same work.
+
+--dtype bf16 runs each step inside ``nf.autocast("bf16")`` on our side and ``torch.autocast("cpu",
+dtype=torch.bfloat16)`` on torch's (float32 weights and AdamW on both; each library decides which ops run
+in bf16: ours the matmul/linear products, torch's its autocast op list). It needs a CPU with AVX512-BF16
+(``nf.bf16_supported()``); the % column is then of the bf16 peak, 2x the measured fp32 FMA peak.
 """
 
 import argparse
@@ -44,6 +50,8 @@ def parse():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="processes per (library, config) cell")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                   help="bf16: each side's autocast to bfloat16 around the step (see the docstring)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-python", help="python of an environment with torch (default: this one's, if any)")
     p.add_argument("--side", choices=["nf", "torch"], help=argparse.SUPPRESS)  # internal: one run per process
@@ -79,9 +87,10 @@ def bench_nanofrontier(cfg, args):
     y = np.roll(x, -1, axis=1)
 
     def step():
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
+        with nf.autocast(args.dtype):
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
         opt.step()
 
     t = time_steps(step, args.warmup, args.steps)
@@ -133,7 +142,8 @@ def bench_torch(cfg, args):
     y = torch.roll(x, -1, dims=1)
 
     def step():
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,7 +160,7 @@ def run_side(args, side, name):
     """One (library, config) measurement in a fresh process; returns its JSON result."""
     python = args.torch_python if side == "torch" and args.torch_python else sys.executable
     cmd = [python, os.path.abspath(__file__), "--side", side, "--config", name, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--dtype", args.dtype]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "NANOFRONTIER_NUM_THREADS": str(args.threads)}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -185,7 +195,12 @@ def main():
 
     lines, peaks = machine_report([args.threads])
     print("\n".join(lines))
-    peak = peaks[args.threads]
+    peak = peaks[args.threads] * (2 if args.dtype == "bf16" else 1)  # vdpbf16ps: 2x the fp32 FMAs per op
+    if args.dtype == "bf16":
+        import nanofrontier as nf
+
+        if not nf.bf16_supported():
+            sys.exit("bench_train.py --dtype bf16: this CPU has no AVX512-BF16 (nf.bf16_supported() is False)")
     # find torch without importing it: a child's max RSS starts from its parent's RSS at fork, so a parent
     # holding torch's libraries would inflate every peak-memory number
     torch_ok = have_torch(args)
@@ -205,9 +220,9 @@ def main():
             print(f"  {name}: round {r + 1}/{args.rounds} done ({load()})", file=sys.stderr)
         rows.append((name, ours, theirs))
     print(f"after the runs: {load()}")
-    print(f"\nGPT training, AdamW, {args.threads} threads, median of {args.steps} steps per process, "
+    print(f"\nGPT training ({args.dtype}), AdamW, {args.threads} threads, median of {args.steps} steps per process, "
           f"median of {args.rounds} processes per cell (alternating sides); % = of the {args.threads}-thread "
-          f"FMA peak {peak:.0f} GFLOP/s; ratio: median (min–max) of the per-round ratios\n")
+          f"{'bf16 (2x fp32) ' if args.dtype == 'bf16' else ''}FMA peak {peak:.0f} GFLOP/s; ratio: median (min–max) of the per-round ratios\n")
     print("| config | nanofrontier tokens/s | GFLOP/s | % peak | peak MB | torch tokens/s | GFLOP/s | % peak "
           "| torch peak MB | nf / torch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
