@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                    # tiny and small configs, 2 threads
     python benchmarks/bench_train.py --config tiny --steps 30 --threads 2
     python benchmarks/bench_train.py --torch-python /path/to/torch-env/bin/python
-    python benchmarks/bench_train.py --dtype bf16       # both sides' matmuls in bf16: nf.autocast / torch.autocast
+    python benchmarks/bench_train.py --dtype bf16       # both sides under their bf16 autocast
 
 One command prints the machine first (CPU model, the GEMM path matmul takes, load, the measured fp32 FMA
 peak of the threads used: benchmarks/machine.py), then per config each side's tokens/s, GFLOP/s and that
@@ -200,7 +200,7 @@ def main():
         import nanofrontier as nf
 
         if not nf.bf16_supported():
-            sys.exit("bench_train.py --dtype bf16: this CPU has no AVX512-BF16 (nf.bf16_supported() is False)")
+            sys.exit("bench_train.py --dtype bf16: this CPU has no AVX512-BF16 (nf.bf16_supported())")
     # find torch without importing it: a child's max RSS starts from its parent's RSS at fork, so a parent
     # holding torch's libraries would inflate every peak-memory number
     torch_ok = have_torch(args)
@@ -220,9 +220,11 @@ def main():
             print(f"  {name}: round {r + 1}/{args.rounds} done ({load()})", file=sys.stderr)
         rows.append((name, ours, theirs))
     print(f"after the runs: {load()}")
-    print(f"\nGPT training ({args.dtype}), AdamW, {args.threads} threads, median of {args.steps} steps per process, "
-          f"median of {args.rounds} processes per cell (alternating sides); % = of the {args.threads}-thread "
-          f"{'bf16 (2x fp32) ' if args.dtype == 'bf16' else ''}FMA peak {peak:.0f} GFLOP/s; ratio: median (min–max) of the per-round ratios\n")
+    kind = "bf16 (2x fp32) " if args.dtype == "bf16" else ""
+    print(f"\nGPT training ({args.dtype}), AdamW, {args.threads} threads, median of {args.steps} steps per "
+          f"process, median of {args.rounds} processes per cell (alternating sides); % = of the "
+          f"{args.threads}-thread {kind}FMA peak {peak:.0f} GFLOP/s; ratio: median (min–max) of the per-round "
+          "ratios\n")
     print("| config | nanofrontier tokens/s | GFLOP/s | % peak | peak MB | torch tokens/s | GFLOP/s | % peak "
           "| torch peak MB | nf / torch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
