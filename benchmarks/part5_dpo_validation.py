@@ -1,5 +1,5 @@
-"""Part 5b's DPO settings, chosen on the validation split: not a speed benchmark, the grid behind the choice of
-β, learning rate and ``nll_coef`` in ``notebooks/05b_dpo.ipynb``.
+"""Part 5b's DPO settings, chosen on the validation split: not a speed benchmark, the grid behind the choice
+of β, learning rate and ``nll_coef`` in ``notebooks/05b_dpo.ipynb``.
 
     python benchmarks/part5_dpo_validation.py                 # the grid below, one process (about 5 min)
     python benchmarks/part5_dpo_validation.py --seeds 0 1 2 --only "4,1e-4,1"
@@ -51,17 +51,19 @@ def run(task, sft, beta, lr, nll_coef, seed, steps, train_split, eval_split, sam
                             warmup_steps=min(10, steps), seed=seed, progress=False).train()
     seconds = time.perf_counter() - t0
     policy.eval()
-    r = task.evaluate(policy, eval_split, samples_per_question=samples, temperature=1.0, seed=123, ref_model=ref)
+    r = task.evaluate(policy, eval_split, samples_per_question=samples, temperature=1.0, seed=123,
+                      ref_model=ref)
     chosen, rejected = hist.column("logps/chosen")[1], hist.column("logps/rejected")[1]
     return (f"beta {beta:<3g} lr {lr:<6g} nll_coef {nll_coef:<4g} seed {seed}: {eval_split} answer rate "
             f"{r['answer_rate']:6.1%}, accuracy {r['accuracy']:6.1%}, KL {r['kl']:.2f}; log-p chosen "
-            f"{np.mean(chosen[:5]):.2f} -> {np.mean(chosen[-5:]):.2f}, rejected {np.mean(rejected[:5]):.1f} -> "
-            f"{np.mean(rejected[-5:]):.1f}; {seconds:.0f} s")
+            f"{np.mean(chosen[:5]):.2f} -> {np.mean(chosen[-5:]):.2f}, rejected "
+            f"{np.mean(rejected[:5]):.1f} -> {np.mean(rejected[-5:]):.1f}; {seconds:.0f} s")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="DPO seeds (the order pairs are drawn in)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="DPO seeds (the order pairs are drawn in)")
     ap.add_argument("--only", action="append", metavar="BETA,LR,NLL", help="run only these settings")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--samples", type=int, default=32, help="replies per val question")
@@ -73,7 +75,8 @@ def main():
           f"{nf.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
     for beta, lr, nll_coef in grid:
         for seed in args.seeds:
-            print(run(task, sft, beta, lr, nll_coef, seed, args.steps, "fit", "val", args.samples), flush=True)
+            line = run(task, sft, beta, lr, nll_coef, seed, args.steps, "fit", "val", args.samples)
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,8 @@ def test_a_notebook_failing_its_assert_keeps_its_claim_and_the_tour_goes_on(caps
     nb = json.loads((DATA / "tiny_fail.ipynb").read_text())
     nb["cells"][2]["source"] = [
         "import nanofrontier as nf\n",
-        "nf.tour.claim('9', 'a claim that fails its assert', target='>= 90%', measured='85.0%', passed=False)\n",
+        "nf.tour.claim('9', 'a claim that fails its assert', target='>= 90%', measured='85.0%',\n",
+        "              passed=False)\n",
         "assert False, 'the claim did not hold on this run'",
     ]
     (d / "01_claim_fail.ipynb").write_text(json.dumps(nb))
@@ -158,12 +159,13 @@ def test_a_notebook_failing_its_assert_keeps_its_claim_and_the_tour_goes_on(caps
     out = tmp_path / "out"
     rc, stdout, _ = tour(capsys, d, out)
     assert rc == 1 and last_line(stdout) == "1 passed, 1 failed", stdout
-    assert re.search(r"^01_claim_fail\s+FAIL .*AssertionError: the claim did not hold on this run \(cell 2\)$",
-                     stdout, re.M), stdout
+    fail = r"^01_claim_fail\s+FAIL .*AssertionError: the claim did not hold on this run \(cell 2\)$"
+    assert re.search(fail, stdout, re.M), stdout
     summary = (out / "SUMMARY.md").read_text()
     rows = [line for line in summary.splitlines() if "01_claim_fail" in line]
     assert len(rows) == 2, summary
-    assert rows[0].startswith("| 9 | a claim that fails its assert | >= 90% | 85.0% | MISSED | 01_claim_fail |")
+    want = "| 9 | a claim that fails its assert | >= 90% | 85.0% | MISSED | 01_claim_fail |"
+    assert rows[0].startswith(want), rows[0]
     assert "| FAIL |" in rows[1] and "the claim did not hold" in rows[1], rows[1]
     assert "02_tiny_ok" in summary and "**1 of 4 claims met.**" in summary, summary
 

@@ -51,7 +51,8 @@ def test_fit_and_val_split_the_train_questions_and_reuse_their_pairs(task):
         assert task.pairs(split) == [p for p in task.pairs("train") if p.prompt in prompts]
         assert len(task.pairs(split)) == len(facts.PAIR_KINDS) * len(qs)
         assert {d.prompt for d in task.demonstrations(split)} == prompts
-    assert task.pairs("val", kinds="wrong_answer") == [p for p in task.pairs("val") if p.kind == "wrong_answer"]
+    wrong = task.pairs("val", kinds="wrong_answer")
+    assert wrong == [p for p in task.pairs("val") if p.kind == "wrong_answer"]
     # seeded: the same seed gives the same split
     assert [q.text for q in facts.make_task(0).questions("val")] == [q.text for q in val]
 

@@ -21,10 +21,12 @@ Splits: the questions are split per relation into train and held-out. Demonstrat
 use only train questions. For choosing settings without looking at the held-out questions, the train
 questions are split once more, per relation, into "fit" and "val" (:data:`VALIDATION_FRACTION` of each
 relation's train questions, drawn from the seed): train on the "fit" pairs, compare settings on "val",
-then train on all of "train" with the chosen settings and measure "heldout" once. The base corpus holds every question by default (``heldout_in_base=True``): the
-base model must have read the held-out facts to know them, as a pretrained model knows facts its
-fine-tuning never shows — post-training teaches the behaviour (answer, then stop), not the facts. With
-``heldout_in_base=False`` no held-out question or answer appears anywhere in the corpus.
+then train on all of "train" with the chosen settings and measure "heldout" once.
+
+The base corpus holds every question by default (``heldout_in_base=True``): the base model must have read
+the held-out facts to know them, as a pretrained model knows facts its fine-tuning never shows —
+post-training teaches the behaviour (answer, then stop), not the facts. With ``heldout_in_base=False`` no
+held-out question or answer appears anywhere in the corpus.
 
 Tokens: one per character of a fixed alphabet (letters, digits, space, ``.,?'-`` and newline) plus two
 specials written as literal text, ``<pad>`` (id 0) and ``<eos>`` (id 1), the end-of-answer marker and stop
@@ -358,7 +360,8 @@ class FactsTask:
         self._split["fit"], self._split["val"] = [], []
         for rel in RELATIONS:
             qs = [q for q in self._split["train"] if q.relation == rel]
-            val = set(val_rng.sample(range(len(qs)), round(VALIDATION_FRACTION * len(qs)))) if len(qs) > 1 else ()
+            k = round(VALIDATION_FRACTION * len(qs)) if len(qs) > 1 else 0
+            val = set(val_rng.sample(range(len(qs)), k))
             self._split["val"] += [q for i, q in enumerate(qs) if i in val]
             self._split["fit"] += [q for i, q in enumerate(qs) if i not in val]
         self._by_text = {q.text: q for qs in self._split.values() for q in qs}
@@ -374,7 +377,8 @@ class FactsTask:
         )
         self.block_size = longest
         self.max_new_tokens = max(self._longest_completion(q) for q in self.questions())
-        self._pairs = {s: self._make_pairs(s, random.Random(f"facts:{seed}:pairs:{s}")) for s in ("train", "heldout")}
+        self._pairs = {s: self._make_pairs(s, random.Random(f"facts:{seed}:pairs:{s}"))
+                       for s in ("train", "heldout")}
 
     # ------------------------------------------------------------ the data
 
