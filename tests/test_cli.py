@@ -143,6 +143,33 @@ def test_failing_notebook_reports_fail_exit_1_and_still_writes_output(capsys, no
     assert len(fail_rows) == 1 and "| FAIL |" in fail_rows[0] and "tiny boom" in fail_rows[0], summary
 
 
+def test_a_notebook_failing_its_assert_keeps_its_claim_and_the_tour_goes_on(capsys, tmp_path):
+    # like the guide's notebooks: state the claim, then assert it (in full mode); the next notebook still runs
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    nb = json.loads((DATA / "tiny_fail.ipynb").read_text())
+    nb["cells"][2]["source"] = [
+        "import nanofrontier as nf\n",
+        "nf.tour.claim('9', 'a claim that fails its assert', target='>= 90%', measured='85.0%',\n",
+        "              passed=False)\n",
+        "assert False, 'the claim did not hold on this run'",
+    ]
+    (d / "01_claim_fail.ipynb").write_text(json.dumps(nb))
+    shutil.copy(DATA / "tiny_ok.ipynb", d / "02_tiny_ok.ipynb")
+    out = tmp_path / "out"
+    rc, stdout, _ = tour(capsys, d, out)
+    assert rc == 1 and last_line(stdout) == "1 passed, 1 failed", stdout
+    fail = r"^01_claim_fail\s+FAIL .*AssertionError: the claim did not hold on this run \(cell 2\)$"
+    assert re.search(fail, stdout, re.M), stdout
+    summary = (out / "SUMMARY.md").read_text()
+    rows = [line for line in summary.splitlines() if "01_claim_fail" in line]
+    assert len(rows) == 2, summary
+    want = "| 9 | a claim that fails its assert | >= 90% | 85.0% | MISSED | 01_claim_fail |"
+    assert rows[0].startswith(want), rows[0]
+    assert "| FAIL |" in rows[1] and "the claim did not hold" in rows[1], rows[1]
+    assert "02_tiny_ok" in summary and "**1 of 4 claims met.**" in summary, summary
+
+
 @pytest.mark.parametrize("only", [["2"], ["02"], ["2,"]])
 def test_only_selects_by_numeric_prefix(capsys, notebooks, tmp_path, only):
     args = [a for o in only for a in ("--only", o)]

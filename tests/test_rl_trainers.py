@@ -169,6 +169,70 @@ def test_dpo_loss_types_and_label_smoothing_take_effect(loss_type):
     assert a != b and a != c
 
 
+def numpy_token_logps(model, rows):
+    """Per-row summed log-probs of the completions, from the model's logits in
+    numpy (log-softmax by hand), independent of sequence_logprobs."""
+    sums = []
+    for p, c in rows:
+        ids = np.array([p + c])
+        with nf.no_grad():
+            logits = model(ids)[0].numpy()[0].astype(np.float64)  # (logits, loss)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        lp = logits - logz[:, None]
+        sums.append(sum(lp[len(p) - 1 + j, t] for j, t in enumerate(c)))
+    return np.array(sums)
+
+
+@pytest.mark.parametrize("nll_coef", [0.0, 0.7])
+def test_dpo_nll_coef_adds_the_chosen_nll_per_token(nll_coef):
+    idx = np.arange(8)
+    tr = make("dpo", max_steps=1, beta=0.5, nll_coef=nll_coef)
+    for p in tr.model.parameters():  # move the policy off the reference
+        p.copy_(p.numpy() * 1.1)
+    loss, m = tr._loss(tr.model, idx)
+    tr.model.eval()
+    rows = [PREF_TRAIN[i] for i in idx]
+    chosen, rejected = [(p, c) for p, c, _ in rows], [(p, r) for p, _, r in rows]
+    pc, pr = numpy_token_logps(tr.model, chosen), numpy_token_logps(tr.model, rejected)
+    rc, rr = numpy_token_logps(tr.ref_model, chosen), numpy_token_logps(tr.ref_model, rejected)
+    z = 0.5 * ((pc - rc) - (pr - rr))
+    dpo = np.mean(np.log1p(np.exp(-z)))  # -log sigmoid(z)
+    nll = -pc.sum() / sum(len(c) for _, c, _ in rows)
+    np.testing.assert_allclose(m["dpo_loss"], dpo, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m["nll"], nll, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss.item(), dpo + nll_coef * nll, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([m["logps/chosen"], m["logps/rejected"]], [pc.mean(), pr.mean()], rtol=1e-4)
+
+
+def test_dpo_nll_objective_passes_gradcheck():
+    tr = make("dpo", max_steps=1, beta=0.5, nll_coef=0.7)
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-6, -2, (3, 2)).astype(np.float32)
+    lp = rng.uniform(-2.0, -0.1, (6, 4)).astype(np.float32)  # 3 chosen rows, then their 3 rejected rows
+    worst = nf.testing.gradcheck(lambda t: tr.objective(t, 11, ref)[0], [lp])
+    assert worst < 1e-3
+
+
+def test_dpo_nll_raises_the_chosen_log_probs_more_than_plain_dpo():
+    # chosen: the prompt shifted by one (learnable); rejected: random odd tokens
+    def pairs(n, seed):
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            p = rng.integers(1, V, 2).tolist()
+            out.append((p, [(t + 1) % V for t in p], (rng.integers(0, V // 2, 2) * 2 + 1).tolist()))
+        return out
+
+    runs = []
+    for nll_coef in (0.0, 1.0):
+        m = tiny(0)
+        tr = rl.DPOTrainer(m, nf.optim.AdamW(m.parameters(), lr=3e-3), pairs(64, 5), nll_coef=nll_coef,
+                           batch_size=16, max_steps=40, schedule="constant", lr=3e-3, progress=False)
+        tr.train()
+        runs.append(numpy_token_logps(m.eval(), [(p, c) for p, c, _ in pairs(64, 6)]).mean())
+    assert runs[1] > runs[0] + 0.5, runs
+
+
 def test_epochs_set_the_step_count_and_shuffling_is_seeded():
     t = make("sft", epochs=2.5)  # 64 examples, batches of 16: 4 steps an epoch
     assert t.trainer.max_steps == 10
@@ -320,6 +384,9 @@ def test_bad_input_is_refused_by_name():
         rl.DPOTrainer(m, opt, PREF_TRAIN, max_steps=1, beta=0)
     with pytest.raises(nf.InvalidArgumentError, match=r"label_smoothing must be in \[0, 0.5\)"):
         rl.DPOTrainer(m, opt, PREF_TRAIN, max_steps=1, label_smoothing=0.7)
+    for bad in (-0.5, float("nan"), "1"):
+        with pytest.raises(nf.InvalidArgumentError, match="nll_coef must be a finite number >= 0"):
+            rl.DPOTrainer(m, opt, PREF_TRAIN, max_steps=1, nll_coef=bad)
     with pytest.raises(nf.InvalidArgumentError, match=r"pairs\[0\] has 2 parts, expected 3"):
         make("dpo", max_steps=1).evaluate([([1], [2])])
 

@@ -36,6 +36,27 @@ def test_splits_are_disjoint_and_cover_every_question(task):
         assert sum(q.relation == rel for q in held) == 3, rel
 
 
+def test_fit_and_val_split_the_train_questions_and_reuse_their_pairs(task):
+    train, fit, val = (task.questions(s) for s in ("train", "fit", "val"))
+    held = {q.text for q in task.questions("heldout")}
+    # val is a part of train, disjoint from fit (which is the rest) and from the held-out questions
+    assert not {q.text for q in fit} & {q.text for q in val}
+    assert sorted(q.text for q in fit + val) == sorted(q.text for q in train)
+    assert not held & {q.text for q in val}
+    for rel in facts.RELATIONS:  # per relation: a quarter of its 9 train questions, rounded
+        assert sum(q.relation == rel for q in val) == round(facts.VALIDATION_FRACTION * 9) == 2, rel
+    # the pairs of fit and val are the train pairs of those questions, not newly drawn ones
+    for split, qs in (("fit", fit), ("val", val)):
+        prompts = {q.prompt for q in qs}
+        assert task.pairs(split) == [p for p in task.pairs("train") if p.prompt in prompts]
+        assert len(task.pairs(split)) == len(facts.PAIR_KINDS) * len(qs)
+        assert {d.prompt for d in task.demonstrations(split)} == prompts
+    wrong = task.pairs("val", kinds="wrong_answer")
+    assert wrong == [p for p in task.pairs("val") if p.kind == "wrong_answer"]
+    # seeded: the same seed gives the same split
+    assert [q.text for q in facts.make_task(0).questions("val")] == [q.text for q in val]
+
+
 def test_heldout_questions_in_no_demonstration_or_train_pair(task):
     held = {q.prompt for q in task.questions("heldout")}
     demos = task.demonstrations("train")
@@ -302,6 +323,8 @@ def test_split_names_are_checked(task):
         task.questions("test")
     with pytest.raises(nf.InvalidArgumentError, match="split"):
         task.pairs("all")
+    with pytest.raises(nf.InvalidArgumentError, match="split"):
+        task.evaluate(None, "validation")
 
 
 def test_pairs_kinds_filter(task):

@@ -426,14 +426,20 @@ class DPOTrainer(_PostTrainer):
     of them is drawn) and cached (:attr:`ref_logps`; ``ref_pairs_computed`` counts them); chosen and
     rejected are scored in one forward.
     ``beta``, ``loss_type`` (``"sigmoid"``, ``"ipo"``, ``"hinge"``) and ``label_smoothing`` (cDPO) go to
-    ``dpo_loss``. Metrics: ``rewards/chosen``, ``rewards/rejected`` (mean implicit rewards
-    β·(log π − log π_ref)), ``margin`` (their mean difference), ``accuracy`` (chosen's reward
-    higher). The ln 2 diagnostic watches the loss and margin. To resume, build the trainer from the same
-    starting model (the default reference is its copy)."""
+    ``dpo_loss``. ``nll_coef`` (default 0: plain DPO): add ``nll_coef`` × the chosen replies' negative
+    log-likelihood, a token mean over the batch's chosen tokens as in SFT — "DPO + NLL", the RPO loss of
+    Pang et al. 2024 (Iterative Reasoning Preference Optimization), which keeps DPO from lowering the
+    chosen replies' log-probs along with the rejected ones. Metrics: ``rewards/chosen``,
+    ``rewards/rejected`` (mean implicit rewards β·(log π − log π_ref)), ``margin`` (their mean
+    difference), ``accuracy`` (chosen's reward higher), ``logps/chosen``, ``logps/rejected`` (the
+    policy's mean summed log-probs: watch whether both fall) and ``nll`` (the chosen replies' NLL per
+    token, logged whatever ``nll_coef``). The ln 2 diagnostic watches the DPO part of the loss and the
+    margin. To resume, build the trainer from the same starting model (the default reference is its
+    copy)."""
 
     def __init__(self, model, optimizer, pairs, *, ref_model=None, beta=0.1, loss_type="sigmoid",
-                 label_smoothing=0.0, batch_size=8, epochs=None, max_steps=None, pad_token_id=0, seed=0,
-                 diagnostics=None, **kwargs):
+                 label_smoothing=0.0, nll_coef=0.0, batch_size=8, epochs=None, max_steps=None, pad_token_id=0,
+                 seed=0, diagnostics=None, **kwargs):
         ctx = _context(model)
         if not hasattr(model, "head") or not hasattr(model, "hidden"):
             raise TypeError(f"model must be an nf.models.GPT or Llama, got {type(model).__name__}")
@@ -456,6 +462,7 @@ class DPOTrainer(_PostTrainer):
         self.label_smoothing = _finite("label_smoothing", label_smoothing, 0)
         if self.label_smoothing >= 0.5:
             raise InvalidArgumentError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+        self.nll_coef = _finite("nll_coef", nll_coef, 0)
         self.pad_token_id = int(pad_token_id)
         self.ref_logps = np.full((len(self.pairs), 2), np.nan, np.float32)  # (chosen, rejected) per pair
         self.ref_pairs_computed = 0
@@ -480,26 +487,44 @@ class DPOTrainer(_PostTrainer):
         return self.ref_logps[idx]
 
     def _policy(self, model, rows, idx):
+        """The policy's per-token log-probs (2B, T-1) of the chosen rows then the rejected rows, the
+        number of chosen tokens, and the number of tokens in the batch."""
         b = _pair_batch(rows, idx, self.pad_token_id)
-        lp = sequence_logprobs(model, b.input_ids, b.completion_mask)
-        n = len(idx)
-        return lp.narrow(0, 0, n), lp.narrow(0, n, n), int(b.attention_mask.sum())
+        lp = sequence_logprobs(model, b.input_ids, b.completion_mask, reduce="none")
+        n_chosen = int(b.completion_mask[:len(idx), 1:].sum())
+        return lp, n_chosen, int(b.attention_mask.sum())
 
     def _dpo(self, chosen, rejected, ref):
         return dpo_loss(chosen, rejected, Tensor(ref[:, 0]), Tensor(ref[:, 1]), beta=self.beta,
                         loss_type=self.loss_type, label_smoothing=self.label_smoothing)
 
+    def objective(self, token_logps, n_chosen_tokens, ref):
+        """The training loss from the policy's per-token log-probs ``token_logps`` (2B, T-1) (a Tensor:
+        B chosen rows, then their B rejected rows, 0 outside the completions), ``n_chosen_tokens`` (the
+        chosen rows' scored tokens) and the reference's summed log-probs ``ref`` (B, 2) (chosen, rejected):
+        ``dpo_loss`` of the rows' sums, plus ``nll_coef`` × (−sum of the chosen rows / n_chosen_tokens).
+        Returns ``(loss, dpo_part, dpo metrics, chosen sums, rejected sums, nll)``."""
+        n = len(ref)
+        seq = token_logps.sum(-1)
+        chosen, rejected = seq.narrow(0, 0, n), seq.narrow(0, n, n)
+        self._require_finite("policy log-probs", chosen, rejected)
+        dpo, m = self._dpo(chosen, rejected, ref)
+        nll = -token_logps.narrow(0, 0, n).sum() / float(max(n_chosen_tokens, 1))
+        loss = dpo + nll * self.nll_coef if self.nll_coef > 0 else dpo
+        return loss, dpo, m, chosen, rejected, nll
+
     def _loss(self, model, idx):
         ref = self._cached_ref(idx)
-        chosen, rejected, tokens = self._policy(model, self.pairs, idx)
-        self._require_finite("policy log-probs", chosen, rejected)
-        loss, m = self._dpo(chosen, rejected, ref)
+        lp, n_chosen, tokens = self._policy(model, self.pairs, idx)
+        loss, dpo, m, chosen, rejected, nll = self.objective(lp, n_chosen, ref)
         return loss, {"rewards/chosen": float(m["chosen_rewards"].numpy().mean()),
                       "rewards/rejected": float(m["rejected_rewards"].numpy().mean()),
-                      "margin": m["margin"], "accuracy": m["accuracy"], "tokens": tokens}
+                      "margin": m["margin"], "accuracy": m["accuracy"], "dpo_loss": dpo.item(),
+                      "logps/chosen": float(chosen.numpy().mean()),
+                      "logps/rejected": float(rejected.numpy().mean()), "nll": nll.item(), "tokens": tokens}
 
     def _watch_more(self, row):
-        self.diagnostics.check_dpo_stuck(row["loss"], row["margin"], row["step"])
+        self.diagnostics.check_dpo_stuck(row["dpo_loss"], row["margin"], row["step"])
 
     def metrics(self, pairs):
         """``{"accuracy", "margin", "loss"}`` on held-out ``pairs``: implicit-reward accuracy (chosen's
@@ -511,8 +536,9 @@ class DPOTrainer(_PostTrainer):
         with _EvalMode(self.model):
             for idx in self._chunks(len(rows)):
                 ref = self._ref(rows, idx)
-                c, r, _ = self._policy(self.model, rows, idx)
-                out, m = self._dpo(c, r, ref)
+                lp, _, _ = self._policy(self.model, rows, idx)
+                seq = lp.sum(-1)
+                out, m = self._dpo(seq.narrow(0, 0, len(idx)), seq.narrow(0, len(idx), len(idx)), ref)
                 rc, rr = m["chosen_rewards"].numpy(), m["rejected_rewards"].numpy()
                 wins += int((rc > rr).sum())
                 margin += float((rc - rr).sum())

@@ -18,10 +18,15 @@ line starts with the answer sentence of this question's relation (any well-forme
 is *correct* when the slot holds the true value.
 
 Splits: the questions are split per relation into train and held-out. Demonstrations and the train pairs
-use only train questions. The base corpus holds every question by default (``heldout_in_base=True``): the
-base model must have read the held-out facts to know them, as a pretrained model knows facts its
-fine-tuning never shows — post-training teaches the behaviour (answer, then stop), not the facts. With
-``heldout_in_base=False`` no held-out question or answer appears anywhere in the corpus.
+use only train questions. For choosing settings without looking at the held-out questions, the train
+questions are split once more, per relation, into "fit" and "val" (:data:`VALIDATION_FRACTION` of each
+relation's train questions, drawn from the seed): train on the "fit" pairs, compare settings on "val",
+then train on all of "train" with the chosen settings and measure "heldout" once.
+
+The base corpus holds every question by default (``heldout_in_base=True``): the base model must have read
+the held-out facts to know them, as a pretrained model knows facts its fine-tuning never shows —
+post-training teaches the behaviour (answer, then stop), not the facts. With ``heldout_in_base=False`` no
+held-out question or answer appears anywhere in the corpus.
 
 Tokens: one per character of a fixed alphabet (letters, digits, space, ``.,?'-`` and newline) plus two
 specials written as literal text, ``<pad>`` (id 0) and ``<eos>`` (id 1), the end-of-answer marker and stop
@@ -71,6 +76,9 @@ COLORS = (
 # what a rejected completion of a preference pair is, in the guide's words: the raw model continues the
 # question with another one, repeats it, writes something unrelated — or answers, wrongly
 PAIR_KINDS = ("continuation", "repetition", "unrelated", "wrong_answer")
+# the share of each relation's train questions set aside as the "val" split (the rest is "fit")
+VALIDATION_FRACTION = 0.25
+SPLITS = ("train", "heldout", "fit", "val")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -346,6 +354,16 @@ class FactsTask:
             k = min(len(qs) - 1, max(1, round(heldout_fraction * len(qs)))) if heldout_fraction > 0 else 0
             self._split["heldout"] += qs[:k]
             self._split["train"] += qs[k:]
+        # validation: a part of the train questions, drawn from a stream of its own so the other data of
+        # a seed stay as they were before this split existed
+        val_rng = random.Random(f"facts:{seed}:val")
+        self._split["fit"], self._split["val"] = [], []
+        for rel in RELATIONS:
+            qs = [q for q in self._split["train"] if q.relation == rel]
+            k = round(VALIDATION_FRACTION * len(qs)) if len(qs) > 1 else 0
+            val = set(val_rng.sample(range(len(qs)), k))
+            self._split["val"] += [q for i, q in enumerate(qs) if i in val]
+            self._split["fit"] += [q for i, q in enumerate(qs) if i not in val]
         self._by_text = {q.text: q for qs in self._split.values() for q in qs}
         self._longest_question = max(len(q.text) for q in self._by_text.values())
         longest_name = max(len(n) for n in cities + people)
@@ -359,12 +377,14 @@ class FactsTask:
         )
         self.block_size = longest
         self.max_new_tokens = max(self._longest_completion(q) for q in self.questions())
-        self._pairs = {s: self._make_pairs(s, random.Random(f"facts:{seed}:pairs:{s}")) for s in self._split}
+        self._pairs = {s: self._make_pairs(s, random.Random(f"facts:{seed}:pairs:{s}"))
+                       for s in ("train", "heldout")}
 
     # ------------------------------------------------------------ the data
 
     def questions(self, split="all"):
-        """The questions of ``split``: "train", "heldout" or "all" (a new list each call)."""
+        """The questions of ``split``: "train", "heldout", "fit", "val" (the two parts of "train") or
+        "all" (a new list each call)."""
         if split == "all":
             return self._split["train"] + self._split["heldout"]
         return list(self._split[_check_split(split)])
@@ -383,12 +403,17 @@ class FactsTask:
     def pairs(self, split="train", kinds=PAIR_KINDS):
         """Preference pairs on the questions of ``split``, one of each kind in :data:`PAIR_KINDS` per
         question (shuffled), or only those of ``kinds``. "train" pairs are for the reward model and DPO;
-        "heldout" pairs (on the held-out questions) are for measuring them only."""
+        "heldout" pairs (on the held-out questions) are for measuring them only. "fit" and "val" pairs are
+        the train pairs of those questions (the same pairs, not new ones)."""
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
         bad = [k for k in kinds if k not in PAIR_KINDS]
         if bad or not kinds:
             raise InvalidArgumentError(f"facts.pairs: kinds must be some of {PAIR_KINDS}, got {kinds!r}")
-        return [p for p in self._pairs[_check_split(split)] if p.kind in kinds]
+        split = _check_split(split)
+        if split in ("fit", "val"):
+            prompts = {q.prompt for q in self._split[split]}
+            return [p for p in self._pairs["train"] if p.kind in kinds and p.prompt in prompts]
+        return [p for p in self._pairs[split] if p.kind in kinds]
 
     def unrelated(self, rng):
         """One line of unrelated, plausible text (never an answer sentence)."""
@@ -650,8 +675,8 @@ def _other(rng, pool, q):
 
 
 def _check_split(split):
-    if split not in ("train", "heldout"):
-        raise InvalidArgumentError(f"facts: split must be 'train', 'heldout' or 'all', got {split!r}")
+    if split not in SPLITS:
+        raise InvalidArgumentError(f"facts: split must be one of {SPLITS} or 'all', got {split!r}")
     return split
 
 

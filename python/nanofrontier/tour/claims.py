@@ -9,8 +9,9 @@ A notebook's last cell calls :func:`claim` once per headline claim::
                   passed=ratio <= 0.5)
 
 which prints one ``CLAIM: {json}`` line on stdout. :func:`notebook_claims` reads those lines back out of an
-executed notebook, and :func:`write_summary` writes the table (one row per claim; a notebook that failed or
-stated no claim gets a row saying so) and ``summary.png``. Smoke-mode runs are marked as such: their numbers
+executed notebook, and :func:`write_summary` writes the table (one row per claim, kept when the notebook
+failed after stating it — notebooks assert their claims after :func:`claim` — plus a row for a notebook
+that failed or stated no claim) and ``summary.png``. Smoke-mode runs are marked as such: their numbers
 come from shrunken runs and say nothing about the guide's claims.
 
 Standard library only at import time (matplotlib is imported inside :func:`write_summary`, and its absence
@@ -100,22 +101,22 @@ def _cell(text: str) -> str:
 
 def summary_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
     """One row per claim of each run (``NotebookRun``-like: ``name``, ``ok``, ``seconds``, ``claims``,
-    ``detail()``); a failed notebook or one without claims gets a single row that says so."""
+    ``detail()``); a notebook without claims gets a single row that says so. A failed notebook keeps the
+    rows of the claims it stated before it stopped (a notebook asserts its claim after stating it, so a
+    missed claim shows what was measured) and gets one more row with its error."""
     rows = []
     for run in runs:
         claims = list(getattr(run, "claims", []) or [])
-        if not run.ok:
-            rows.append({"notebook": run.name, "part": "-", "claim": "(the notebook failed)", "target": "-",
-                         "measured": run.detail(), "status": "FAIL", "seconds": run.seconds})
-            continue
-        if not claims:
-            rows.append({"notebook": run.name, "part": "-", "claim": "(no CLAIM line)", "target": "-",
-                         "measured": run.detail(), "status": "no claim", "seconds": run.seconds})
-            continue
         for c in claims:
             rows.append({"notebook": run.name, "part": c["part"], "claim": c["claim"], "target": c["target"],
                          "measured": c["measured"], "status": "pass" if c["passed"] else "MISSED",
                          "seconds": run.seconds})
+        if not run.ok:
+            rows.append({"notebook": run.name, "part": "-", "claim": "(the notebook failed)", "target": "-",
+                         "measured": run.detail(), "status": "FAIL", "seconds": run.seconds})
+        elif not claims:
+            rows.append({"notebook": run.name, "part": "-", "claim": "(no CLAIM line)", "target": "-",
+                         "measured": run.detail(), "status": "no claim", "seconds": run.seconds})
     return rows
 
 
