@@ -636,6 +636,37 @@ pub(super) fn from_bf16(h: u32) -> f32 {
     f32::from_bits(h << 16)
 }
 
+/// dst[i] = `to_bf16(src[i])` for every i (16 at a time on AVX-512): the bf16 copy of a weight that a
+/// decode step reads (`dots`). Lengths must match.
+pub(super) fn round_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "round_bf16: lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::simd::isa() >= 2 {
+        // SAFETY: the CPU has AVX-512F.
+        done = unsafe { round_bf16_avx512(src, dst) };
+    }
+    for (d, &s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = to_bf16(s) as u16;
+    }
+}
+
+/// `round_bf16` on the whole groups of 16; returns how many values it rounded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_bf16_avx512(src: &[f32], dst: &mut [u16]) -> usize {
+    use std::arch::x86_64::*;
+    let full = src.len().min(dst.len()) / 16 * 16;
+    // SAFETY: i + 16 <= full, inside both slices.
+    unsafe {
+        for i in (0..full).step_by(16) {
+            let h = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_loadu_ps(src.as_ptr().add(i))));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        }
+    }
+    full
+}
+
 /// `to_bf16` on 16 lanes: each u32 lane gets the bf16 bits in its low half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]

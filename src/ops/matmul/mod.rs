@@ -24,7 +24,7 @@ mod engine;
 mod kernels;
 
 use engine::{Gemm, plain, transposed};
-pub(crate) use engine::{bf16_enabled, row_wise, set_bf16, with_bf16};
+pub(crate) use engine::{WeightCopies, bf16_enabled, row_wise, set_bf16, with_bf16, with_weight_copies};
 pub(crate) use kernels::bf16_supported;
 pub(crate) use kernels::fma_peak;
 
@@ -240,8 +240,11 @@ const BIAS_COLS: usize = 64;
 /// out = x @ weightᵀ + bias, torch's `nn.Linear` layout. Shapes: x (…, IN), weight (OUT, IN),
 /// bias (OUT,) -> (…, OUT); a 1-D x (IN,) gives (OUT,). The leading dims fold into the rows of one
 /// product, W is read transposed in place (no copy), and the bias is written into each output tile
-/// just before the product adds to it. A single row (decode) runs as a matrix-vector product.
-/// Errors (`Error::Shape`): 0-d x, weight not 2-D, IN mismatch, bias not (OUT,).
+/// just before the product adds to it. A single row (decode) runs as a matrix-vector product. Inside
+/// `row_wise` in a bf16 scope (a decode step under autocast) W is read as its bf16 copy
+/// (`engine::bf16_weight`), x and the sums stay f32. No gradient flows through such a product's bf16
+/// copy (decode runs under no_grad); its backward, if recorded, is the f32 one.
+/// Errors (`Error::Shape`): 0-d x, weight not 2-D, IN mismatch, bias not (OUT,); `Alloc`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let op = "linear";
     let ws = weight.shape();
@@ -280,12 +283,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_shape = x.shape()[..x.ndim() - 1].to_vec();
     out_shape.push(out_f);
     checked_numel(op, &out_shape)?;
+    let w16 = if rows > 0 && in_f > 0 && out_f > 0 && engine::row_wise_bf16() {
+        Some(engine::bf16_weight(weight)?)
+    } else {
+        None
+    };
     let out = {
         let (xd, wd) = (x.data(), weight.data());
         let bd = bias.map(|b| b.data());
         // (rows, IN) @ Wᵀ (IN, OUT): W's element (k, o) sits at o·IN + k (IN = 0: every row is the bias)
         Gemm::one_term_each((rows, in_f, out_f), plain(&xd, in_f), transposed(&wd, in_f), vec![(0, 0)])
             .with_bias(bd.as_deref().map(|v| &v[..]))
+            .with_bf16_b(w16.as_deref())
             .run_new(op)?
     };
     let out = Tensor::from_vec_unchecked(out, out_shape);
