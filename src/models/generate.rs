@@ -685,6 +685,56 @@ mod tests {
         }
     }
 
+    /// Under bf16 the decode steps read the call's bf16 weight copies: a row's tokens and log-probs are
+    /// the same bits alone and in a batch whose rows run as groups, on 1 and 2 threads; they are not
+    /// f32's; and the copies belong to one call: after the weights change in place (an optimizer step),
+    /// the next call reads the new weights, as a fresh model holding them does.
+    #[test]
+    fn bf16_decode_rows_are_independent_and_read_the_current_weights() {
+        use crate::ops::matmul::with_bf16;
+        use crate::parallel::with_threads;
+        let prompts: Vec<Vec<i64>> = (0..17).map(|r| vec![1 + r % 7, 2 + r % 5, 3]).collect();
+        let opt = SampleOptions {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            seed: None,
+            row_seeds: (0..17).collect(),
+            ..opts(1.0, None, None)
+        };
+        let bits = |g: &Generated| {
+            (
+                g.tokens.clone(),
+                g.logprobs.iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect::<Vec<Vec<_>>>(),
+            )
+        };
+        let run = |m: &dyn CausalLm, p: &[Vec<i64>], o: &SampleOptions| with_bf16(true, || generate(m, p, o)).unwrap();
+        for m in tiny_models() {
+            assert!(row_groups(&*m, 17).len() > 1, "the batch should run as groups of rows");
+            let batch = with_threads(2, || run(&*m, &prompts, &opt));
+            assert_eq!(
+                bits(&batch),
+                bits(&with_threads(1, || run(&*m, &prompts, &opt))),
+                "{:?}: 1 vs 2 threads",
+                m.kind()
+            );
+            for r in [0, 9, 16] {
+                let one = SampleOptions { row_seeds: vec![opt.row_seeds[r]], ..opt.clone() };
+                let alone = run(&*m, &prompts[r..r + 1], &one);
+                assert_eq!(bits(&alone).0[0], batch.tokens[r], "{:?} row {r}: tokens", m.kind());
+                assert_eq!(bits(&alone).1[0], bits(&batch).1[r], "{:?} row {r}: log-prob bits", m.kind());
+            }
+            let f32 = generate(&*m, &prompts, &opt).unwrap();
+            assert_ne!(bits(&f32).1, bits(&batch).1, "{:?}: the bf16 scope gave the f32 log-probs", m.kind());
+            for (_, p) in m.named_parameters() {
+                p.data_mut().iter_mut().for_each(|v| *v = -1.5 * *v + 0.01);
+            }
+            let after = run(&*m, &prompts, &opt);
+            let fresh = run(&*m.clone_model().unwrap(), &prompts, &opt);
+            assert_eq!(bits(&after), bits(&fresh), "{:?}: a stale weight copy after an in-place change", m.kind());
+            assert_ne!(bits(&after).1, bits(&batch).1, "{:?}: the changed weights made no difference", m.kind());
+        }
+    }
+
     #[test]
     fn clone_model_copies_weights_and_kind() {
         // (that it leaves the global generator alone is checked in Python: tests here share that generator)

@@ -395,7 +395,8 @@ unsafe fn block256<W: Weight, const R: usize, const O: usize>(a: Args<W>) {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let (ml, mh) =
                 (_mm256_cmpgt_epi32(_mm256_set1_epi32(t), lanes), _mm256_cmpgt_epi32(_mm256_set1_epi32(t - 8), lanes));
-            let wt: [[__m256; 2]; O] = std::array::from_fn(|j| tail16_256(ml, mh, t as usize, a.w.add(j * a.ldw + full)));
+            let wt: [[__m256; 2]; O] =
+                std::array::from_fn(|j| tail16_256(ml, mh, t as usize, a.w.add(j * a.ldw + full)));
             let wl: [__m256; O] = std::array::from_fn(|j| wt[j][0]);
             let wh: [__m256; O] = std::array::from_fn(|j| wt[j][1]);
             for r in 0..R {
@@ -460,6 +461,60 @@ mod tests {
                     assert!(
                         diff.is_none(),
                         "level {level}, ({rows}, {k}, {n}), overwrite {overwrite}: differs at {diff:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// bf16 weights (`Bf16`): every level gives the bits of `simd::dot` with the widened weights (so a
+    /// row alone, among others and on any level agree), and those are within f32 summation error of the
+    /// f64 product of x and the bf16-rounded weights. Odd sizes: k not a multiple of 16 (tails of every
+    /// kind), n odd, rows past a block; strided operands.
+    #[test]
+    fn bf16_weights_give_the_bits_of_dot_with_the_widened_weights() {
+        let mut rng = Rng::new(9);
+        for (rows, k, n) in
+            [(1, 1, 1), (1, 15, 3), (2, 17, 5), (3, 31, 7), (4, 33, 9), (5, 100, 13), (1, 385, 33), (32, 383, 7)]
+        {
+            let (ldx, ldw, ldy) = (k + 3, k + 5, n + 2);
+            let x: Vec<f32> = (0..rows * ldx).map(|_| rng.normal() as f32).collect();
+            let wf: Vec<f32> = (0..n * ldw).map(|_| rng.normal() as f32).collect();
+            let mut w = vec![0u16; wf.len()];
+            super::super::kernels::round_bf16(&wf, &mut w);
+            let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            assert!(wide.iter().zip(&wf).any(|(a, b)| a != b), "nothing was rounded");
+            let y0: Vec<f32> = (0..rows * ldy).map(|_| rng.normal() as f32).collect();
+            for overwrite in [true, false] {
+                let mut want = Vec::with_capacity(rows * ldy);
+                let mut worst = 0f64;
+                for i in 0..rows * ldy {
+                    let (r, o) = (i / ldy, i % ldy);
+                    if o >= n {
+                        want.push(y0[i].to_bits());
+                        continue;
+                    }
+                    let (xr, wo) = (&x[r * ldx..r * ldx + k], &wide[o * ldw..o * ldw + k]);
+                    let d = dot(xr, wo);
+                    want.push((if overwrite { d } else { y0[i] + d }).to_bits());
+                    // 16 lanes of k/16 terms, then 4 adds: within (k/16 + 5)·2⁻²⁴ of Σ|x·w| of the exact sum
+                    let exact: f64 = xr.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let scale: f64 = xr.iter().zip(wo).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let bound = (k / 16 + 5) as f64 * f32::EPSILON as f64 / 2.0 * scale;
+                    worst = worst.max((d as f64 - exact).abs() / bound.max(f64::MIN_POSITIVE));
+                }
+                assert!(worst <= 1.0, "({rows}, {k}, {n}): off from f64 by {worst:.2} of the bound");
+                for level in 0..=crate::ops::simd::isa() {
+                    let mut y = y0.clone();
+                    // SAFETY: the buffers hold the strided operands; level <= isa().
+                    unsafe {
+                        dots(level, (rows, k, n), x.as_ptr(), ldx, w.as_ptr(), ldw, y.as_mut_ptr(), ldy, overwrite)
+                    };
+                    let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    let diff = got.iter().zip(&want).position(|(g, w)| g != w);
+                    assert!(
+                        diff.is_none(),
+                        "bf16 level {level}, ({rows}, {k}, {n}), overwrite {overwrite}: differs at {diff:?}"
                     );
                 }
             }

@@ -178,6 +178,14 @@ pub(crate) struct WeightCopies {
     copies: Mutex<Vec<(Tensor, Arc<[u16]>)>>,
 }
 
+impl WeightCopies {
+    /// How many weights have a copy.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.copies.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// Values per task when a weight is rounded to bf16 on the threads.
 const ROUND_CHUNK: usize = 1 << 16;
 
@@ -261,7 +269,7 @@ pub(super) fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize
 
 /// Output columns per tile of a `dots` product: all of them when the work is small (a hand-off to the
 /// other thread costs more), else about 8 tiles in multiples of 16 columns. Depends only on the shapes.
-fn dots_tile_cols(m: usize, k: usize, n: usize) -> usize {
+pub(super) fn dots_tile_cols(m: usize, k: usize, n: usize) -> usize {
     if 2 * m * k * n < DOTS_SPLIT_FLOPS {
         return n.max(1);
     }
@@ -382,11 +390,7 @@ impl<'a> Gemm<'a> {
     /// and B columns both run along k (x·Wᵀ with W as stored): dot products, nothing packed (`dots`), in
     /// tiles of ≤ SMALL_M rows with the output columns cut. (One f32 row takes `gemv`: the same bits.)
     fn by_dots(&self) -> bool {
-        self.row_wise
-            && self.count() == 1
-            && (self.m >= 2 || self.b16.is_some())
-            && self.a.cs == 1
-            && self.b.rs == 1
+        self.row_wise && self.count() == 1 && (self.m >= 2 || self.b16.is_some()) && self.a.cs == 1 && self.b.rs == 1
     }
 
     fn tiles(&self, level: Isa) -> Vec<Tile> {

@@ -787,6 +787,63 @@ mod tests {
         assert!((0..300).any(|o| out[o].to_bits() != want(0)[o]), "outside row_wise a 5-row product was row-wise");
     }
 
+    /// A decode step under autocast (`row_wise` in a bf16 scope) reads W as bf16: a row's bits are
+    /// bias + simd::dot(x_r, bf16(w_o)) alone (one row takes the dots path too), among a few rows and
+    /// among more than a row tile, on 1 and 2 threads (the big product is cut into column tiles), with
+    /// or without a call's weight copies (made once, then reused); close to f64 of the rounded weights;
+    /// and not the f32 bits. Without the bf16 scope, row_wise keeps its f32 bits.
+    #[test]
+    fn row_wise_bf16_linear_reads_bf16_weights_row_and_thread_independently() {
+        let mut rng = crate::tensor::random::Rng::new(10);
+        let mut local = |s: &[usize]| Tensor::new((0..numel(s)).map(|_| rng.normal() as f32).collect(), s).unwrap();
+        let (k, n) = (517, 601); // k: 32 blocks of 16 and a tail of 5; 2·k·n > DOTS_SPLIT_FLOPS
+        assert!(engine::dots_tile_cols(1, k, n) < n, "the one-row product should be cut over the threads");
+        let (x, w, bias) = (local(&[40, k]), local(&[n, k]), local(&[n]));
+        let (xv, bv) = (x.to_vec(), bias.to_vec());
+        let wr: Vec<f32> = w.to_vec().iter().map(|&v| kernels::from_bf16(kernels::to_bf16(v))).collect();
+        let want = |r: usize| -> Vec<u32> {
+            (0..n).map(|o| (bv[o] + crate::ops::simd::dot(&xv[r * k..][..k], &wr[o * k..][..k])).to_bits()).collect()
+        };
+        let rows_of = |rows: usize| crate::ops::view::narrow(&x, 0, 0, rows).unwrap();
+        let bf16_rows = |rows: usize, copies: Option<&std::sync::Arc<WeightCopies>>| {
+            with_bf16(true, || row_wise(|| with_weight_copies(copies, || linear(&rows_of(rows), &w, Some(&bias)))))
+                .unwrap()
+                .to_vec()
+        };
+        let copies = std::sync::Arc::new(WeightCopies::default());
+        for threads in [1, 2] {
+            for rows in [1, 2, 5, 33, 40] {
+                for cached in [None, Some(&copies)] {
+                    let got = crate::parallel::with_threads(threads, || bf16_rows(rows, cached));
+                    for r in [0, rows / 2, rows - 1] {
+                        let diff = got[r * n..(r + 1) * n].iter().zip(want(r)).position(|(g, w)| g.to_bits() != w);
+                        assert!(
+                            diff.is_none(),
+                            "{threads} threads, {rows} rows, copies {}: row {r} differs at output {diff:?}",
+                            cached.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(copies.len(), 1, "the weight copy should be made once and reused");
+        // against f64 with the rounded weights, and not the f32 product
+        let one = bf16_rows(1, None);
+        let want64: Vec<f64> =
+            (0..n).map(|o| bv[o] as f64 + (0..k).map(|i| xv[i] as f64 * wr[o * k + i] as f64).sum::<f64>()).collect();
+        assert_close("bf16 decode linear", &one, &want64, tol_k(k), tol_k(k));
+        let f32_row = row_wise(|| linear(&rows_of(1), &w, Some(&bias))).unwrap().to_vec();
+        assert!(one.iter().zip(&f32_row).any(|(a, b)| a != b), "the bf16 scope gave the f32 bits");
+        let wv = w.to_vec();
+        for o in 0..n {
+            let d = bv[o] + crate::ops::simd::dot(&xv[..k], &wv[o * k..][..k]);
+            assert_eq!(f32_row[o].to_bits(), d.to_bits(), "f32 row-wise output {o} changed");
+        }
+        // outside row_wise the bf16 scope's product is the bf16 GEMM (prefill), not these dot products
+        let gemm = with_bf16(true, || linear(&rows_of(40), &w, Some(&bias))).unwrap().to_vec();
+        assert!((0..n).any(|o| gemm[o].to_bits() != want(0)[o]), "outside row_wise a product read bf16 copies");
+    }
+
     #[test]
     fn gemv_gives_the_baseline_bits_at_every_level() {
         // the dispatched gemv (AVX-512 or AVX2 build where the CPU has one) against the baseline body,
