@@ -259,6 +259,13 @@ unsafe fn block512<W: Weight, const R: usize, const O: usize>(a: Args<W>) {
     unsafe {
         let mut i = 0;
         while i < full {
+            if W::BF16 && i % 32 == 0 {
+                // bf16 rows are short in bytes (a 384-term row is 12 lines): ask for the same line of
+                // the next block's rows now, a block ahead of the loads (a hint: never faults)
+                for j in 0..O {
+                    _mm_prefetch::<_MM_HINT_T0>(a.w.wrapping_add((j + O) * a.ldw + i) as *const i8);
+                }
+            }
             let wv: [__m512; O] = std::array::from_fn(|j| load16_512(a.w.add(j * a.ldw + i)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let xv = _mm512_loadu_ps(a.x.add(r * a.ldx + i));
