@@ -495,15 +495,15 @@ mod tests {
             for overwrite in [true, false] {
                 let mut want = Vec::with_capacity(rows * ldy);
                 let mut worst = 0f64;
-                for i in 0..rows * ldy {
+                for (i, &y0i) in y0.iter().enumerate() {
                     let (r, o) = (i / ldy, i % ldy);
                     if o >= n {
-                        want.push(y0[i].to_bits());
+                        want.push(y0i.to_bits());
                         continue;
                     }
                     let (xr, wo) = (&x[r * ldx..r * ldx + k], &wide[o * ldw..o * ldw + k]);
                     let d = dot(xr, wo);
-                    want.push((if overwrite { d } else { y0[i] + d }).to_bits());
+                    want.push((if overwrite { d } else { y0i + d }).to_bits());
                     // 16 lanes of k/16 terms, then 4 adds: within (k/16 + 5)·2⁻²⁴ of Σ|x·w| of the exact sum
                     let exact: f64 = xr.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
                     let scale: f64 = xr.iter().zip(wo).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
