@@ -189,6 +189,24 @@ def test_grpo_on_ray_is_the_local_run(ray_local, local_grpo, workers):
     assert backend.restarts == 0
 
 
+@pytest.mark.skipif(not nf.bf16_supported(), reason="this CPU has no AVX512-BF16")
+def test_grpo_on_ray_under_autocast_is_the_local_run(ray_local, local_grpo):
+    """Under nf.autocast("bf16") the workers sample in bf16 too (decode reading bf16 weights): two workers
+    give the in-process bf16 run bit for bit, and that run is not the float32 one."""
+    with nf.autocast("bf16"):
+        here = grpo()
+        here.train()
+        backend = RayRollouts(num_workers=2)
+        tr = grpo(backend)
+        try:
+            tr.train()
+        finally:
+            backend.shutdown()
+    same_run(here, tr)
+    assert not np.array_equal(here.last_rollout.logprobs, local_grpo.last_rollout.logprobs), \
+        "the bf16 run's log-probs are the float32 run's"
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 def test_ppo_on_ray_is_the_local_run(ray_local, workers):
     """PPO, one completion per prompt: with 3 workers the middle share is a single row (sampled beside

@@ -89,8 +89,11 @@ class autocast(_contextlib.ContextDecorator):
         loss.backward()                # their backward products in bf16 too (recorded in the forward)
 
     Both operands of a product are rounded to bf16 (to nearest even) as the kernel packs them; the sums
-    are float32 and every tensor stays float32, so optimizers keep float32 master weights. Matrix-vector
-    products (a single row, decode) and everything that is not a matmul stay float32. ``dtype`` is
+    are float32 and every tensor stays float32, so optimizers keep float32 master weights. The decode
+    steps of ``generate`` / ``generate_batch`` (and so the RL rollouts) read a bf16 copy of each weight,
+    made once per call, with float32 activations and sums (half the bytes to stream per token); their
+    prompt pass is the bf16 GEMM. Other matrix-vector products (a single row outside ``generate``) and
+    everything that is not a matmul stay float32. ``dtype`` is
     ``"bf16"`` (or ``"bfloat16"``) to turn it on, ``"f32"`` (or ``"float32"``) to turn it off again in a
     nested scope; the previous setting comes back on exit. The setting is per thread and float32 is the
     default. Raises ``InvalidArgumentError`` on entry when the CPU has no AVX512-BF16 (or

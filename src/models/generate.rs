@@ -9,9 +9,12 @@
 //! Sampling sorts nothing for plain temperature sampling, selects the k best (`select_nth_unstable`)
 //! for top-k, and sorts only the candidates a top-p cut needs.
 
+use std::sync::Arc;
+
 use super::{CausalLm, KvCache, check_batch};
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
+use crate::ops::matmul::{WeightCopies, row_wise, with_weight_copies};
 use crate::tensor::Tensor;
 use crate::tensor::random::{self, Rng};
 
@@ -324,8 +327,11 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
     let _g = no_grad();
     let mut rngs = opt.row_rngs(b);
     let groups = row_groups(model, b);
+    // under autocast("bf16") the decode steps read bf16 copies of the weights, made once for this call
+    let copies = crate::ops::matmul::bf16_enabled().then(|| Arc::new(WeightCopies::default()));
+    let copies = copies.as_ref();
     if groups.len() == 1 {
-        return generate_rows(model, batch, opt, 0, &mut rngs);
+        return generate_rows(model, batch, opt, 0, &mut rngs, copies);
     }
     let mut pieces = Vec::with_capacity(groups.len());
     let mut rest = &mut rngs[..];
@@ -340,7 +346,8 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
         };
         pieces.push((g.start, rows, mine));
     }
-    let parts = crate::parallel::map_tasks(pieces, |(row0, rows, rngs)| generate_rows(model, &rows, opt, row0, rngs))?;
+    let parts =
+        crate::parallel::map_tasks(pieces, |(row0, rows, rngs)| generate_rows(model, &rows, opt, row0, rngs, copies))?;
     let mut out = Generated::default();
     for p in parts {
         out.tokens.extend(p.tokens);
@@ -350,13 +357,15 @@ pub fn generate_padded(model: &dyn CausalLm, batch: &PromptBatch, opt: &SampleOp
 }
 
 /// `generate_padded` for one group of rows: the rows `row0..row0 + batch.b` of the whole batch (for their
-/// stop tokens), sampling with `rngs` (one per row).
+/// stop tokens), sampling with `rngs` (one per row); the decode steps read the call's bf16 weight
+/// `copies` (Some in a bf16 scope).
 fn generate_rows(
     model: &dyn CausalLm,
     batch: &PromptBatch,
     opt: &SampleOptions,
     row0: usize,
     rngs: &mut [Rng],
+    copies: Option<&Arc<WeightCopies>>,
 ) -> Result<Generated> {
     let (b, t0) = (batch.b, batch.t);
     let _g = no_grad();
@@ -374,11 +383,12 @@ fn generate_rows(
     let mut last = if padded { last_real_positions(&h, batch)? } else { crate::ops::view::narrow(&h, 1, t0 - 1, 1)? };
     let mut next = vec![0i64; b];
     // the decode steps compute their products row by row (`ops::matmul::row_wise`): a row's numbers are
-    // the same in any batch, any group and any share of the rows (`nf.rl.RayRollouts`)
-    use crate::ops::matmul::row_wise;
+    // the same in any batch, any group and any share of the rows (`nf.rl.RayRollouts`); in a bf16 scope
+    // from the bf16 weight copies
+    let decode = |f: &mut dyn FnMut() -> Result<Tensor>| row_wise(|| with_weight_copies(copies, f));
     for step in 0..opt.max_new_tokens {
         crate::parallel::check_interrupt()?;
-        let logits = row_wise(|| model.head(&last))?; // (B, 1, V)
+        let logits = decode(&mut || model.head(&last))?; // (B, 1, V)
         let data = logits.data();
         for row in 0..b {
             if done[row] {
@@ -396,7 +406,7 @@ fn generate_rows(
         if done.iter().all(|&d| d) || step + 1 == opt.max_new_tokens {
             break;
         }
-        last = row_wise(|| model.hidden(&next, b, 1, Some(&mut cache), false))?;
+        last = decode(&mut || model.hidden(&next, b, 1, Some(&mut cache), false))?;
     }
     Ok(out)
 }
@@ -672,6 +682,56 @@ mod tests {
             let wrong = generate_padded(&*m, &lied, &opt).unwrap();
             assert_ne!(wrong.logprobs[1], batch.logprobs[1], "{:?}: padding made no difference", m.kind());
             assert_eq!(wrong.tokens[0], batch.tokens[0], "{:?}: the unpadded row must not change", m.kind());
+        }
+    }
+
+    /// Under bf16 the decode steps read the call's bf16 weight copies: a row's tokens and log-probs are
+    /// the same bits alone and in a batch whose rows run as groups, on 1 and 2 threads; they are not
+    /// f32's; and the copies belong to one call: after the weights change in place (an optimizer step),
+    /// the next call reads the new weights, as a fresh model holding them does.
+    #[test]
+    fn bf16_decode_rows_are_independent_and_read_the_current_weights() {
+        use crate::ops::matmul::with_bf16;
+        use crate::parallel::with_threads;
+        let prompts: Vec<Vec<i64>> = (0..17).map(|r| vec![1 + r % 7, 2 + r % 5, 3]).collect();
+        let opt = SampleOptions {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            seed: None,
+            row_seeds: (0..17).collect(),
+            ..opts(1.0, None, None)
+        };
+        let bits = |g: &Generated| {
+            (
+                g.tokens.clone(),
+                g.logprobs.iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect::<Vec<Vec<_>>>(),
+            )
+        };
+        let run = |m: &dyn CausalLm, p: &[Vec<i64>], o: &SampleOptions| with_bf16(true, || generate(m, p, o)).unwrap();
+        for m in tiny_models() {
+            assert!(row_groups(&*m, 17).len() > 1, "the batch should run as groups of rows");
+            let batch = with_threads(2, || run(&*m, &prompts, &opt));
+            assert_eq!(
+                bits(&batch),
+                bits(&with_threads(1, || run(&*m, &prompts, &opt))),
+                "{:?}: 1 vs 2 threads",
+                m.kind()
+            );
+            for r in [0, 9, 16] {
+                let one = SampleOptions { row_seeds: vec![opt.row_seeds[r]], ..opt.clone() };
+                let alone = run(&*m, &prompts[r..r + 1], &one);
+                assert_eq!(bits(&alone).0[0], batch.tokens[r], "{:?} row {r}: tokens", m.kind());
+                assert_eq!(bits(&alone).1[0], bits(&batch).1[r], "{:?} row {r}: log-prob bits", m.kind());
+            }
+            let f32 = generate(&*m, &prompts, &opt).unwrap();
+            assert_ne!(bits(&f32).1, bits(&batch).1, "{:?}: the bf16 scope gave the f32 log-probs", m.kind());
+            for (_, p) in m.named_parameters() {
+                p.data_mut().iter_mut().for_each(|v| *v = -1.5 * *v + 0.01);
+            }
+            let after = run(&*m, &prompts, &opt);
+            let fresh = run(&*m.clone_model().unwrap(), &prompts, &opt);
+            assert_eq!(bits(&after), bits(&fresh), "{:?}: a stale weight copy after an in-place change", m.kind());
+            assert_ne!(bits(&after).1, bits(&batch).1, "{:?}: the changed weights made no difference", m.kind());
         }
     }
 

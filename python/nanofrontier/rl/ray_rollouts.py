@@ -172,12 +172,13 @@ class RayRollouts:
         self._version += 1
         idx = [int(i) for i in idx]
         seeds = _core.row_seeds(seed, len(idx) * g)
+        bf16 = _core._bf16_enabled()  # the driver's nf.autocast scope, which the workers sample in too
         plan = plan_shares([len(trainer.prompts.ids[i]) for i in idx], g, len(self._actors))
         shares = [(w, a, b, c) for w, (a, b, c) in enumerate(plan) if b > a]
 
         def call(w, a, b, companion):
             args = ([weights], self._version, idx[a:b], g, seeds[a * g:b * g], a * g,
-                    None if companion is None else idx[companion])
+                    None if companion is None else idx[companion], bf16)
             return self._actors[w].sample.remote(*args)
 
         pending = {call(*s): s for s in shares}
@@ -301,17 +302,22 @@ class _Worker:
     def ready(self):
         return True
 
-    def sample(self, weights, version, idx, g, seeds, first_row, companion):
+    def sample(self, weights, version, idx, g, seeds, first_row, companion, bf16=False):
         """Rows ``first_row ..`` of a step: prompts ``idx`` × ``g`` with their ``seeds`` (``companion``:
-        see ``plan_shares``). Returns (completions, log-probs per completion, {name: scores})."""
+        see ``plan_shares``), under ``nf.autocast("bf16")`` when the driver sampled in that scope (a
+        worker whose CPU lacks it raises InvalidArgumentError). Returns (completions, log-probs per
+        completion, {name: scores})."""
         import ray
+
+        import nanofrontier as nf
 
         if version != self.version:  # new weights since this worker's last share
             self.model.load_state_dict(ray.get(weights[0]))
             self.version = version
         job = self.job
-        completions, logprobs = sample_share(self.model, job["prompt_ids"], idx, g, seeds, companion,
-                                             **job["generate"])
+        with nf.autocast("bf16" if bf16 else "f32"):
+            completions, logprobs = sample_share(self.model, job["prompt_ids"], idx, g, seeds, companion,
+                                                 **job["generate"])
         scores = {}
         if job["fns"]:
             source = [i for i in idx for _ in range(g)]

@@ -9,11 +9,37 @@
 //! `lanes_sum` — the number the matrix-vector path (`engine::gemv`, dot form) gives a single row. So a
 //! row's result does not depend on how many rows come with it, nor on the thread count or the vector
 //! width (AVX-512, AVX2 and the portable loop agree; tested). Then y = d, or y + d.
+//!
+//! The weight may also be a bf16 copy (`Bf16`: the upper halves of the f32 bits, rounded to nearest even
+//! by `kernels::round_bf16`), half the bytes to stream in a memory-bound decode step. Each weight is
+//! widened back to f32 in registers (exact) and the sums run as above, so a bf16-weight y[r, o] is exactly
+//! `simd::dot(x_r, widened w_o)`, with the same row, thread and width independence.
 
 use crate::ops::simd::{Isa, dot};
 
 /// A row tile of a row-wise product holds at most this many rows (see `engine`).
 pub(super) const SMALL_M: usize = 32;
+
+/// A weight element `dots` reads: f32 as stored, or a bf16 copy's bits (`Bf16`).
+pub(super) trait Weight: Copy + Send + Sync + 'static {
+    /// The weight's bits are bf16 (u16, widened by `<< 16`), else f32.
+    const BF16: bool;
+    fn to_f32(self) -> f32;
+}
+impl Weight for f32 {
+    const BF16: bool = false;
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+/// The bits of a bf16 number (the upper half of an f32's).
+pub(super) type Bf16 = u16;
+impl Weight for Bf16 {
+    const BF16: bool = true;
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
+}
 
 /// y (rows × n at row stride ldy) (=|+=) x (rows × k at row stride ldx) · wᵀ, where w is n × k at row
 /// stride ldw. `overwrite`: y = d (y may be uninitialized), else y = y + d.
@@ -22,12 +48,12 @@ pub(super) const SMALL_M: usize = 32;
 /// x holds rows × k floats at stride ldx, w n × k at stride ldw, y rows × n writable floats at stride ldy
 /// that nothing else accesses meanwhile; `level` ≤ the CPU's `simd::isa()`.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn dots(
+pub(super) unsafe fn dots<W: Weight>(
     level: Isa,
     (rows, k, n): (usize, usize, usize),
     x: *const f32,
     ldx: usize,
-    w: *const f32,
+    w: *const W,
     ldw: usize,
     y: *mut f32,
     ldy: usize,
@@ -47,10 +73,14 @@ pub(super) unsafe fn dots(
     let _ = level;
     // SAFETY: the caller's contract.
     unsafe {
+        let mut wide = Vec::new();
         for r in 0..rows {
             let xr = std::slice::from_raw_parts(x.add(r * ldx), k);
             for o in 0..n {
-                let d = dot(xr, std::slice::from_raw_parts(w.add(o * ldw), k));
+                let wo = std::slice::from_raw_parts(w.add(o * ldw), k);
+                wide.clear();
+                wide.extend(wo.iter().map(|v| v.to_f32()));
+                let d = dot(xr, &wide);
                 let yo = y.add(r * ldy + o);
                 *yo = if overwrite { d } else { *yo + d };
             }
@@ -60,23 +90,23 @@ pub(super) unsafe fn dots(
 
 /// The operands of one call (see `dots`).
 #[derive(Clone, Copy)]
-struct Args {
+struct Args<W> {
     k: usize,
     x: *const f32,
     ldx: usize,
-    w: *const f32,
+    w: *const W,
     ldw: usize,
     y: *mut f32,
     ldy: usize,
     overwrite: bool,
 }
 
-impl Args {
+impl<W: Weight> Args<W> {
     /// The same operands from row r0 and output o0 on.
     ///
     /// # Safety
     /// r0, o0 inside the operands.
-    unsafe fn at(self, r0: usize, o0: usize) -> Args {
+    unsafe fn at(self, r0: usize, o0: usize) -> Args<W> {
         // SAFETY: the caller's contract.
         unsafe {
             Args {
@@ -89,11 +119,101 @@ impl Args {
     }
 }
 
+// ---- weight loads: 16 (or 8) weights from k on as f32 lanes; bf16 is widened exactly (bits << 16) ----
+
+/// w[0..16] as 16 f32 lanes.
+///
+/// # Safety
+/// 16 weights readable at p; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load16_512<W: Weight>(p: *const W) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        if W::BF16 {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// w[0..len] in lanes 0..len (len < 16, `m` its mask), +0 in the others.
+///
+/// # Safety
+/// len weights readable at p; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tail16_512<W: Weight>(m: std::arch::x86_64::__mmask16, len: usize, p: *const W) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract; the bf16 tail is copied into a zeroed 16-weight buffer first.
+    unsafe {
+        if W::BF16 {
+            let mut buf = [0u16; 16];
+            std::ptr::copy_nonoverlapping(p as *const u16, buf.as_mut_ptr(), len);
+            load16_512(buf.as_ptr())
+        } else {
+            _mm512_maskz_loadu_ps(m, p as *const f32)
+        }
+    }
+}
+
+/// w[0..8] as 8 f32 lanes.
+///
+/// # Safety
+/// 8 weights readable at p; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8_256<W: Weight>(p: *const W) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        if W::BF16 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// w[0..len] (len < 16) in the lanes 0..len of two halves (`ml`, `mh` their f32 masks), +0 elsewhere.
+///
+/// # Safety
+/// len weights readable at p; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tail16_256<W: Weight>(
+    ml: std::arch::x86_64::__m256i,
+    mh: std::arch::x86_64::__m256i,
+    len: usize,
+    p: *const W,
+) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract; as in `tail16_512`.
+    unsafe {
+        if W::BF16 {
+            let mut buf = [0u16; 16];
+            std::ptr::copy_nonoverlapping(p as *const u16, buf.as_mut_ptr(), len);
+            [load8_256(buf.as_ptr()), load8_256(buf.as_ptr().add(8))]
+        } else {
+            let p = p as *const f32;
+            [_mm256_maskload_ps(p, ml), _mm256_maskload_ps(p.add(8), mh)]
+        }
+    }
+}
+
 // ---- AVX-512: 4 rows × 4 outputs at a time, one zmm (the 16 lanes) per dot ----
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn dots_avx512(rows: usize, n: usize, a: Args) {
+unsafe fn dots_avx512<W: Weight>(rows: usize, n: usize, a: Args<W>) {
     // SAFETY (all blocks): row and output offsets stay below rows and n.
     unsafe {
         let mut r = 0;
@@ -103,20 +223,20 @@ unsafe fn dots_avx512(rows: usize, n: usize, a: Args) {
             while o + 4 <= n {
                 let b = a.at(r, o);
                 match left {
-                    1 => block512::<1, 4>(b),
-                    2 => block512::<2, 4>(b),
-                    3 => block512::<3, 4>(b),
-                    _ => block512::<4, 4>(b),
+                    1 => block512::<W, 1, 4>(b),
+                    2 => block512::<W, 2, 4>(b),
+                    3 => block512::<W, 3, 4>(b),
+                    _ => block512::<W, 4, 4>(b),
                 }
                 o += 4;
             }
             while o < n {
                 let b = a.at(r, o);
                 match left {
-                    1 => block512::<1, 1>(b),
-                    2 => block512::<2, 1>(b),
-                    3 => block512::<3, 1>(b),
-                    _ => block512::<4, 1>(b),
+                    1 => block512::<W, 1, 1>(b),
+                    2 => block512::<W, 2, 1>(b),
+                    3 => block512::<W, 3, 1>(b),
+                    _ => block512::<W, 4, 1>(b),
                 }
                 o += 1;
             }
@@ -129,7 +249,7 @@ unsafe fn dots_avx512(rows: usize, n: usize, a: Args) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-unsafe fn block512<const R: usize, const O: usize>(a: Args) {
+unsafe fn block512<W: Weight, const R: usize, const O: usize>(a: Args<W>) {
     use std::arch::x86_64::*;
     let k = a.k;
     let full = k / 16 * 16;
@@ -139,7 +259,14 @@ unsafe fn block512<const R: usize, const O: usize>(a: Args) {
     unsafe {
         let mut i = 0;
         while i < full {
-            let wv: [__m512; O] = std::array::from_fn(|j| _mm512_loadu_ps(a.w.add(j * a.ldw + i)));
+            if W::BF16 && i % 32 == 0 {
+                // bf16 rows are short in bytes (a 384-term row is 12 lines): ask for the same line of
+                // the next block's rows now, a block ahead of the loads (a hint: never faults)
+                for j in 0..O {
+                    _mm_prefetch::<_MM_HINT_T0>(a.w.wrapping_add((j + O) * a.ldw + i) as *const i8);
+                }
+            }
+            let wv: [__m512; O] = std::array::from_fn(|j| load16_512(a.w.add(j * a.ldw + i)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let xv = _mm512_loadu_ps(a.x.add(r * a.ldx + i));
                 for j in 0..O {
@@ -152,7 +279,7 @@ unsafe fn block512<const R: usize, const O: usize>(a: Args) {
             // the tail goes to lanes 0..k-full; the other lanes add 0·0 = +0, which leaves them as they are
             // (a lane never holds −0: it starts at +0, and a sum is −0 only if both terms are)
             let m: __mmask16 = ((1u32 << (k - full)) - 1) as __mmask16;
-            let wv: [__m512; O] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(m, a.w.add(j * a.ldw + full)));
+            let wv: [__m512; O] = std::array::from_fn(|j| tail16_512(m, k - full, a.w.add(j * a.ldw + full)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let xv = _mm512_maskz_loadu_ps(m, a.x.add(r * a.ldx + full));
                 for j in 0..O {
@@ -219,7 +346,7 @@ fn lanes_sum4_512(v: [std::arch::x86_64::__m512; 4]) -> std::arch::x86_64::__m12
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(rows: usize, n: usize, a: Args) {
+unsafe fn dots_avx2<W: Weight>(rows: usize, n: usize, a: Args<W>) {
     // SAFETY (all blocks): row and output offsets stay below rows and n.
     unsafe {
         let mut r = 0;
@@ -229,15 +356,15 @@ unsafe fn dots_avx2(rows: usize, n: usize, a: Args) {
             while o + 2 <= n {
                 let b = a.at(r, o);
                 if two {
-                    block256::<2, 2>(b)
+                    block256::<W, 2, 2>(b)
                 } else {
-                    block256::<1, 2>(b)
+                    block256::<W, 1, 2>(b)
                 }
                 o += 2;
             }
             if o < n {
                 let b = a.at(r, o);
-                if two { block256::<2, 1>(b) } else { block256::<1, 1>(b) }
+                if two { block256::<W, 2, 1>(b) } else { block256::<W, 1, 1>(b) }
             }
             r += 2;
         }
@@ -247,7 +374,7 @@ unsafe fn dots_avx2(rows: usize, n: usize, a: Args) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn block256<const R: usize, const O: usize>(a: Args) {
+unsafe fn block256<W: Weight, const R: usize, const O: usize>(a: Args<W>) {
     use std::arch::x86_64::*;
     let k = a.k;
     let full = k / 16 * 16;
@@ -257,8 +384,8 @@ unsafe fn block256<const R: usize, const O: usize>(a: Args) {
     unsafe {
         let mut i = 0;
         while i < full {
-            let wl: [__m256; O] = std::array::from_fn(|j| _mm256_loadu_ps(a.w.add(j * a.ldw + i)));
-            let wh: [__m256; O] = std::array::from_fn(|j| _mm256_loadu_ps(a.w.add(j * a.ldw + i + 8)));
+            let wl: [__m256; O] = std::array::from_fn(|j| load8_256(a.w.add(j * a.ldw + i)));
+            let wh: [__m256; O] = std::array::from_fn(|j| load8_256(a.w.add(j * a.ldw + i + 8)));
             for r in 0..R {
                 let xl = _mm256_loadu_ps(a.x.add(r * a.ldx + i));
                 let xh = _mm256_loadu_ps(a.x.add(r * a.ldx + i + 8));
@@ -275,8 +402,10 @@ unsafe fn block256<const R: usize, const O: usize>(a: Args) {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let (ml, mh) =
                 (_mm256_cmpgt_epi32(_mm256_set1_epi32(t), lanes), _mm256_cmpgt_epi32(_mm256_set1_epi32(t - 8), lanes));
-            let wl: [__m256; O] = std::array::from_fn(|j| _mm256_maskload_ps(a.w.add(j * a.ldw + full), ml));
-            let wh: [__m256; O] = std::array::from_fn(|j| _mm256_maskload_ps(a.w.add(j * a.ldw + full + 8), mh));
+            let wt: [[__m256; 2]; O] =
+                std::array::from_fn(|j| tail16_256(ml, mh, t as usize, a.w.add(j * a.ldw + full)));
+            let wl: [__m256; O] = std::array::from_fn(|j| wt[j][0]);
+            let wh: [__m256; O] = std::array::from_fn(|j| wt[j][1]);
             for r in 0..R {
                 let xl = _mm256_maskload_ps(a.x.add(r * a.ldx + full), ml);
                 let xh = _mm256_maskload_ps(a.x.add(r * a.ldx + full + 8), mh);
@@ -339,6 +468,60 @@ mod tests {
                     assert!(
                         diff.is_none(),
                         "level {level}, ({rows}, {k}, {n}), overwrite {overwrite}: differs at {diff:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// bf16 weights (`Bf16`): every level gives the bits of `simd::dot` with the widened weights (so a
+    /// row alone, among others and on any level agree), and those are within f32 summation error of the
+    /// f64 product of x and the bf16-rounded weights. Odd sizes: k not a multiple of 16 (tails of every
+    /// kind), n odd, rows past a block; strided operands.
+    #[test]
+    fn bf16_weights_give_the_bits_of_dot_with_the_widened_weights() {
+        let mut rng = Rng::new(9);
+        for (rows, k, n) in
+            [(1, 1, 1), (1, 15, 3), (2, 17, 5), (3, 31, 7), (4, 33, 9), (5, 100, 13), (1, 385, 33), (32, 383, 7)]
+        {
+            let (ldx, ldw, ldy) = (k + 3, k + 5, n + 2);
+            let x: Vec<f32> = (0..rows * ldx).map(|_| rng.normal() as f32).collect();
+            let wf: Vec<f32> = (0..n * ldw).map(|_| rng.normal() as f32).collect();
+            let mut w = vec![0u16; wf.len()];
+            super::super::kernels::round_bf16(&wf, &mut w);
+            let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            assert!(wide.iter().zip(&wf).any(|(a, b)| a != b), "nothing was rounded");
+            let y0: Vec<f32> = (0..rows * ldy).map(|_| rng.normal() as f32).collect();
+            for overwrite in [true, false] {
+                let mut want = Vec::with_capacity(rows * ldy);
+                let mut worst = 0f64;
+                for (i, &y0i) in y0.iter().enumerate() {
+                    let (r, o) = (i / ldy, i % ldy);
+                    if o >= n {
+                        want.push(y0i.to_bits());
+                        continue;
+                    }
+                    let (xr, wo) = (&x[r * ldx..r * ldx + k], &wide[o * ldw..o * ldw + k]);
+                    let d = dot(xr, wo);
+                    want.push((if overwrite { d } else { y0i + d }).to_bits());
+                    // 16 lanes of k/16 terms, then 4 adds: within (k/16 + 5)·2⁻²⁴ of Σ|x·w| of the exact sum
+                    let exact: f64 = xr.iter().zip(wo).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let scale: f64 = xr.iter().zip(wo).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let bound = (k / 16 + 5) as f64 * f32::EPSILON as f64 / 2.0 * scale;
+                    worst = worst.max((d as f64 - exact).abs() / bound.max(f64::MIN_POSITIVE));
+                }
+                assert!(worst <= 1.0, "({rows}, {k}, {n}): off from f64 by {worst:.2} of the bound");
+                for level in 0..=crate::ops::simd::isa() {
+                    let mut y = y0.clone();
+                    // SAFETY: the buffers hold the strided operands; level <= isa().
+                    unsafe {
+                        dots(level, (rows, k, n), x.as_ptr(), ldx, w.as_ptr(), ldw, y.as_mut_ptr(), ldy, overwrite)
+                    };
+                    let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    let diff = got.iter().zip(&want).position(|(g, w)| g != w);
+                    assert!(
+                        diff.is_none(),
+                        "bf16 level {level}, ({rows}, {k}, {n}), overwrite {overwrite}: differs at {diff:?}"
                     );
                 }
             }

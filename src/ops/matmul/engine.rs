@@ -3,6 +3,7 @@
 //! matrix-vector form (`gemv`) a single output row or column takes. `kernels` holds the FMA GEMM itself.
 
 use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -11,6 +12,7 @@ use super::kernels;
 use crate::error::Result;
 use crate::ops::simd::{Isa, dispatch_simd, dot, dot4};
 use crate::parallel::{check_interrupt, install};
+use crate::tensor::Tensor;
 
 // ---- how the work is cut (work in flops = 2·rows·cols·k per product; nothing depends on the thread count) ----
 
@@ -72,8 +74,11 @@ pub(super) struct Gemm<'a> {
     /// Made inside `row_wise`: an x·Wᵀ product runs as per-row dot products (`dots`).
     row_wise: bool,
     /// Made inside a bf16 scope (`set_bf16`): the GEMM tiles run `kernels::gemm_bf16` (at the AVX-512
-    /// level on a CPU with AVX512-BF16; matrix-vector and row-wise products stay f32).
+    /// level on a CPU with AVX512-BF16; matrix-vector products stay f32).
     bf16: bool,
+    /// A row-wise product in a bf16 scope (`with_bf16_b`): B's elements as bf16 bits, at the offsets of
+    /// `b.data`, which the dot products read instead (any number of rows, one too).
+    b16: Option<&'a [u16]>,
 }
 
 /// One block of output rows r0..r0+rows and columns c0..c0+cols of output matrix `mat`.
@@ -98,6 +103,8 @@ thread_local! {
     static SHARED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Set while the calling thread is inside `row_wise`.
     static ROW_WISE: Cell<bool> = const { Cell::new(false) };
+    /// The bf16 weight copies of the generate call this thread works for (`with_weight_copies`).
+    static WEIGHT_COPIES: RefCell<Option<Arc<WeightCopies>>> = const { RefCell::new(None) };
 }
 
 /// Turn bf16 products on or off for the products this thread makes from now on (`nf.autocast`); returns
@@ -155,6 +162,85 @@ pub(crate) fn row_wise<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether an x·Wᵀ product made now reads W as bf16: inside `row_wise` in a bf16 scope (a decode step
+/// under `nf.autocast("bf16")`; its prompt pass, outside `row_wise`, takes the bf16 GEMM instead).
+pub(crate) fn row_wise_bf16() -> bool {
+    ROW_WISE.with(Cell::get) && bf16_enabled()
+}
+
+/// The bf16 copies (`kernels::round_bf16`) of the weights one generate call's decode steps read, each
+/// made on first use and then reused for every step and every group of rows of that call; dropped with
+/// the call, so a later call (after an optimizer step changed the weights in place) makes fresh ones.
+/// A copy is found by the weight's storage, which the entry keeps alive (so no other tensor can take
+/// its address while the call runs).
+#[derive(Default)]
+pub(crate) struct WeightCopies {
+    copies: Mutex<Vec<(Tensor, Arc<[u16]>)>>,
+}
+
+impl WeightCopies {
+    /// How many weights have a copy.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.copies.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Values per task when a weight is rounded to bf16 on the threads.
+const ROUND_CHUNK: usize = 1 << 16;
+
+/// A new bf16 copy of `data`, rounded on the threads when large. Errors: `Alloc` if it does not fit.
+fn bf16_copy(data: &[f32]) -> Result<Arc<[u16]>> {
+    let mut out = crate::tensor::try_with_capacity::<u16>("linear", data.len())?;
+    out.resize(data.len(), 0);
+    if data.len() <= ROUND_CHUNK {
+        kernels::round_bf16(data, &mut out);
+    } else {
+        install(|| {
+            out.par_chunks_mut(ROUND_CHUNK)
+                .zip(data.par_chunks(ROUND_CHUNK))
+                .for_each(|(d, s)| kernels::round_bf16(s, d))
+        });
+    }
+    Ok(out.into())
+}
+
+/// The bf16 copy of `w` a row-wise bf16 product reads: the generate call's (`with_weight_copies`),
+/// made now if it has none yet; without a call's copies, a copy for this product alone.
+pub(crate) fn bf16_weight(w: &Tensor) -> Result<Arc<[u16]>> {
+    let Some(copies) = WEIGHT_COPIES.with_borrow(|c| c.clone()) else {
+        return bf16_copy(&w.data());
+    };
+    let find = || {
+        let list = copies.copies.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().find(|(t, _)| t.same_storage(w) && t.numel() == w.numel()).map(|(_, c)| c.clone())
+    };
+    if let Some(c) = find() {
+        return Ok(c);
+    }
+    // rounded without the lock held (its pool tasks must never wait for it); should two groups of rows
+    // both get here, the second copy is equal and dropped
+    let made = bf16_copy(&w.data())?;
+    if let Some(c) = find() {
+        return Ok(c);
+    }
+    copies.copies.lock().unwrap_or_else(|e| e.into_inner()).push((w.clone(), made.clone()));
+    Ok(made)
+}
+
+/// Run `f` with `copies` as this thread's bf16 weight copies (None: run `f` as is).
+pub(crate) fn with_weight_copies<R>(copies: Option<&Arc<WeightCopies>>, f: impl FnOnce() -> R) -> R {
+    let Some(copies) = copies else { return f() };
+    struct Restore(Option<Arc<WeightCopies>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WEIGHT_COPIES.with_borrow_mut(|c| *c = self.0.take());
+        }
+    }
+    let _restore = Restore(WEIGHT_COPIES.with_borrow_mut(|c| c.replace(copies.clone())));
+    f()
+}
+
 /// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), each at
 /// most MAX_TILE_FLOPS, rows in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns in
 /// multiples of 64 (both kernels' NR divide it) and ≥ 128. Among those cuts, the one that streams the
@@ -183,7 +269,7 @@ pub(super) fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize
 
 /// Output columns per tile of a `dots` product: all of them when the work is small (a hand-off to the
 /// other thread costs more), else about 8 tiles in multiples of 16 columns. Depends only on the shapes.
-fn dots_tile_cols(m: usize, k: usize, n: usize) -> usize {
+pub(super) fn dots_tile_cols(m: usize, k: usize, n: usize) -> usize {
     if 2 * m * k * n < DOTS_SPLIT_FLOPS {
         return n.max(1);
     }
@@ -242,7 +328,28 @@ impl<'a> Gemm<'a> {
             }
         }
         assert_eq!(*starts.last().unwrap_or(&0), terms.len());
-        Gemm { m, k, n, a, b, terms, starts, bias: None, row_wise: ROW_WISE.with(Cell::get), bf16: bf16_enabled() }
+        Gemm {
+            m,
+            k,
+            n,
+            a,
+            b,
+            terms,
+            starts,
+            bias: None,
+            row_wise: ROW_WISE.with(Cell::get),
+            bf16: bf16_enabled(),
+            b16: None,
+        }
+    }
+
+    /// In a row-wise product, read B from `b16`, its bf16 copy (same length and offsets as `b.data`).
+    pub(super) fn with_bf16_b(mut self, b16: Option<&'a [u16]>) -> Gemm<'a> {
+        if let Some(h) = b16 {
+            assert_eq!(h.len(), self.b.data.len(), "matmul: bf16 copy length");
+        }
+        self.b16 = b16;
+        self
     }
 
     /// Add `bias` (length n) to every output row.
@@ -279,11 +386,11 @@ impl<'a> Gemm<'a> {
         level >= 1 && self.count() == 1 && self.terms.len() == 1 && self.m > 1 && self.n > 1 && !self.by_dots()
     }
 
-    /// Inside `row_wise`, a single product of two or more rows whose A rows and B columns both run along
-    /// k (x·Wᵀ with W as stored): dot products, nothing packed (`dots`), in tiles of ≤ SMALL_M rows with
-    /// the output columns cut.
+    /// Inside `row_wise`, a single product of two or more rows (or of any rows with a bf16 B) whose A rows
+    /// and B columns both run along k (x·Wᵀ with W as stored): dot products, nothing packed (`dots`), in
+    /// tiles of ≤ SMALL_M rows with the output columns cut. (One f32 row takes `gemv`: the same bits.)
     fn by_dots(&self) -> bool {
-        self.row_wise && self.count() == 1 && self.m >= 2 && self.a.cs == 1 && self.b.rs == 1
+        self.row_wise && self.count() == 1 && (self.m >= 2 || self.b16.is_some()) && self.a.cs == 1 && self.b.rs == 1
     }
 
     fn tiles(&self, level: Isa) -> Vec<Tile> {
@@ -337,6 +444,23 @@ impl<'a> Gemm<'a> {
             // A single output row (M = 1, decode) or column (N = 1) is a matrix-vector product: sgemm
             // would pack all of B and run its 16-row kernel on 15 rows of padding.
             if self.by_dots() {
+                if let Some(h) = self.b16 {
+                    // SAFETY: as below; `h` has b.data's length (`with_bf16_b`).
+                    unsafe {
+                        dots::dots(
+                            level,
+                            (t.rows, self.k, t.cols),
+                            a.data[ao..].as_ptr(),
+                            a.rs,
+                            h[bo..].as_ptr(),
+                            b.cs,
+                            cp,
+                            self.n,
+                            overwrite,
+                        )
+                    };
+                    continue;
+                }
                 // SAFETY: operands in bounds (checked in `Gemm::new`); the tile is this task's alone.
                 unsafe {
                     dots::dots(

@@ -636,6 +636,37 @@ pub(super) fn from_bf16(h: u32) -> f32 {
     f32::from_bits(h << 16)
 }
 
+/// dst[i] = `to_bf16(src[i])` for every i (16 at a time on AVX-512): the bf16 copy of a weight that a
+/// decode step reads (`dots`). Lengths must match.
+pub(super) fn round_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "round_bf16: lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::simd::isa() >= 2 {
+        // SAFETY: the CPU has AVX-512F.
+        done = unsafe { round_bf16_avx512(src, dst) };
+    }
+    for (d, &s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = to_bf16(s) as u16;
+    }
+}
+
+/// `round_bf16` on the whole groups of 16; returns how many values it rounded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_bf16_avx512(src: &[f32], dst: &mut [u16]) -> usize {
+    use std::arch::x86_64::*;
+    let full = src.len().min(dst.len()) / 16 * 16;
+    // SAFETY: i + 16 <= full, inside both slices.
+    unsafe {
+        for i in (0..full).step_by(16) {
+            let h = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_loadu_ps(src.as_ptr().add(i))));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        }
+    }
+    full
+}
+
 /// `to_bf16` on 16 lanes: each u32 lane gets the bf16 bits in its low half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -1080,6 +1111,43 @@ unsafe fn fma_chains_avx2(iters: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bf16 copy of a weight (`round_bf16`, 16 lanes at a time where the CPU has AVX-512, the tail
+    /// scalar) is `to_bf16` of every value: ties to even, NaN quiet, infinities and subnormals kept.
+    #[test]
+    fn round_bf16_is_to_bf16_of_every_value() {
+        let one = 1.0f32.to_bits();
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE / 3.0,
+            f32::from_bits(one + 0x8000),  // 1 + 2⁻⁸: a tie, to even (1)
+            f32::from_bits(one + 0x18000), // 1 + 3·2⁻⁸: a tie, to even (1 + 2⁻⁶)
+            f32::from_bits(0x7F7F_FFFF),   // rounds up to infinity
+            f32::from_bits(0x7FA0_0000),   // a signalling NaN becomes quiet
+        ];
+        let mut rng = crate::tensor::random::Rng::new(2);
+        for len in [0, 1, 15, 16, 17, 33, 100] {
+            let mut src: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+            for (i, &v) in specials.iter().enumerate() {
+                if i < len {
+                    src[(i * 7) % len] = v;
+                }
+            }
+            let mut dst = vec![0u16; len];
+            round_bf16(&src, &mut dst);
+            for (i, (&d, &s)) in dst.iter().zip(&src).enumerate() {
+                assert_eq!(u32::from(d), to_bf16(s), "len {len}, element {i} ({s:e})");
+            }
+        }
+        assert_eq!(from_bf16(to_bf16(f32::from_bits(one + 0x8000))), 1.0);
+        assert_eq!(from_bf16(to_bf16(f32::from_bits(one + 0x18000))), 1.0 + 2f32.powi(-6));
+        assert!(from_bf16(to_bf16(f32::from_bits(0x7FA0_0000))).is_nan());
+    }
     use crate::tensor::random::Rng;
 
     fn levels() -> Vec<Isa> {

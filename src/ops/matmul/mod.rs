@@ -24,7 +24,7 @@ mod engine;
 mod kernels;
 
 use engine::{Gemm, plain, transposed};
-pub(crate) use engine::{bf16_enabled, row_wise, set_bf16, with_bf16};
+pub(crate) use engine::{WeightCopies, bf16_enabled, row_wise, set_bf16, with_bf16, with_weight_copies};
 pub(crate) use kernels::bf16_supported;
 pub(crate) use kernels::fma_peak;
 
@@ -240,8 +240,11 @@ const BIAS_COLS: usize = 64;
 /// out = x @ weightᵀ + bias, torch's `nn.Linear` layout. Shapes: x (…, IN), weight (OUT, IN),
 /// bias (OUT,) -> (…, OUT); a 1-D x (IN,) gives (OUT,). The leading dims fold into the rows of one
 /// product, W is read transposed in place (no copy), and the bias is written into each output tile
-/// just before the product adds to it. A single row (decode) runs as a matrix-vector product.
-/// Errors (`Error::Shape`): 0-d x, weight not 2-D, IN mismatch, bias not (OUT,).
+/// just before the product adds to it. A single row (decode) runs as a matrix-vector product. Inside
+/// `row_wise` in a bf16 scope (a decode step under autocast) W is read as its bf16 copy
+/// (`engine::bf16_weight`), x and the sums stay f32. No gradient flows through such a product's bf16
+/// copy (decode runs under no_grad); its backward, if recorded, is the f32 one.
+/// Errors (`Error::Shape`): 0-d x, weight not 2-D, IN mismatch, bias not (OUT,); `Alloc`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let op = "linear";
     let ws = weight.shape();
@@ -280,12 +283,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let mut out_shape = x.shape()[..x.ndim() - 1].to_vec();
     out_shape.push(out_f);
     checked_numel(op, &out_shape)?;
+    let w16 = if rows > 0 && in_f > 0 && out_f > 0 && engine::row_wise_bf16() {
+        Some(engine::bf16_weight(weight)?)
+    } else {
+        None
+    };
     let out = {
         let (xd, wd) = (x.data(), weight.data());
         let bd = bias.map(|b| b.data());
         // (rows, IN) @ Wᵀ (IN, OUT): W's element (k, o) sits at o·IN + k (IN = 0: every row is the bias)
         Gemm::one_term_each((rows, in_f, out_f), plain(&xd, in_f), transposed(&wd, in_f), vec![(0, 0)])
             .with_bias(bd.as_deref().map(|v| &v[..]))
+            .with_bf16_b(w16.as_deref())
             .run_new(op)?
     };
     let out = Tensor::from_vec_unchecked(out, out_shape);
@@ -776,6 +785,63 @@ mod tests {
         // outside, the same product is a GEMM (another summation order) and the flag is restored
         let out = linear(&crate::ops::view::narrow(&x, 0, 0, 5).unwrap(), &w, Some(&bias)).unwrap().to_vec();
         assert!((0..300).any(|o| out[o].to_bits() != want(0)[o]), "outside row_wise a 5-row product was row-wise");
+    }
+
+    /// A decode step under autocast (`row_wise` in a bf16 scope) reads W as bf16: a row's bits are
+    /// bias + simd::dot(x_r, bf16(w_o)) alone (one row takes the dots path too), among a few rows and
+    /// among more than a row tile, on 1 and 2 threads (the big product is cut into column tiles), with
+    /// or without a call's weight copies (made once, then reused); close to f64 of the rounded weights;
+    /// and not the f32 bits. Without the bf16 scope, row_wise keeps its f32 bits.
+    #[test]
+    fn row_wise_bf16_linear_reads_bf16_weights_row_and_thread_independently() {
+        let mut rng = crate::tensor::random::Rng::new(10);
+        let mut local = |s: &[usize]| Tensor::new((0..numel(s)).map(|_| rng.normal() as f32).collect(), s).unwrap();
+        let (k, n) = (517, 601); // k: 32 blocks of 16 and a tail of 5; 2·k·n > DOTS_SPLIT_FLOPS
+        assert!(engine::dots_tile_cols(1, k, n) < n, "the one-row product should be cut over the threads");
+        let (x, w, bias) = (local(&[40, k]), local(&[n, k]), local(&[n]));
+        let (xv, bv) = (x.to_vec(), bias.to_vec());
+        let wr: Vec<f32> = w.to_vec().iter().map(|&v| kernels::from_bf16(kernels::to_bf16(v))).collect();
+        let want = |r: usize| -> Vec<u32> {
+            (0..n).map(|o| (bv[o] + crate::ops::simd::dot(&xv[r * k..][..k], &wr[o * k..][..k])).to_bits()).collect()
+        };
+        let rows_of = |rows: usize| crate::ops::view::narrow(&x, 0, 0, rows).unwrap();
+        let bf16_rows = |rows: usize, copies: Option<&std::sync::Arc<WeightCopies>>| {
+            with_bf16(true, || row_wise(|| with_weight_copies(copies, || linear(&rows_of(rows), &w, Some(&bias)))))
+                .unwrap()
+                .to_vec()
+        };
+        let copies = std::sync::Arc::new(WeightCopies::default());
+        for threads in [1, 2] {
+            for rows in [1, 2, 5, 33, 40] {
+                for cached in [None, Some(&copies)] {
+                    let got = crate::parallel::with_threads(threads, || bf16_rows(rows, cached));
+                    for r in [0, rows / 2, rows - 1] {
+                        let diff = got[r * n..(r + 1) * n].iter().zip(want(r)).position(|(g, w)| g.to_bits() != w);
+                        assert!(
+                            diff.is_none(),
+                            "{threads} threads, {rows} rows, copies {}: row {r} differs at output {diff:?}",
+                            cached.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(copies.len(), 1, "the weight copy should be made once and reused");
+        // against f64 with the rounded weights, and not the f32 product
+        let one = bf16_rows(1, None);
+        let want64: Vec<f64> =
+            (0..n).map(|o| bv[o] as f64 + (0..k).map(|i| xv[i] as f64 * wr[o * k + i] as f64).sum::<f64>()).collect();
+        assert_close("bf16 decode linear", &one, &want64, tol_k(k), tol_k(k));
+        let f32_row = row_wise(|| linear(&rows_of(1), &w, Some(&bias))).unwrap().to_vec();
+        assert!(one.iter().zip(&f32_row).any(|(a, b)| a != b), "the bf16 scope gave the f32 bits");
+        let wv = w.to_vec();
+        for o in 0..n {
+            let d = bv[o] + crate::ops::simd::dot(&xv[..k], &wv[o * k..][..k]);
+            assert_eq!(f32_row[o].to_bits(), d.to_bits(), "f32 row-wise output {o} changed");
+        }
+        // outside row_wise the bf16 scope's product is the bf16 GEMM (prefill), not these dot products
+        let gemm = with_bf16(true, || linear(&rows_of(40), &w, Some(&bias))).unwrap().to_vec();
+        assert!((0..n).any(|o| gemm[o].to_bits() != want(0)[o]), "outside row_wise a product read bf16 copies");
     }
 
     #[test]
