@@ -163,7 +163,8 @@ pub(crate) fn row_wise<R>(f: impl FnOnce() -> R) -> R {
 /// matrix has them), each at most MAX_TILE_FLOPS: the one that two threads, taking tiles as they come free,
 /// finish soonest (bound: ⌈T/2⌉ × the biggest tile's micro-tiles; an odd count or unequal tiles leave one
 /// thread idle at the end: 48-row cuts of 512² did, 11% of the run), then the one that streams the least
-/// of A and B through the caches (each tile reads its rows of A and its columns of B: Σ rows + cols), then
+/// of A and B through the caches (each tile reads its rows of A and its columns of B; A's count twice: it
+/// is read in place, or rounded and packed again, by every column tile, where B is packed once), then
 /// fewer tiles. Depends only on the shapes (the bits never depend on the cut: see `kernels`).
 pub(super) fn shared_b_cuts(m: usize, k: usize, n: usize) -> (Vec<usize>, Vec<usize>) {
     let (pr, pc) = (m.div_ceil(12), n.div_ceil(64));
@@ -184,7 +185,7 @@ pub(super) fn shared_b_cuts(m: usize, k: usize, n: usize) -> (Vec<usize>, Vec<us
                 let finish = tiles.div_ceil(2) * big_r * big_c;
                 // acceptable cuts by finish time and traffic; if none is, the most tiles
                 let key = if ok {
-                    (false, finish, c * m + r * n, tiles)
+                    (false, finish, 2 * c * m + r * n, tiles)
                 } else {
                     (true, usize::MAX - tiles, 0, 0)
                 };
