@@ -957,6 +957,27 @@ pub(super) unsafe fn gemm_bf16(
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = r0;
             };
+            // share `part` of `parts` of the terms t0..t0 + terms of rows r0..r0 + rows of an A whose rows
+            // are contiguous (by_block), fetched into L2 (a hint: no effect on results)
+            let prefetch_rows = |r0: usize, rows: usize, t0: usize, terms: usize, part: usize, parts: usize| {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                    let per = terms.div_ceil(parts);
+                    // SAFETY: every address is an element of a (rows r0.., terms t0.. inside it).
+                    unsafe {
+                        for t in (part * per).min(terms)..((part + 1) * per).min(terms) {
+                            let run = a.ptr.add(r0 + (t0 + t) * a.cs);
+                            for r in (0..rows).step_by(16) {
+                                _mm_prefetch::<_MM_HINT_T1>(run.add(r) as *const i8);
+                            }
+                            _mm_prefetch::<_MM_HINT_T1>(run.add(rows - 1) as *const i8);
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (r0, rows, t0, terms, part, parts);
+            };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 for jc in (0..n).step_by(NC) {
@@ -970,6 +991,12 @@ pub(super) unsafe fn gemm_bf16(
                                 unsafe {
                                     pack_bf16_block_cols(a.ptr.add(ic + 2 * pc * a.cs), a.cs, mc, terms, ablk)
                                 };
+                            }
+                            // the next block's source into L2, a share per panel, while this block computes
+                            // (dW's dYᵀ comes from memory: waiting for it was most of its packing time)
+                            let (nic, npc) = if ic + MC < m { (ic + MC, pc) } else { (0, pc + kcp) };
+                            if npc < k2 {
+                                prefetch_rows(nic, MC.min(m - nic), 2 * npc, (k - 2 * npc).min(KC_BF16), ip, mc.div_ceil(mr));
                             }
                         } else if jc == 0 {
                             pack(ablk, ic, ip);
