@@ -241,30 +241,51 @@ pub(crate) fn with_weight_copies<R>(copies: Option<&Arc<WeightCopies>>, f: impl 
     f()
 }
 
-/// Tiles of a product with a shared packed B: at least SHARED_TILES of them (when big enough), each at
-/// most MAX_TILE_FLOPS, rows in multiples of 48 (both kernels' MR divide it) and ≥ 96, columns in
-/// multiples of 64 (both kernels' NR divide it) and ≥ 128. Among those cuts, the one that streams the
-/// least of A and B through the caches (each tile reads its rows of A and its columns of B once: Σ over
-/// tiles of rows + cols); fewer tiles on a tie. Depends only on the shapes.
-pub(super) fn shared_b_tile_shape(m: usize, k: usize, n: usize) -> (usize, usize) {
-    if 2 * m * k * n <= 2 * SERIAL_FLOPS {
-        return (m, n);
-    }
-    let mut best = ((true, usize::MAX, usize::MAX), (m, n));
-    for r in 1..=m.div_ceil(48).min(64) {
-        let rows = round_up(m.div_ceil(r), 48).max(96).min(m);
-        for c in 1..=n.div_ceil(64).min(64) {
-            let cols = round_up(n.div_ceil(c), 64).max(128).min(n);
-            let tiles = m.div_ceil(rows) * n.div_ceil(cols);
-            let ok = tiles >= SHARED_TILES && 2 * rows * cols * k <= MAX_TILE_FLOPS;
-            // acceptable cuts by traffic; if none is, the most tiles
-            let key = (!ok, if ok { tiles * (rows + cols) } else { usize::MAX - tiles }, tiles);
-            if key < best.0 {
-                best = (key, (rows, cols));
+/// Row and column cuts of a product with a shared packed B: its tiles are rows `rows[i]..rows[i + 1]` ×
+/// columns `cols[j]..cols[j + 1]`. Rows are cut in whole 12-row micro-panels and columns in whole 64-column
+/// units (both kernels' MR and NR divide them), as evenly as the units allow: a micro-kernel costs the same
+/// on a ragged panel as on a full one, so the work of a tile is its count of 12×32 micro-tiles. Among the
+/// cuts into at least SHARED_TILES tiles of ≥ 8 panels (96 rows) and ≥ 2 units (128 columns) each (when the
+/// matrix has them), each at most MAX_TILE_FLOPS: the one that two threads, taking tiles as they come free,
+/// finish soonest (bound: ⌈T/2⌉ × the biggest tile's micro-tiles; an odd count or unequal tiles leave one
+/// thread idle at the end: 48-row cuts of 512² did, 11% of the run), then the one that streams the least
+/// of A and B through the caches (each tile reads its rows of A and its columns of B; A's count twice: it
+/// is read in place, or rounded and packed again, by every column tile, where B is packed once), then
+/// fewer tiles. Depends only on the shapes (the bits never depend on the cut: see `kernels`).
+pub(super) fn shared_b_cuts(m: usize, k: usize, n: usize) -> (Vec<usize>, Vec<usize>) {
+    let (pr, pc) = (m.div_ceil(12), n.div_ceil(64));
+    let mut best = ((true, usize::MAX, usize::MAX, usize::MAX), (1, 1));
+    if 2 * m * k * n > 2 * SERIAL_FLOPS {
+        for r in 1..=pr.min(64) {
+            if r > 1 && pr / r < 8 {
+                break;
+            }
+            for c in 1..=pc.min(64) {
+                if c > 1 && pc / c < 2 {
+                    break;
+                }
+                let tiles = r * c;
+                // the biggest tile: its rows (in panels) and columns (in 32-wide micro-tiles)
+                let (big_r, big_c) = (pr.div_ceil(r), (pc.div_ceil(c) * 64).min(n).div_ceil(32));
+                let ok = tiles >= SHARED_TILES && 2 * (big_r * 12).min(m) * (big_c * 32).min(n) * k <= MAX_TILE_FLOPS;
+                let finish = tiles.div_ceil(2) * big_r * big_c;
+                // acceptable cuts by finish time and traffic; if none is, the most tiles
+                let key = if ok {
+                    (false, finish, 2 * c * m + r * n, tiles)
+                } else {
+                    (true, usize::MAX - tiles, 0, 0)
+                };
+                if key < best.0 {
+                    best = (key, (r, c));
+                }
             }
         }
     }
-    best.1
+    let (r, c) = best.1;
+    let cuts = |units: usize, parts: usize, unit: usize, len: usize| -> Vec<usize> {
+        (0..=parts).map(|i| (i * units / parts * unit).min(len)).collect()
+    };
+    (cuts(pr, r, 12, m), cuts(pc, c, 64, n))
 }
 
 /// Output columns per tile of a `dots` product: all of them when the work is small (a hand-off to the
@@ -381,7 +402,7 @@ impl<'a> Gemm<'a> {
         self.starts.len().saturating_sub(1)
     }
 
-    /// One product whose B all tiles share: packed once (`shared_b_tile_shape` cuts its tiles).
+    /// One product whose B all tiles share: packed once (`shared_b_cuts` cuts its tiles).
     fn shares_b(&self, level: Isa) -> bool {
         level >= 1 && self.count() == 1 && self.terms.len() == 1 && self.m > 1 && self.n > 1 && !self.by_dots()
     }
@@ -394,13 +415,17 @@ impl<'a> Gemm<'a> {
     }
 
     fn tiles(&self, level: Isa) -> Vec<Tile> {
-        let (rows, cols) = if self.by_dots() {
+        let even = |len: usize, step: usize| -> Vec<usize> {
+            (0..len).step_by(step.max(1)).chain(std::iter::once(len)).collect()
+        };
+        let (row_cuts, col_cuts) = if self.by_dots() {
             let rows = self.m.min(SMALL_M);
-            (rows, dots_tile_cols(rows, self.k, self.n))
+            (even(self.m, rows), even(self.n, dots_tile_cols(rows, self.k, self.n)))
         } else if self.shares_b(level) {
-            shared_b_tile_shape(self.m, self.k, self.n)
+            shared_b_cuts(self.m, self.k, self.n)
         } else {
-            tile_shape(self.count(), self.m, self.k, self.n)
+            let (rows, cols) = tile_shape(self.count(), self.m, self.k, self.n);
+            (even(self.m, rows), even(self.n, cols))
         };
         let mut tiles = Vec::new();
         if self.m == 0 || self.n == 0 || self.k == 0 {
@@ -410,9 +435,9 @@ impl<'a> Gemm<'a> {
             if self.starts[mat] == self.starts[mat + 1] {
                 continue; // a sum of nothing: `run_raw` writes zeros
             }
-            for r0 in (0..self.m).step_by(rows) {
-                for c0 in (0..self.n).step_by(cols) {
-                    tiles.push(Tile { mat, r0, rows: rows.min(self.m - r0), c0, cols: cols.min(self.n - c0) });
+            for r in row_cuts.windows(2) {
+                for c in col_cuts.windows(2) {
+                    tiles.push(Tile { mat, r0: r[0], rows: r[1] - r[0], c0: c[0], cols: c[1] - c[0] });
                 }
             }
         }
@@ -646,13 +671,21 @@ impl<'a> Gemm<'a> {
     }
 
     fn run_tiles(&self, tiles: &[Tile], ptr: OutPtr, level: Isa, packed: Option<&kernels::PackedB>) -> Result<()> {
-        let mut start = 0;
+        // as few groups as keep each near GROUP_FLOPS, of equal work, each a whole number of tiles per
+        // thread (a group ends when all its tiles are done: 9 equal tiles on 2 threads took 5 tiles' time)
+        let total: usize = tiles.iter().map(|t| self.tile_flops(t)).sum();
+        let groups = total.div_ceil(GROUP_FLOPS).max(1);
+        let per_thread = crate::parallel::num_threads().max(1);
+        let (mut start, mut done, mut g) = (0, 0usize, 0);
         while start < tiles.len() {
+            g += 1;
+            let target = total / groups * g;
             let (mut end, mut work) = (start, 0usize);
-            while end < tiles.len() && (end == start || work + self.tile_flops(&tiles[end]) <= GROUP_FLOPS) {
+            while end < tiles.len() && (end == start || done + work < target || (end - start) % per_thread != 0) {
                 work += self.tile_flops(&tiles[end]);
                 end += 1;
             }
+            done += work;
             let group = &tiles[start..end];
             // (a split matrix-vector product is worth the threads whatever its flop count)
             let split_gemv = (self.m == 1 || self.by_dots()) && self.count() == 1;

@@ -807,6 +807,41 @@ unsafe fn pack_bf16_row_pairs(p: *const f32, k: usize, dst: &mut [f32]) {
     }
 }
 
+/// A block of A whose rows are contiguous (A = dYᵀ in a linear layer's dW: element (r, kk) at
+/// `p + r + kk·ks`) packed in bf16 pairs into `rows.div_ceil(12)` panels of 12 rows (`pack_panel_bf16`'s
+/// layout: panel q, pair t, row i at `dst[q·pairs·12 + t·12 + i]`, zero past `rows` and past `terms`).
+/// Term pair by term pair across the whole block, so the block's values of a term are read as one
+/// contiguous run (12 rows, 48 bytes, at a time), where packing panel by panel jumped `ks` floats (6 KB
+/// for dW) every 12 values; each 12-row load is rounded once (no half-empty second vector).
+///
+/// # Safety
+/// `p + r + kk·ks` is readable for r < rows, kk < terms; dst holds rows.div_ceil(12)·pairs·12 words with
+/// pairs = terms.div_ceil(2); the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bf16_block_cols(p: *const f32, ks: usize, rows: usize, terms: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    let pairs = terms.div_ceil(2);
+    let panels = rows.div_ceil(MR);
+    debug_assert!(dst.len() >= panels * pairs * MR);
+    let d = dst.as_mut_ptr() as *mut i32;
+    let full = ((1u32 << MR) - 1) as __mmask16;
+    // SAFETY: reads rows < `rows` of terms < `terms` (the caller's contract); writes inside dst.
+    unsafe {
+        for t in 0..pairs {
+            let (lo, has_hi) = (p.add(2 * t * ks), 2 * t + 1 < terms);
+            for q in 0..panels {
+                let m = ((1u32 << (rows - q * MR).min(MR)) - 1) as __mmask16;
+                let a = _mm512_maskz_loadu_ps(m, lo.add(q * MR));
+                let b = if has_hi { _mm512_maskz_loadu_ps(m, lo.add(ks + q * MR)) } else { _mm512_setzero_ps() };
+                let x = _mm512_or_si512(bf16_lanes(a), _mm512_slli_epi32::<16>(bf16_lanes(b)));
+                _mm512_mask_storeu_epi32(d.add(q * pairs * MR + t * MR), full, x);
+            }
+        }
+    }
+}
+
 /// B (k×n) packed in bf16 pairs for every tile of a product (`PackedB::k` = k.div_ceil(2) pairs).
 /// Errors: `Interrupted` (Ctrl-C) while packing a large B.
 pub(super) fn pack_b_bf16(b: View, k: usize, n: usize, parallel: bool, mut reuse: Vec<f32>) -> Result<PackedB> {
@@ -847,7 +882,8 @@ fn pack_b_bf16_into(b: View, k: usize, n: usize, panels: &mut [f32], parallel: b
 /// C (m×n, row stride ldc) = [C +] bf16(A) (m×k) · bf16(B) (k×n), accumulated in f32: the bf16 twin of
 /// `gemm` (12×32 micro-tiles on `_mm512_dpbf16_ps`). `packed`: B's bf16 panels from this tile's first
 /// column on, with their pair count; else B is packed here. A is always packed (rounded) per block: row
-/// by row when it is contiguous along k (vector stores only), else in MR-row panels.
+/// by row when it is contiguous along k (vector stores only), the whole block at once when its rows are
+/// contiguous (dW's dYᵀ: `pack_bf16_block_cols`), else in MR-row panels.
 ///
 /// # Safety
 /// As `gemm`, and the CPU has AVX512-BF16 (`bf16_supported()`).
@@ -882,6 +918,8 @@ pub(super) unsafe fn gemm_bf16(
         // A row-major (contiguous along k): packed row by row (micro-kernel reads rows `pairs` apart);
         // else in the panel layout (each pair-term's MR words contiguous)
         let by_rows = a.cs == 1 && cfg!(target_arch = "x86_64");
+        // A's rows contiguous (dW's dYᵀ): a whole block packed at once, term pair by term pair
+        let by_block = !by_rows && a.rs == 1 && cfg!(target_arch = "x86_64");
         let a_len = MC.min(m.div_ceil(mr) * mr) * kcp.min(k2);
         let aoff = aligned(abuf, a_len);
         let ablk = &mut abuf[aoff..aoff + a_len];
@@ -950,13 +988,48 @@ pub(super) unsafe fn gemm_bf16(
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = r0;
             };
+            // share `part` of `parts` of the terms t0..t0 + terms of rows r0..r0 + rows of an A whose rows
+            // are contiguous (by_block), fetched into L2 (a hint: no effect on results)
+            let prefetch_rows = |r0: usize, rows: usize, t0: usize, terms: usize, part: usize, parts: usize| {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                    let per = terms.div_ceil(parts);
+                    // SAFETY: every address is an element of a (rows r0.., terms t0.. inside it).
+                    unsafe {
+                        for t in (part * per).min(terms)..((part + 1) * per).min(terms) {
+                            let run = a.ptr.add(r0 + (t0 + t) * a.cs);
+                            for r in (0..rows).step_by(16) {
+                                _mm_prefetch::<_MM_HINT_T1>(run.add(r) as *const i8);
+                            }
+                            _mm_prefetch::<_MM_HINT_T1>(run.add(rows - 1) as *const i8);
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (r0, rows, t0, terms, part, parts);
+            };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 for jc in (0..n).step_by(NC) {
                     let nc = NC.min(n - jc);
                     for ip in 0..mc.div_ceil(mr) {
                         let rows = mr.min(mc - ip * mr);
-                        if jc == 0 {
+                        if jc == 0 && by_block {
+                            if ip == 0 {
+                                // SAFETY: rows ic..ic + mc, terms 2·pc..2·pc + terms lie inside a; AVX-512.
+                                #[cfg(target_arch = "x86_64")]
+                                unsafe {
+                                    pack_bf16_block_cols(a.ptr.add(ic + 2 * pc * a.cs), a.cs, mc, terms, ablk)
+                                };
+                            }
+                            // the next block's source into L2, a share per panel, while this block computes
+                            // (dW's dYᵀ comes from memory: waiting for it was most of its packing time)
+                            let (nic, npc) = if ic + MC < m { (ic + MC, pc) } else { (0, pc + kcp) };
+                            if npc < k2 {
+                                prefetch_rows(nic, MC.min(m - nic), 2 * npc, (k - 2 * npc).min(KC_BF16), ip, mc.div_ceil(mr));
+                            }
+                        } else if jc == 0 {
                             pack(ablk, ic, ip);
                             if ip + 1 < mc.div_ceil(mr) {
                                 prefetch(ic + (ip + 1) * mr);
@@ -1265,6 +1338,42 @@ mod tests {
             for (name, got) in [("ks = 1", &by_cols), ("js = 1", &by_rows)] {
                 let bad = got.iter().zip(&want).position(|(x, y)| x.to_bits() != y.to_bits());
                 assert!(bad.is_none(), "{name} packer, cols {cols}, k {k}, w {w}: word {bad:?} differs");
+            }
+        }
+    }
+
+    /// The dW block packer (rows contiguous, term pairs across the block) gives the panel layout's words:
+    /// ragged last panel, odd K, a row stride with a gap, NaN and ties among the values.
+    #[test]
+    fn bf16_block_packer_gives_the_panel_words() {
+        if !bf16_supported() {
+            eprintln!("skipped: no AVX512-BF16 here");
+            return;
+        }
+        let mut rng = Rng::new(8);
+        for (rows, terms) in [(37usize, 9usize), (12, 1), (5, 33), (24, 70), (192, 512)] {
+            let ks = rows + 3;
+            let data: Vec<f32> = (0..ks * terms)
+                .map(|i| match i % 7 {
+                    0 => f32::from_bits(0x3F80_8000),
+                    3 if i % 5 == 0 => f32::NAN,
+                    _ => rng.normal() as f32,
+                })
+                .collect();
+            let (pairs, panels) = (terms.div_ceil(2), rows.div_ceil(12));
+            let mut got = vec![1f32; panels * pairs * 12];
+            // SAFETY: data holds (r, kk) at r + kk·ks for r < rows, kk < terms; got has room; AVX-512 checked.
+            unsafe { pack_bf16_block_cols(data.as_ptr(), ks, rows, terms, &mut got) };
+            for q in 0..panels {
+                for t in 0..pairs {
+                    for i in 0..12 {
+                        let r = q * 12 + i;
+                        let at = |kk: usize| if r < rows && kk < terms { to_bf16(data[r + kk * ks]) } else { 0 };
+                        let want = at(2 * t) | at(2 * t + 1) << 16;
+                        let word = got[q * pairs * 12 + t * 12 + i].to_bits();
+                        assert_eq!(word, want, "rows {rows}, terms {terms}: panel {q}, pair {t}, row {i}");
+                    }
+                }
             }
         }
     }

@@ -405,7 +405,7 @@ fn sum_columns_body<const ISA: Isa>(d: &[f32], rows: usize, cols: usize, c0: usi
 
 #[cfg(test)]
 mod tests {
-    use super::engine::{Strided, gemv, gemv_body, shared_b_tile_shape, tile_shape};
+    use super::engine::{Strided, gemv, gemv_body, shared_b_cuts, tile_shape};
     use super::*;
     use crate::autograd::assert_gradcheck;
     use crate::parallel::with_threads;
@@ -745,9 +745,9 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_the_tile_it_falls_in() {
-        // 97 rows are cut into row tiles of 96 and 1; row 96 must equal itself computed in a 2-row product
-        // (what lets a batch's rows be split over processes bit for bit: nf.rl.RayRollouts)
-        assert_eq!(shared_b_tile_shape(97, 128, 384).0, 96, "the last row tile should hold one row");
+        // row 96 of a 97-row product (in the last, ragged 12-row micro-panel of its tile) must equal itself
+        // computed as row 1 of a 2-row product (what lets a batch's rows be split over processes bit for
+        // bit: nf.rl.RayRollouts)
         let mut rng = crate::tensor::random::Rng::new(6);
         let mut local = |s: &[usize]| Tensor::new((0..numel(s)).map(|_| rng.normal() as f32).collect(), s).unwrap();
         let (a, b, w, bias) = (local(&[97, 128]), local(&[128, 384]), local(&[384, 128]), local(&[384]));
@@ -1026,6 +1026,46 @@ mod tests {
         assert!(!bf16_enabled(), "the scope leaked");
     }
 
+    /// The cuts of a product with a shared packed B cover it with aligned tiles (rows at multiples of 12,
+    /// columns of 64), and on the benchmark's products (squares, a linear layer's three products) they
+    /// split evenly over two threads: ⌈T/2⌉ of the biggest tile's micro-tiles are within 3% of half of all.
+    #[test]
+    fn shared_b_cuts_are_aligned_and_even() {
+        let shapes = [
+            (512, 512, 512),
+            (1024, 1024, 1024),
+            (2048, 2048, 2048),
+            (4096, 128, 512),
+            (4096, 384, 1536),
+            (4096, 1536, 384),
+            (1536, 4096, 384),
+            (384, 4096, 1536),
+            (1000, 64, 700),
+            (97, 128, 384),
+        ];
+        for (m, k, n) in shapes {
+            let (rows, cols) = shared_b_cuts(m, k, n);
+            for (cuts, len, unit) in [(&rows, m, 12), (&cols, n, 64)] {
+                assert!(cuts[0] == 0 && cuts[cuts.len() - 1] == len, "({m}, {k}, {n}): {cuts:?}");
+                assert!(cuts.windows(2).all(|w| w[0] < w[1] && w[0] % unit == 0), "({m}, {k}, {n}): {cuts:?}");
+            }
+            if m < 500 || k < 128 {
+                continue; // (small products: only aligned; 1000×64×700 takes 8 tiles of 10 or 11 panels)
+            }
+            let work: Vec<usize> = rows
+                .windows(2)
+                .flat_map(|r| cols.windows(2).map(move |c| (r[1] - r[0]).div_ceil(12) * (c[1] - c[0]).div_ceil(32)))
+                .collect();
+            let (total, big) = (work.iter().sum::<usize>(), *work.iter().max().unwrap());
+            let finish = work.len().div_ceil(2) * big;
+            assert!(work.len() >= 8, "({m}, {k}, {n}): only {} tiles", work.len());
+            assert!(
+                finish as f64 <= 1.03 * total as f64 / 2.0,
+                "({m}, {k}, {n}): rows {rows:?} × cols {cols:?}: two threads finish after {finish} of {total} micro-tiles"
+            );
+        }
+    }
+
     /// Every GEMM path (the portable one and each own kernel the CPU runs) through the tiling engine:
     /// against f64, 1 vs 2 threads bit-identical per path, and the own kernels identical to each other.
     /// Shapes: a single product big enough for a shared packed B cut into row and column tiles, a
@@ -1033,9 +1073,10 @@ mod tests {
     #[test]
     fn every_path_matches_f64_and_is_thread_independent() {
         let mut rng = crate::tensor::random::Rng::new(31);
-        assert!(shared_b_tile_shape(1000, 64, 700).0 < 1000, "1000-row product should be cut into row tiles");
-        let (r, c) = shared_b_tile_shape(50, 512, 1000);
-        assert!(r == 50 && c < 1000 && c % 64 == 0, "a short product is cut into 64-aligned columns: {c}");
+        assert!(shared_b_cuts(1000, 64, 700).0.len() > 2, "1000-row product should be cut into row tiles");
+        let (r, c) = shared_b_cuts(50, 512, 1000);
+        assert!(r == [0, 50] && c.len() > 2, "a short product is cut into columns: {c:?}");
+        assert!(c[1..c.len() - 1].iter().all(|&x| x % 64 == 0), "column cuts are 64-aligned: {c:?}");
         // (m, k, n, count, a transposed, b transposed)
         let cases = [
             (1000, 64, 700, 1, false, false),
