@@ -48,7 +48,11 @@ def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):
     nf.manual_seed(seed)
     value = nf.rl.ValueModel.from_reward_model(rm) if args.value_init == "reward" else nf.rl.ValueModel(sft.copy())
     value.train()
-    opt = nf.optim.AdamW(policy.parameters() + value.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.value_lr is None:  # one optimizer, one learning rate (05a's first recipe)
+        opt = nf.optim.AdamW(policy.parameters() + value.parameters(), lr=args.lr, weight_decay=0.0)
+    else:
+        opt = [nf.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0),
+               nf.optim.AdamW(value.parameters(), lr=args.value_lr, weight_decay=0.0)]
     t0 = time.perf_counter()
     prompts = task.prompt_ids(train_split)
     prompts = prompts * -(-args.prompts // len(prompts))  # 28 fit prompts: each twice, to draw 32 a step
@@ -78,6 +82,7 @@ def main():
     ap.add_argument("--ppo-seeds", type=int, nargs="+", default=[0], help="PPOTrainer seeds (rollouts, order)")
     ap.add_argument("--value-init", choices=("random", "reward"), default="random")
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--value-lr", type=float, default=None, help="own optimizer for the value model")
     ap.add_argument("--kl-coef", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--prompts", type=int, default=32)
