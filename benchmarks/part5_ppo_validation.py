@@ -1,8 +1,10 @@
 """Part 5a's PPO settings, chosen on the validation split: not a speed benchmark, the runs behind the PPO recipe
 in ``notebooks/05a_rlhf_ppo.ipynb``.
 
-The base, SFT and reward models are 05a's (the base model from ``facts.base_model``'s cache, or pretrained
-first). PPO samples the prompts of the "fit" questions (three quarters of the train questions) and is measured
+The base model is 05a's (from ``facts.base_model``'s cache, or pretrained first); the SFT and reward models are
+trained as in 05a but, by default, on the "fit" demonstrations and pairs only (``--sft-rm-split fit``), so
+that the val questions are as new to them as the held-out questions are to 05a's (with ``train`` they are 05a's
+own models, whose reward model was trained on pairs of the val questions: val then flatters every setting). PPO samples the prompts of the "fit" questions (three quarters of the train questions) and is measured
 on the "val" questions (the other quarter, also train questions: no held-out question is looked at), 16
 replies per question at temperature 1. Each setting runs once per value-head seed (``nf.manual_seed(s)``
 before a randomly initialised value head; with ``--value-init reward`` the head is a copy of the reward model
@@ -23,10 +25,10 @@ import nanofrontier as nf
 from nanofrontier.tasks import facts
 
 
-def models(task):
+def models(task, split):
     base, _ = facts.base_model(task, n_layer=2, n_head=4, n_embd=128, steps=2500)
     rng = np.random.default_rng(2)  # 05a's 16 demonstrations, 10 SFT steps, 60 reward-model steps
-    demos = task.demonstrations("train")
+    demos = task.demonstrations(split)
     demos = [demos[i] for i in rng.choice(len(demos), 16, replace=False)]
     sft = base.copy()
     sft.train()
@@ -36,7 +38,7 @@ def models(task):
     sft.eval()
     rm = nf.rl.RewardModel(sft.copy())
     nf.rl.RewardTrainer(rm, nf.optim.AdamW(rm.parameters(), lr=3e-4, weight_decay=0.0),
-                        task.pair_ids(task.pairs("train")), batch_size=16, max_steps=60, schedule="constant",
+                        task.pair_ids(task.pairs(split)), batch_size=16, max_steps=60, schedule="constant",
                         seed=0, progress=False).train()
     return sft, rm.eval()
 
@@ -92,10 +94,13 @@ def main():
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--samples", type=int, default=64, help="replies per val question")
     ap.add_argument("--heldout", action="store_true", help="train on 'train', measure on 'heldout' (05a's run)")
+    ap.add_argument("--sft-rm-split", choices=("train", "fit"), default="fit",
+                    help="where the SFT demonstrations and reward-model pairs come from ('train': 05a's models, "
+                         "which have seen the val questions)")
     ap.add_argument("--trace", action="store_true", help="print the per-step history")
     args = ap.parse_args()
     task = facts.make_task(seed=0)
-    sft, rm = models(task)
+    sft, rm = models(task, args.sft_rm_split)
     split = ("train", "heldout") if args.heldout else ("fit", "val")
     print(f"{vars(args)}; {len(task.questions(split[0]))} {split[0]} -> {len(task.questions(split[1]))} "
           f"{split[1]} questions; {nf.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
