@@ -13,6 +13,7 @@ current one: how much 05a's PPO headline depends on one random draw. Not a speed
 
     python benchmarks/part5_ppo_value_seeds.py --recipe new 0 1 2 3 4
     python benchmarks/part5_ppo_value_seeds.py --recipe old 0 1 2 3 4
+    python benchmarks/part5_ppo_value_seeds.py --recipe old --vary ppo 0 1 2 3 4   # value head of seed 0
 """
 
 import argparse
@@ -49,8 +50,14 @@ def models(task):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", choices=("old", "new"), default="new")
+    ap.add_argument("--vary", choices=("value", "ppo"), default=None,
+                    help="what the seeds change: the random value head's draw ('value', the old recipe's "
+                         "default) or PPO's seed ('ppo', the only choice for the new recipe)")
     ap.add_argument("seeds", type=int, nargs="*", default=[0])
     args = ap.parse_args()
+    vary = args.vary or ("value" if args.recipe == "old" else "ppo")
+    if args.recipe == "new" and vary == "value":
+        ap.error("the new recipe's value model has no random draw: --vary ppo")
     task = facts.make_task(seed=0)
     sft, rm = models(task)
     ref = sft.copy().freeze()
@@ -60,10 +67,10 @@ def main():
         policy = sft.copy()
         policy.train()
         if args.recipe == "old":
-            nf.manual_seed(s)
+            nf.manual_seed(s if vary == "value" else 0)
             value = nf.rl.ValueModel(sft.copy())
             opt = nf.optim.AdamW(policy.parameters() + value.parameters(), lr=PPO_LR, weight_decay=0.0)
-            ppo_seed = 0
+            ppo_seed = 0 if vary == "value" else s
         else:
             value = nf.rl.ValueModel.from_reward_model(rm)
             value.train()
@@ -81,10 +88,10 @@ def main():
         r = task.evaluate(policy, "heldout", samples_per_question=16, temperature=1.0, seed=123,
                           ref_model=ref)
         rates.append(r["answer_rate"])
-        what = "value-head seed" if args.recipe == "old" else "PPO seed"
+        what = "value-head seed" if vary == "value" else "PPO seed"
         print(f"{what} {s}: held-out answer rate {r['answer_rate']:.1%}, accuracy {r['accuracy']:.1%}, KL to "
               f"SFT {r['kl']:.2f} ({seconds:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"recipe {args.recipe}: {sum(a >= 0.9 for a in rates)} of {len(rates)} seeds >= 90%, min "
+    print(f"recipe {args.recipe}, {vary} seeds {args.seeds}: {sum(a >= 0.9 for a in rates)} of {len(rates)} seeds >= 90%, min "
           f"{min(rates):.1%}, median {np.median(rates):.1%}")
 
 
