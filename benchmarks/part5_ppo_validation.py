@@ -1,5 +1,5 @@
-"""Part 5a's PPO settings, chosen on the validation split: not a speed benchmark, the runs behind the PPO recipe
-in ``notebooks/05a_rlhf_ppo.ipynb``.
+"""Part 5a's PPO settings compared on the validation split: not a speed benchmark, the runs behind the README's
+Part 5 note on PPO's seed-to-seed spread (05a's recipe and the candidates tried to make it steadier).
 
 The base model is 05a's (from ``facts.base_model``'s cache, or pretrained first); the SFT and reward models are
 trained as in 05a but, by default, on the "fit" demonstrations and pairs only (``--sft-rm-split fit``), so
@@ -12,7 +12,8 @@ and the seed only changes nothing but... see ``--ppo-seed``). One line per run, 
 per-step reward / KL / value loss / explained variance.
 
     python benchmarks/part5_ppo_validation.py --seeds 0 1 2 3 4 --value-init random
-    python benchmarks/part5_ppo_validation.py --seeds 0 1 2 3 4 --value-init reward --trace
+    python benchmarks/part5_ppo_validation.py --value-init reward --value-lr 2e-4 --ppo-seeds 0 1 2 3 4
+    python benchmarks/part5_ppo_validation.py --seeds 0 2 --trace      # per-step history, a good and a bad draw
 """
 
 import argparse
