@@ -4,12 +4,14 @@ Part 5 note on PPO's seed-to-seed spread (05a's recipe and the candidates tried 
 The base model is 05a's (from ``facts.base_model``'s cache, or pretrained first); the SFT and reward models are
 trained as in 05a but, by default, on the "fit" demonstrations and pairs only (``--sft-rm-split fit``), so
 that the val questions are as new to them as the held-out questions are to 05a's (with ``train`` they are 05a's
-own models, whose reward model was trained on pairs of the val questions: val then flatters every setting). PPO samples the prompts of the "fit" questions (three quarters of the train questions) and is measured
-on the "val" questions (the other quarter, also train questions: no held-out question is looked at), 16
-replies per question at temperature 1. Each setting runs once per value-head seed (``nf.manual_seed(s)``
-before a randomly initialised value head; with ``--value-init reward`` the head is a copy of the reward model
-and the seed only changes nothing but... see ``--ppo-seed``). One line per run, and with ``--trace`` the
-per-step reward / KL / value loss / explained variance.
+own models, whose reward model was trained on pairs of the val questions: val then flatters every setting).
+PPO samples the prompts of the "fit" questions (three quarters of the train questions; the 28 are listed twice
+so that a step can draw 05a's 32) and is measured on the "val" questions (the other quarter, also train
+questions: no held-out question is looked at), 64 replies per question at temperature 1 (there are only 8).
+Each setting runs once per value-head seed (``--seeds``: ``nf.manual_seed(s)`` before a random value head) and
+PPO seed (``--ppo-seeds``: the rollouts' sampling and order); with ``--value-init reward`` the value model is a
+copy of the reward model (``nf.rl.ValueModel.from_reward_model``) and only the PPO seed matters. One line per
+run; with ``--trace`` also the per-step reward, rule score, KL, value loss, explained variance, clip fraction.
 
     python benchmarks/part5_ppo_validation.py --seeds 0 1 2 3 4 --value-init random
     python benchmarks/part5_ppo_validation.py --value-init reward --value-lr 2e-4 --ppo-seeds 0 1 2 3 4
