@@ -67,7 +67,7 @@ def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):
                             stop_tokens=list(task.stop_ids), ref_model=ref, kl_coef=args.kl_coef, seed=ppo_seed,
                             progress=False, prompts_per_step=args.prompts, minibatch_size=args.minibatch,
                             ppo_epochs=args.epochs, max_steps=args.steps, vf_coef=args.vf_coef,
-                            clip_eps=args.clip).train()
+                            clip_eps=args.clip, ent_coef=args.ent_coef).train()
     seconds = time.perf_counter() - t0
     policy.eval()
     r = task.evaluate(policy, eval_split, samples_per_question=args.samples, temperature=1.0, seed=123,
@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--vf-coef", type=float, default=0.5)
     ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--ent-coef", type=float, default=0.0, help="entropy bonus")
     ap.add_argument("--samples", type=int, default=64, help="replies per val question")
     ap.add_argument("--heldout", action="store_true", help="train on 'train', measure on 'heldout' (05a's run)")
     ap.add_argument("--sft-rm-split", choices=("train", "fit"), default="fit",
