@@ -12,6 +12,7 @@ replacement: how much 05a's PPO headline depends on one random draw. Not a speed
   sampling and order).
 
     python benchmarks/part5_ppo_value_seeds.py --recipe new 0 1 2 3 4
+    python benchmarks/part5_ppo_value_seeds.py --recipe new --ent-coef 0.01 0 1 2 3 4
     python benchmarks/part5_ppo_value_seeds.py --recipe old 0 1 2 3 4
     python benchmarks/part5_ppo_value_seeds.py --recipe old --vary ppo 0 1 2 3 4   # value head of seed 0
 """
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--vary", choices=("value", "ppo"), default=None,
                     help="what the seeds change: the random value head's draw ('value', the old recipe's "
                          "default) or PPO's seed ('ppo', the only choice for the new recipe)")
+    ap.add_argument("--ent-coef", type=float, default=0.0, help="PPO's entropy bonus (05a: 0)")
     ap.add_argument("seeds", type=int, nargs="*", default=[0])
     args = ap.parse_args()
     vary = args.vary or ("value" if args.recipe == "old" else "ppo")
@@ -61,7 +63,7 @@ def main():
     task = facts.make_task(seed=0)
     sft, rm = models(task)
     ref = sft.copy().freeze()
-    print(f"recipe {args.recipe}; {nf.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"recipe {args.recipe}, entropy bonus {args.ent_coef}; {nf.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
     rates = []
     for s in args.seeds:
         policy = sft.copy()
@@ -82,7 +84,7 @@ def main():
                          rule_fn=[task.rule_fn("answered"), task.rule_fn("correct")],
                          decode=task.tokenizer.decode, max_new_tokens=task.max_new_tokens,
                          stop_tokens=list(task.stop_ids), ref_model=ref, kl_coef=KL_COEF, seed=ppo_seed,
-                         progress=False, **PPO).train()
+                         progress=False, ent_coef=args.ent_coef, **PPO).train()
         seconds = time.perf_counter() - t0
         policy.eval()
         r = task.evaluate(policy, "heldout", samples_per_question=16, temperature=1.0, seed=123,
