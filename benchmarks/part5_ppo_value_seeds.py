@@ -63,7 +63,8 @@ def main():
     task = facts.make_task(seed=0)
     sft, rm = models(task)
     ref = sft.copy().freeze()
-    print(f"recipe {args.recipe}, entropy bonus {args.ent_coef}; {nf.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"recipe {args.recipe}, entropy bonus {args.ent_coef}; {nf.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     rates = []
     for s in args.seeds:
         policy = sft.copy()
