@@ -94,8 +94,8 @@ def main():
         what = "value-head seed" if vary == "value" else "PPO seed"
         print(f"{what} {s}: held-out answer rate {r['answer_rate']:.1%}, accuracy {r['accuracy']:.1%}, KL to "
               f"SFT {r['kl']:.2f} ({seconds:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"recipe {args.recipe}, {vary} seeds {args.seeds}: {sum(a >= 0.9 for a in rates)} of {len(rates)} seeds >= 90%, min "
-          f"{min(rates):.1%}, median {np.median(rates):.1%}")
+    print(f"recipe {args.recipe}, {vary} seeds {args.seeds}: {sum(a >= 0.9 for a in rates)} of {len(rates)} "
+          f"seeds >= 90%, min {min(rates):.1%}, median {np.median(rates):.1%}")
 
 
 if __name__ == "__main__":
