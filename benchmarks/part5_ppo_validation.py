@@ -1,21 +1,22 @@
-"""Part 5a's PPO settings compared on the validation split: not a speed benchmark, the runs behind the README's
-Part 5 note on PPO's seed-to-seed spread (05a's recipe and the candidates tried to make it steadier).
+"""Part 5a's PPO settings compared on the validation split: not a speed benchmark, the runs behind the
+README's Part 5 note on PPO's seed-to-seed spread (05a's recipe and the candidates tried to make it steadier).
 
-The base model is 05a's (from ``facts.base_model``'s cache, or pretrained first); the SFT and reward models are
-trained as in 05a but, by default, on the "fit" demonstrations and pairs only (``--sft-rm-split fit``), so
-that the val questions are as new to them as the held-out questions are to 05a's (with ``train`` they are 05a's
-own models, whose reward model was trained on pairs of the val questions: val then flatters every setting).
-PPO samples the prompts of the "fit" questions (three quarters of the train questions; the 28 are listed twice
-so that a step can draw 05a's 32) and is measured on the "val" questions (the other quarter, also train
-questions: no held-out question is looked at), 64 replies per question at temperature 1 (there are only 8).
-Each setting runs once per value-head seed (``--seeds``: ``nf.manual_seed(s)`` before a random value head) and
-PPO seed (``--ppo-seeds``: the rollouts' sampling and order); with ``--value-init reward`` the value model is a
-copy of the reward model (``nf.rl.ValueModel.from_reward_model``) and only the PPO seed matters. One line per
-run; with ``--trace`` also the per-step reward, rule score, KL, value loss, explained variance, clip fraction.
+The base model is 05a's (from ``facts.base_model``'s cache, or pretrained first); the SFT and reward models
+are trained as in 05a but, by default, on the "fit" demonstrations and pairs only (``--sft-rm-split fit``), so
+that the val questions are as new to them as the held-out questions are to 05a's (with ``train`` they are
+05a's own models, whose reward model was trained on pairs of the val questions: val then flatters every
+setting). PPO samples the prompts of the "fit" questions (three quarters of the train questions; the 28 are
+listed twice so that a step can draw 05a's 32) and is measured on the "val" questions (the other quarter, also
+train questions: no held-out question is looked at), 64 replies per question at temperature 1 (there are only
+8). Each setting runs once per value-head seed (``--seeds``: ``nf.manual_seed(s)`` before a random value head)
+and PPO seed (``--ppo-seeds``: the rollouts' sampling and order); with ``--value-init reward`` the value model
+is a copy of the reward model (``nf.rl.ValueModel.from_reward_model``) and only the PPO seed matters. One line
+per run; with ``--trace`` also the per-step reward, rule score, KL, value loss, explained variance, clip
+fraction.
 
     python benchmarks/part5_ppo_validation.py --seeds 0 1 2 3 4 --value-init random
     python benchmarks/part5_ppo_validation.py --value-init reward --value-lr 2e-4 --ppo-seeds 0 1 2 3 4
-    python benchmarks/part5_ppo_validation.py --seeds 0 2 --trace      # per-step history, a good and a bad draw
+    python benchmarks/part5_ppo_validation.py --seeds 0 2 --trace   # per-step history, good and bad draw
 """
 
 import argparse
@@ -51,7 +52,10 @@ def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):
     policy.train()
     ref = sft.copy().freeze()
     nf.manual_seed(seed)
-    value = nf.rl.ValueModel.from_reward_model(rm) if args.value_init == "reward" else nf.rl.ValueModel(sft.copy())
+    if args.value_init == "reward":
+        value = nf.rl.ValueModel.from_reward_model(rm)
+    else:
+        value = nf.rl.ValueModel(sft.copy())
     value.train()
     if args.value_lr is None:  # one optimizer, one learning rate (05a's first recipe)
         opt = nf.optim.AdamW(policy.parameters() + value.parameters(), lr=args.lr, weight_decay=0.0)
@@ -64,8 +68,9 @@ def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):
     hist = nf.rl.PPOTrainer(policy, value, opt, prompts, reward=rm,
                             rule_fn=[task.rule_fn("answered"), task.rule_fn("correct")],
                             decode=task.tokenizer.decode, max_new_tokens=task.max_new_tokens,
-                            stop_tokens=list(task.stop_ids), ref_model=ref, kl_coef=args.kl_coef, seed=ppo_seed,
-                            progress=False, prompts_per_step=args.prompts, minibatch_size=args.minibatch,
+                            stop_tokens=list(task.stop_ids), ref_model=ref, kl_coef=args.kl_coef,
+                            seed=ppo_seed, progress=False, prompts_per_step=args.prompts,
+                            minibatch_size=args.minibatch,
                             ppo_epochs=args.epochs, max_steps=args.steps, vf_coef=args.vf_coef,
                             clip_eps=args.clip, ent_coef=args.ent_coef).train()
     seconds = time.perf_counter() - t0
@@ -84,7 +89,8 @@ def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="value-head seeds")
-    ap.add_argument("--ppo-seeds", type=int, nargs="+", default=[0], help="PPOTrainer seeds (rollouts, order)")
+    ap.add_argument("--ppo-seeds", type=int, nargs="+", default=[0],
+                    help="PPOTrainer seeds (rollouts, order)")
     ap.add_argument("--value-init", choices=("random", "reward"), default="random")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--value-lr", type=float, default=None, help="own optimizer for the value model")
@@ -97,10 +103,11 @@ def main():
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--ent-coef", type=float, default=0.0, help="entropy bonus")
     ap.add_argument("--samples", type=int, default=64, help="replies per val question")
-    ap.add_argument("--heldout", action="store_true", help="train on 'train', measure on 'heldout' (05a's run)")
+    ap.add_argument("--heldout", action="store_true",
+                    help="train on 'train', measure on 'heldout' (05a's run)")
     ap.add_argument("--sft-rm-split", choices=("train", "fit"), default="fit",
-                    help="where the SFT demonstrations and reward-model pairs come from ('train': 05a's models, "
-                         "which have seen the val questions)")
+                    help="where the SFT demonstrations and reward-model pairs come from "
+                         "('train': 05a's models, which have seen the val questions)")
     ap.add_argument("--trace", action="store_true", help="print the per-step history")
     args = ap.parse_args()
     task = facts.make_task(seed=0)
