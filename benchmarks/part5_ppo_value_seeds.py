@@ -1,15 +1,15 @@
-"""05a's PPO run (β = 0.1, 30 steps of 32 prompts) repeated over five seeds, with 05a's recipe and a
-candidate replacement: how much 05a's PPO headline depends on one random draw. Not a speed benchmark.
+"""05a's PPO run (β = 0.1, 30 steps of 32 prompts) repeated over five seeds, with 05a's first recipe and
+its current one: how much 05a's PPO headline depends on one random draw. Not a speed benchmark.
 Everything else is 05a's: the cached base model, the same SFT and reward model; each run is measured once on
 the held-out questions (16 replies each at temperature 1, as in 05a).
 
-- ``--recipe old`` (05a's recipe): the value model is a copy of the SFT trunk with a random head, drawn after
-  ``nf.manual_seed(s)`` for each seed ``s``; one AdamW (lr 5e-5) over policy and value; PPO's ``seed=0``. Seed
-  0 is that recipe's 05a run.
-- ``--recipe new`` (tried, not adopted; see the README's Part 5): the value model starts as a copy of the
-  trained reward model (``nf.rl.ValueModel.from_reward_model``, as InstructGPT did), with its own AdamW at lr
-  2e-4 (the policy's stays 5e-5). Nothing is random in that start, so the seed ``s`` is PPO's ``seed`` (the
-  rollouts' sampling and order).
+- ``--recipe old`` (05a's first recipe): the value model is a copy of the SFT trunk with a random head, drawn
+  after ``nf.manual_seed(s)`` for each seed ``s``; one AdamW (lr 5e-5) over policy and value; PPO's
+  ``seed=0``. Seed 0 was that recipe's 05a run.
+- ``--recipe new``: the value model starts as a copy of the trained reward model
+  (``nf.rl.ValueModel.from_reward_model``, as InstructGPT did), with its own AdamW at lr 2e-4 (the policy's
+  stays 5e-5). Nothing is random in that start, so the seed ``s`` is PPO's ``seed`` (the rollouts' sampling
+  and order). With ``--ent-coef 0.01`` this is 05a's current recipe, and seed 0 is 05a's run.
 
     python benchmarks/part5_ppo_value_seeds.py --recipe new 0 1 2 3 4
     python benchmarks/part5_ppo_value_seeds.py --recipe new --ent-coef 0.01 0 1 2 3 4
