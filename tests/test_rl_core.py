@@ -208,6 +208,34 @@ def test_reward_is_read_at_each_rows_last_real_token():
 
 
 @pytest.mark.parametrize("make", [tiny_gpt, tiny_llama])
+def test_value_model_from_reward_model_starts_as_its_copy(make):
+    rm = rl.RewardModel(make())
+    rm.eval()
+    b = rl.pack(PROMPTS, COMPLETIONS)
+    rng = nf.get_rng_state()
+    vm = rl.ValueModel.from_reward_model(rm)
+    assert nf.get_rng_state() == rng, "the value head was drawn from the global generator"
+    assert isinstance(vm, rl.ValueModel) and not vm.training
+    # the reward model's score of each row is the value at the row's last real token
+    last = b.attention_mask.sum(1) - 1
+    values = vm(b.input_ids).numpy()
+    np.testing.assert_array_equal(values[np.arange(3), last], rm(b.input_ids, b.attention_mask).numpy())
+    np.testing.assert_array_equal(values, rm.token_scores(b.input_ids).numpy())
+    # its own weights: training the value model leaves the reward model alone
+    before = rm(b.input_ids, b.attention_mask).numpy()
+    vm.score.weight.copy_(np.zeros_like(vm.score.weight.numpy()))
+    for p in vm.model.parameters():
+        p.copy_(np.zeros_like(p.numpy()))
+    np.testing.assert_array_equal(rm(b.input_ids, b.attention_mask).numpy(), before)
+    rm.train()
+    assert rl.ValueModel.from_reward_model(rm).training
+    with pytest.raises(nf.InvalidArgumentError, match="needs an nf.rl.RewardModel"):
+        rl.ValueModel.from_reward_model(rl.ValueModel(make()))
+    with pytest.raises(nf.InvalidArgumentError, match="needs an nf.rl.RewardModel"):
+        rl.ValueModel.from_reward_model(make())
+
+
+@pytest.mark.parametrize("make", [tiny_gpt, tiny_llama])
 @pytest.mark.parametrize("head", [rl.RewardModel, rl.ValueModel])
 def test_save_load_round_trip_in_the_hf_layout(tmp_path, make, head):
     import json

@@ -3,7 +3,7 @@ a reward model (one number per sequence, read at its last real token)::
 
     rm = nf.rl.RewardModel(nf.models.GPT(cfg))
     scores = rm(batch.input_ids, batch.attention_mask)      # (B,)
-    vm = nf.rl.ValueModel(policy.copy())
+    vm = nf.rl.ValueModel(policy.copy())                    # or ValueModel.from_reward_model(rm)
     values = vm(batch.input_ids)                            # (B, T)
 
 The head is ``score``, an ``nf.nn.Linear(C, 1, bias=False)`` on ``model.hidden(...)`` (the trunk after
@@ -161,6 +161,19 @@ class ValueModel(_ScalarHead):
 
     def forward(self, input_ids):
         return self.token_scores(input_ids)
+
+    @classmethod
+    def from_reward_model(cls, reward_model):
+        """A value model that starts as a copy of a trained ``nf.rl.RewardModel`` (its trunk and ``score``
+        head, copied, in the same train/eval mode), as InstructGPT initialised its value function: the
+        critic's first estimates are then the reward model's scores of each prefix, not random numbers.
+        The global generator is left untouched."""
+        if not isinstance(reward_model, RewardModel):
+            raise InvalidArgumentError(f"ValueModel.from_reward_model needs an nf.rl.RewardModel, got "
+                                       f"{type(reward_model).__name__}")
+        new = cls(reward_model.model.copy(), _weight=reward_model.score.weight.numpy())
+        new.train(reward_model.training)
+        return new
 
 
 class RewardModel(_ScalarHead):
