@@ -20,24 +20,12 @@ import numpy as np
 
 import nanofrontier as nf
 from nanofrontier.tasks import facts
+from part5_common import sft_model
 
 # (beta, lr, nll_coef); 100 steps of 16 pairs each
 GRID = [(4, 2e-5, 0), (4, 5e-5, 0), (4, 1e-4, 0), (2, 2e-5, 0), (1, 2e-5, 0), (8, 2e-5, 0),
         (4, 2e-5, 1), (4, 5e-5, 1), (4, 1e-4, 1), (4, 2e-4, 1), (2, 1e-4, 1), (1, 5e-5, 1),
         (4, 5e-5, 0.3), (4, 1e-4, 0.5)]
-
-
-def sft_model(task):
-    base, _ = facts.base_model(task, n_layer=2, n_head=4, n_embd=128, steps=2500)
-    rng = np.random.default_rng(2)  # the notebooks' 16 demonstrations and 10 SFT steps
-    demos = task.demonstrations("train")
-    demos = [demos[i] for i in rng.choice(len(demos), 16, replace=False)]
-    sft = base.copy()
-    sft.train()
-    opt = nf.optim.AdamW(sft.parameters(), lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0)
-    nf.rl.SFTTrainer(sft, opt, task.example_ids(demos), batch_size=16, max_steps=10, schedule="constant",
-                     warmup_steps=10, seed=0, progress=False).train()
-    return sft.eval()
 
 
 def run(task, sft, beta, lr, nll_coef, seed, steps, train_split, eval_split, samples):

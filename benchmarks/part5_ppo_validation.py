@@ -23,28 +23,10 @@ import argparse
 import os
 import time
 
-import numpy as np
 
 import nanofrontier as nf
 from nanofrontier.tasks import facts
-
-
-def models(task, split):
-    base, _ = facts.base_model(task, n_layer=2, n_head=4, n_embd=128, steps=2500)
-    rng = np.random.default_rng(2)  # 05a's 16 demonstrations, 10 SFT steps, 60 reward-model steps
-    demos = task.demonstrations(split)
-    demos = [demos[i] for i in rng.choice(len(demos), 16, replace=False)]
-    sft = base.copy()
-    sft.train()
-    opt = nf.optim.AdamW(sft.parameters(), lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0)
-    nf.rl.SFTTrainer(sft, opt, task.example_ids(demos), batch_size=16, max_steps=10, schedule="constant",
-                     warmup_steps=10, seed=0, progress=False).train()
-    sft.eval()
-    rm = nf.rl.RewardModel(sft.copy())
-    nf.rl.RewardTrainer(rm, nf.optim.AdamW(rm.parameters(), lr=3e-4, weight_decay=0.0),
-                        task.pair_ids(task.pairs(split)), batch_size=16, max_steps=60, schedule="constant",
-                        seed=0, progress=False).train()
-    return sft, rm.eval()
+from part5_common import models
 
 
 def run(task, sft, rm, args, seed, ppo_seed, train_split, eval_split):

@@ -25,27 +25,10 @@ import numpy as np
 
 import nanofrontier as nf
 from nanofrontier.tasks import facts
+from part5_common import models
 
 PPO = dict(prompts_per_step=32, minibatch_size=16, ppo_epochs=2, max_steps=30)
 PPO_LR, VALUE_LR, KL_COEF = 5e-5, 2e-4, 0.1
-
-
-def models(task):
-    base, _ = facts.base_model(task, n_layer=2, n_head=4, n_embd=128, steps=2500)
-    rng = np.random.default_rng(2)
-    demos = task.demonstrations("train")
-    demos = [demos[i] for i in rng.choice(len(demos), 16, replace=False)]
-    sft = base.copy()
-    sft.train()
-    opt = nf.optim.AdamW(sft.parameters(), lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0)
-    nf.rl.SFTTrainer(sft, opt, task.example_ids(demos), batch_size=16, max_steps=10, schedule="constant",
-                     warmup_steps=10, seed=0, progress=False).train()
-    sft.eval()
-    rm = nf.rl.RewardModel(sft.copy())
-    nf.rl.RewardTrainer(rm, nf.optim.AdamW(rm.parameters(), lr=3e-4, weight_decay=0.0),
-                        task.pair_ids(task.pairs("train")), batch_size=16, max_steps=60, schedule="constant",
-                        seed=0, progress=False).train()
-    return sft, rm.eval()
 
 
 def main():
@@ -54,7 +37,8 @@ def main():
     ap.add_argument("--vary", choices=("value", "ppo"), default=None,
                     help="what the seeds change: the random value head's draw ('value', the old recipe's "
                          "default) or PPO's seed ('ppo', the only choice for the new recipe)")
-    ap.add_argument("--ent-coef", type=float, default=0.0, help="PPO's entropy bonus (05a: 0)")
+    ap.add_argument("--ent-coef", type=float, default=0.0,
+                    help="PPO's entropy bonus (default 0; 05a's current recipe: --recipe new --ent-coef 0.01)")
     ap.add_argument("seeds", type=int, nargs="*", default=[0])
     args = ap.parse_args()
     vary = args.vary or ("value" if args.recipe == "old" else "ppo")
