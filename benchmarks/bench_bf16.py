@@ -31,7 +31,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_sgemm import CASES, case_flops, nf_case, spawn_worker, time_per_call  # noqa: E402
+from bench_sgemm import (  # noqa: E402
+    CASES, case_flops, nf_case, serve_worker, spawn_worker, time_per_call, worker_parser,
+)
 
 DEFAULT = ("512²", "1024²", "2048²", "(4096×128)·(128×512)", "linear fwd (4096×384)", "linear dX (4096×1536)",
            "linear dW (1536×4096)")
@@ -96,22 +98,9 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every side (default 2)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (one worker per side each; default 3)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per case; median (default 5)")
-    p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed run (default 0.05)")
-    p.add_argument("--cases", help="comma-separated substrings of case labels")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall clock (default) or the process's CPU time (loaded machines, with --threads 1)")
-    p.add_argument("--worker", choices=["f32", "bf16", "torch"], help=argparse.SUPPRESS)
-    p.add_argument("--case-ids", help=argparse.SUPPRESS)
+    p = worker_parser(__doc__, ["f32", "bf16", "torch"], rounds=3, repeat=5, min_time=0.05)
     args = p.parse_args()
-
-    if args.worker:
-        ids = [int(i) for i in args.case_ids.split(",")]
-        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time, args.clock)))
+    if serve_worker(args, worker):
         return 0
 
     wanted = args.cases.split(",") if args.cases else DEFAULT

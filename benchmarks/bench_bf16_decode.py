@@ -28,7 +28,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_sgemm import spawn_worker, time_per_call  # noqa: E402
+from bench_sgemm import serve_worker, spawn_worker, time_per_call, worker_parser  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=512),
@@ -79,23 +79,10 @@ def run_worker(side: str, args: argparse.Namespace, cases: list[int]) -> dict[st
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    p = worker_parser(__doc__, ["f32", "bf16"], rounds=3, repeat=3, min_time=0.2)
     p.add_argument("--tokens", type=int, default=128, help="new tokens per call (default 128)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (one worker per side each; default 3)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per case; median (default 3)")
-    p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed run (default 0.2)")
-    p.add_argument("--cases", help="comma-separated substrings of case labels (e.g. small)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall clock (default) or the process's CPU time (loaded machines, with --threads 1)")
-    p.add_argument("--worker", choices=["f32", "bf16"], help=argparse.SUPPRESS)
-    p.add_argument("--case-ids", help=argparse.SUPPRESS)
     args = p.parse_args()
-
-    if args.worker:
-        ids = [int(i) for i in args.case_ids.split(",")]
-        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time, args.clock)))
+    if serve_worker(args, worker):
         return 0
     if args.tokens < 1 or PROMPT_LEN + args.tokens > 512:
         raise SystemExit("--tokens must be in 1..508 (the models hold 512 positions)")

@@ -195,24 +195,42 @@ def spawn_worker(script: str, side: str, args: argparse.Namespace, cases: list[i
     return json.loads(res.stdout)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
-    p.add_argument("--rounds", type=int, default=5, help="worker pairs, alternating order (default 5)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per case in a worker; median (default 5)")
-    p.add_argument("--min-time", type=float, default=0.05, help="seconds of calls per timed run (default 0.05)")
+def worker_parser(doc: str | None, sides: list[str], rounds: int, repeat: int,
+                  min_time: float) -> argparse.ArgumentParser:
+    """The options every alternating-worker benchmark here takes, a worker's own (hidden) ones included;
+    the script adds what is its alone."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="threads for every side (default 2)")
+    p.add_argument("--rounds", type=int, default=rounds,
+                   help=f"rounds of one worker per side, alternating order (default {rounds})")
+    p.add_argument("--repeat", type=int, default=repeat,
+                   help=f"timed runs per case in a worker; median (default {repeat})")
+    p.add_argument("--min-time", type=float, default=min_time,
+                   help=f"seconds of calls per timed run (default {min_time})")
     p.add_argument("--cases", help="comma-separated substrings; only cases whose label contains one")
-    p.add_argument("--numpy-env", action="store_true", help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for numpy")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="time with the wall clock (default) or the process's CPU time (loaded machines, 1 thread)")
-    p.add_argument("--worker", choices=["nf", "numpy"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sides, help=argparse.SUPPRESS)
     p.add_argument("--case-ids", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
 
-    if args.worker:
-        ids = [int(i) for i in args.case_ids.split(",")]
-        print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time, args.clock)))
+
+def serve_worker(args: argparse.Namespace, worker: Any) -> bool:
+    """In a worker process (``--worker`` given): time its cases with ``worker``, print the JSON, and return
+    True; else False."""
+    if not args.worker:
+        return False
+    ids = [int(i) for i in args.case_ids.split(",")]
+    print(json.dumps(worker(args.worker, ids, args.repeat, args.min_time, args.clock)))
+    return True
+
+
+def main() -> int:
+    p = worker_parser(__doc__, ["nf", "numpy"], rounds=5, repeat=5, min_time=0.05)
+    p.add_argument("--numpy-env", action="store_true", help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for numpy")
+    args = p.parse_args()
+    if serve_worker(args, worker):
         return 0
 
     cases = [i for i, c in enumerate(CASES) if not args.cases or any(s in c[0] for s in args.cases.split(","))]
