@@ -270,11 +270,7 @@ pub(super) fn shared_b_cuts(m: usize, k: usize, n: usize) -> (Vec<usize>, Vec<us
                 let ok = tiles >= SHARED_TILES && 2 * (big_r * 12).min(m) * (big_c * 32).min(n) * k <= MAX_TILE_FLOPS;
                 let finish = tiles.div_ceil(2) * big_r * big_c;
                 // acceptable cuts by finish time and traffic; if none is, the most tiles
-                let key = if ok {
-                    (false, finish, 2 * c * m + r * n, tiles)
-                } else {
-                    (true, usize::MAX - tiles, 0, 0)
-                };
+                let key = if ok { (false, finish, 2 * c * m + r * n, tiles) } else { (true, usize::MAX - tiles, 0, 0) };
                 if key < best.0 {
                     best = (key, (r, c));
                 }

@@ -1027,7 +1027,14 @@ pub(super) unsafe fn gemm_bf16(
                             // (dW's dYᵀ comes from memory: waiting for it was most of its packing time)
                             let (nic, npc) = if ic + MC < m { (ic + MC, pc) } else { (0, pc + kcp) };
                             if npc < k2 {
-                                prefetch_rows(nic, MC.min(m - nic), 2 * npc, (k - 2 * npc).min(KC_BF16), ip, mc.div_ceil(mr));
+                                prefetch_rows(
+                                    nic,
+                                    MC.min(m - nic),
+                                    2 * npc,
+                                    (k - 2 * npc).min(KC_BF16),
+                                    ip,
+                                    mc.div_ceil(mr),
+                                );
                             }
                         } else if jc == 0 {
                             pack(ablk, ic, ip);
